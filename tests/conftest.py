@@ -1,0 +1,48 @@
+"""Shared fixtures. Heavy artifacts (mobilenet_v2 exports) are built once per session and shared by all tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EDGEKIT = [sys.executable, "-m", "edgekit"]
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None
+            ) -> subprocess.CompletedProcess:
+    """Runs `edgekit ARGS` in a subprocess, as a user would."""
+    return subprocess.run([*EDGEKIT, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory) -> Path:
+    """`edgekit compress --target host` on the built-in default, run once for the session."""
+    out = tmp_path_factory.mktemp("runs") / "digits-host"
+    r = run_cli("compress", "--target", "host", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def mnv2(tmp_path_factory):
+    """torchvision mobilenet_v2 (seed 0 initialisation, eval) with its float ONNX and TFLite exports."""
+    import torch
+    import torchvision
+
+    from edgekit.export import onnx as onnx_export
+    from edgekit.export import tflite as tflite_export
+
+    d = tmp_path_factory.mktemp("mnv2")
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2().eval()
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    onnx_path = onnx_export.export(model, x, d / "mnv2.onnx")
+    tflite_path = tflite_export.export(model, x, d / "mnv2.tflite")
+    return {"model": model, "x": x, "onnx": onnx_path, "tflite": tflite_path, "dir": d}

@@ -1,0 +1,1 @@
+"""Latency measurement: device runners (local, ssh, adb, browser), profiles and latency prediction."""

@@ -1,0 +1,161 @@
+"""Targets: what a device is and what its runtimes can do, loaded from targets/*.toml.
+
+Capability rules that are code (e.g. XNNPACK's sparse-inference rules) live in Python beside the runtime they
+describe; a target names them through `RuntimeSpec.sparse_rules`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tomllib
+from dataclasses import dataclass, field, fields
+from functools import cache
+from pathlib import Path
+
+from edgekit.errors import SettingsError, unknown
+
+
+def project_root() -> Path:
+    """The folder holding targets/, recipes/ and profiles/ (override with EDGEKIT_HOME)."""
+    env = os.environ.get("EDGEKIT_HOME")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2]
+
+
+def targets_dir() -> Path:
+    return project_root() / "targets"
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """One runtime on a target and what it accelerates."""
+
+    name: str  # module under edgekit.runtimes, e.g. "litert", "onnxruntime"
+    format: str  # artifact format it runs: "tflite", "onnx", "tvm"
+    delegate: str = ""  # e.g. "xnnpack"
+    sparse_rules: str = "none"  # name of the sparse-inference rule set (edgekit.rules.<name>)
+    int8: bool = True  # whether the runtime has INT8 kernels
+    int8_ops: tuple[str, ...] = ()  # ops with INT8 kernels (empty: all common ops)
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A device edgekit compresses for."""
+
+    name: str
+    description: str
+    arch: str  # "x86_64", "aarch64", "wasm32"
+    cpu: str
+    cores: int
+    threads: int
+    simd: tuple[str, ...]
+    memory_mb: int
+    runtimes: tuple[RuntimeSpec, ...]
+    default_recipe: str
+    is_host: bool = False  # True: the device is the machine edgekit runs on, so its latencies are measured here
+    device_kind: str = "linux"  # "linux", "android", "browser": how a device runner reaches it
+    notes: str = ""
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(r.format for r in self.runtimes))
+
+    def runtime_for(self, fmt: str) -> RuntimeSpec | None:
+        return next((r for r in self.runtimes if r.format == fmt), None)
+
+
+_TARGET_KEYS = {f.name for f in fields(Target)} - {"runtimes", "is_host"} | {"runtimes", "host"}
+_RUNTIME_KEYS = {f.name for f in fields(RuntimeSpec)}
+
+
+def list_targets() -> list[str]:
+    return sorted(p.stem for p in targets_dir().glob("*.toml"))
+
+
+@cache
+def load_target(name: str) -> Target:
+    """Loads targets/<name>.toml; `host` fills CPU facts from this machine.
+
+    Args:
+        name: a target name (see `edgekit targets`) or a path to a .toml file.
+    """
+    path = Path(name) if name.endswith(".toml") else targets_dir() / f"{name}.toml"
+    if not path.is_file():
+        raise unknown("target", name, list_targets(), "Run `edgekit targets` to list them")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise SettingsError(f"{path}: not valid TOML: {e}") from None
+    return _parse_target(raw, path)
+
+
+def _parse_target(raw: dict, path: Path) -> Target:
+    extra = set(raw) - _TARGET_KEYS
+    if extra:
+        raise SettingsError(f"{path}: unknown keys {sorted(extra)}; allowed: {sorted(_TARGET_KEYS)}")
+    runtimes = []
+    for rt in raw.get("runtimes", []):
+        bad = set(rt) - _RUNTIME_KEYS
+        if bad:
+            raise SettingsError(f"{path}: unknown runtime keys {sorted(bad)}; allowed: {sorted(_RUNTIME_KEYS)}")
+        if "int8_ops" in rt:
+            rt = {**rt, "int8_ops": tuple(rt["int8_ops"])}
+        runtimes.append(RuntimeSpec(**rt))
+    is_host = bool(raw.get("host", False))
+    values = {k: v for k, v in raw.items() if k not in ("runtimes", "host")}
+    if is_host:
+        facts = host_facts()
+        for key in ("arch", "cpu", "cores", "simd", "memory_mb"):
+            if values.get(key) in (None, "auto", 0, []):
+                values[key] = facts[key]
+        if values.get("threads") in (None, "auto", 0):
+            values["threads"] = facts["cores"]
+    missing = {"name", "description", "arch", "cpu", "cores", "threads", "simd", "memory_mb", "default_recipe"} - set(values)
+    if missing:
+        raise SettingsError(f"{path}: missing keys {sorted(missing)}")
+    values["simd"] = tuple(values["simd"])
+    if not runtimes:
+        raise SettingsError(f"{path}: a target needs at least one [[runtimes]] entry")
+    return Target(runtimes=tuple(runtimes), is_host=is_host, **values)
+
+
+@cache
+def host_facts() -> dict:
+    """CPU model, core count, SIMD features and memory of this machine."""
+    arch = platform.machine()
+    cpu, flags = arch, set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        for line in text.splitlines():
+            key, _, val = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "Model", "CPU part") and cpu == arch:
+                cpu = val.strip()
+            if key in ("flags", "Features"):
+                flags.update(val.split())
+    except OSError:
+        pass
+    simd = [s for s in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni") if s in flags]
+    if "asimd" in flags or arch == "aarch64":
+        simd.append("neon")
+    if "asimddp" in flags:
+        simd.append("dotprod")
+    mem_mb = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_mb = int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return {
+        "arch": arch,
+        "cpu": cpu,
+        "cores": os.cpu_count() or 1,
+        "simd": simd,
+        "memory_mb": mem_mb,
+        "hostname": platform.node(),
+        "system": f"{platform.system()} {platform.release()}",
+    }

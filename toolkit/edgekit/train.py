@@ -1,0 +1,136 @@
+"""Train and evaluate loops shared by the stages that train (prune, adapt, decompose)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn as nn
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int = 10, lr: float = 1e-3,
+        batch_size: int = 64, seed: int = 0, optimizer: str = "adam", weight_decay: float = 0.0,
+        schedule: str = "none", device: str = "cpu", params: Any = None,
+        after_step: Callable[[nn.Module, int], None] | None = None, progress: Any = None,
+        description: str = "training") -> int:
+    """Supervised training with cross-entropy; returns the number of optimiser steps taken.
+
+    Args:
+        model: trained in place.
+        x, y: inputs (N, ...) float32 and integer labels.
+        epochs, lr, batch_size, seed: the usual; the data order depends only on seed.
+        optimizer: "adam" or "sgd" (momentum 0.9).
+        schedule: "none" or "cosine" learning-rate decay over all steps.
+        params: parameters to optimise (default: all with requires_grad).
+        after_step: called after every optimiser step with (model, step), e.g. to re-apply pruning masks.
+        progress: a rich Progress; a task is added when given.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(seed)
+    model.to(device).train()
+    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    if optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}")
+    xt = torch.as_tensor(x)
+    yt = torch.as_tensor(y)
+    n = len(xt)
+    steps_per_epoch = (n + batch_size - 1) // batch_size
+    total = epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total, 1)) if schedule == "cosine" else None
+    task = progress.add_task(description, total=epochs) if progress is not None else None
+    step = 0
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        for i in range(0, n, batch_size):
+            idx = order[i:i + batch_size]
+            xb, yb = xt[idx].to(device), yt[idx].to(device)
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(xb), yb)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            step += 1
+            if after_step is not None:
+                after_step(model, step)
+        if task is not None:
+            progress.advance(task)
+    if task is not None:
+        progress.remove_task(task)
+    model.eval()
+    return step
+
+
+def predict(model: nn.Module | Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Logits for x, as float32 numpy; `model` is a torch module or any callable on numpy batches."""
+    import torch
+
+    outs = []
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                out = model(torch.as_tensor(x[i:i + batch_size]).to(device))
+                outs.append(_as_tensor(out).float().cpu().numpy())
+    else:
+        for i in range(0, len(x), batch_size):
+            outs.append(np.asarray(model(x[i:i + batch_size]), np.float32))
+    return np.concatenate(outs)
+
+
+def _as_tensor(out: Any) -> torch.Tensor:
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    if isinstance(out, dict):
+        return next(iter(out.values()))
+    return out
+
+
+def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
+    return float((logits.reshape(len(y), -1).argmax(1) == y).mean())
+
+
+def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.reshape(len(a), -1)
+    b = b.reshape(len(b), -1)
+    return float((a.argmax(1) == b.argmax(1)).mean())
+
+
+def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
+    """Signal-to-quantisation-noise ratio of `other` against `reference`, in dB."""
+    noise = float(np.mean((reference.astype(np.float64) - other) ** 2))
+    signal = float(np.mean(reference.astype(np.float64) ** 2))
+    if noise == 0:
+        return float("inf")
+    return 10.0 * np.log10(max(signal, 1e-30) / noise)
+
+
+def quality(logits: np.ndarray, y: np.ndarray | None, reference_logits: np.ndarray | None = None) -> dict[str, float]:
+    """Task accuracy when labels exist, else top-1 agreement (and SQNR) with the reference model's logits."""
+    if y is not None:
+        out = {"accuracy": accuracy(logits, y)}
+        if reference_logits is not None:
+            out["agreement"] = top1_agreement(logits, reference_logits)
+        return out
+    if reference_logits is None:
+        return {"agreement": 1.0}
+    return {"agreement": top1_agreement(logits, reference_logits), "sqnr_db": sqnr_db(reference_logits, logits)}

@@ -1,0 +1,286 @@
+"""Model sources: the built-in digits CNN, zoo names (torchvision, timm), .onnx and .pt2 files, factories.
+
+A zoo name never downloads weights: they come from `--weights FILE` (loaded with weights_only=True) or stay at the
+architecture's initialisation, and `ModelBundle.weights` says which.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgekit.errors import EdgekitError, InputError, unknown
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+DEFAULT_MODEL = "edgekit:digits_cnn"
+DIGITS_SHAPE = (1, 1, 8, 8)
+_DIGITS_SEED = 0
+_DIGITS_EPOCHS = 40
+_DIGITS_CACHE_VERSION = "v1"
+
+
+@dataclass
+class ModelBundle:
+    """A model ready for the pipeline."""
+
+    module: nn.Module
+    name: str  # what the report calls it, e.g. "torchvision:mobilenet_v2"
+    input_shape: tuple[int, ...]
+    weights: str  # where the weights came from: "trained on digits (cached)", "file:<path>", "initialisation"
+    default_data: str | None = None  # data spec the model was made for, e.g. "digits"
+    num_classes: int | None = None
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def digits_cnn(num_classes: int = 10) -> nn.Module:
+    """The built-in default architecture: a small CNN for 1x8x8 digit images."""
+    import torch.nn as nn
+
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    return nn.Sequential(
+        *block(1, 16),
+        *block(16, 32),
+        nn.MaxPool2d(2),
+        *block(32, 64),
+        nn.Conv2d(64, 64, 1, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, num_classes),
+    )
+
+
+def digits_mlp(num_classes: int = 10) -> nn.Module:
+    """LeNet-300-100 shape on the 8x8 digits (64-300-100-10)."""
+    import torch.nn as nn
+
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, num_classes)
+    )
+
+
+def trained_digits_cnn(progress: Any = None) -> nn.Module:
+    """The default model, trained once on the digits train split with a fixed seed and cached."""
+    import torch
+
+    from edgekit import data, train
+
+    path = cache_dir() / f"digits_cnn-{_DIGITS_CACHE_VERSION}-seed{_DIGITS_SEED}.pt"
+    torch.manual_seed(_DIGITS_SEED)
+    model = digits_cnn()
+    if path.is_file():
+        try:
+            model.load_state_dict(torch.load(path, weights_only=True))
+            return model.eval()
+        except Exception:  # a stale or damaged cache entry is retrained, never trusted
+            path.unlink(missing_ok=True)
+    ds = data.digits()
+    train.fit(model, ds.x_train, ds.y_train, epochs=_DIGITS_EPOCHS, lr=3e-3, seed=_DIGITS_SEED, progress=progress,
+              description="training the default digits CNN (once, cached)")
+    from edgekit.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
+    return model.eval()
+
+
+def list_zoo(filter_text: str = "") -> list[str]:
+    """Zoo names: built-ins, torchvision classification models and timm models."""
+    names = [DEFAULT_MODEL, "edgekit:digits_mlp"]
+    import torchvision
+
+    names += [f"torchvision:{n}" for n in torchvision.models.list_models(module=torchvision.models)]
+    try:
+        import timm
+
+        names += [f"timm:{n}" for n in timm.list_models()]
+    except ImportError:
+        pass
+    f = filter_text.lower()
+    return [n for n in names if f in n.lower()]
+
+
+def load_model(spec: str | None, weights: str | None = None, input_shape: tuple[int, ...] | None = None,
+               progress: Any = None) -> ModelBundle:
+    """Resolves MODEL as the CLI takes it.
+
+    Args:
+        spec: None (built-in default), a zoo name, a .onnx or .pt2 path, or `package.module:factory`.
+        weights: optional state-dict file, loaded with weights_only=True.
+        input_shape: overrides the inferred input shape (N,C,H,W).
+        progress: a rich Progress for long steps.
+    """
+    spec = spec or DEFAULT_MODEL
+    if spec.endswith(".onnx"):
+        bundle = _load_onnx(Path(spec))
+    elif spec.endswith(".pt2"):
+        bundle = _load_pt2(Path(spec))
+    elif spec.startswith("edgekit:"):
+        bundle = _load_builtin(spec, weights, progress)
+    elif spec.startswith("timm:"):
+        bundle = _load_timm(spec[5:])
+    elif spec.startswith("torchvision:") or (":" not in spec and "/" not in spec):
+        bundle = _load_torchvision(spec.removeprefix("torchvision:"))
+    elif ":" in spec:
+        bundle = _load_factory(spec, input_shape)
+    else:
+        raise InputError(f"cannot read model '{spec}': expected a zoo name, a .onnx or .pt2 file, or module:factory")
+    if weights and not spec.startswith("edgekit:digits_cnn"):
+        _load_weights(bundle, Path(weights))
+    if input_shape:
+        bundle.input_shape = tuple(input_shape)
+    _check_input_shape(bundle)
+    return bundle
+
+
+def _load_builtin(spec: str, weights: str | None, progress: Any) -> ModelBundle:
+    if spec == DEFAULT_MODEL:
+        if weights:
+            module = digits_cnn()
+            bundle = ModelBundle(module, spec, DIGITS_SHAPE, "", "digits", 10)
+            _load_weights(bundle, Path(weights))
+            return bundle
+        return ModelBundle(trained_digits_cnn(progress), spec, DIGITS_SHAPE,
+                           f"trained on digits by edgekit (seed {_DIGITS_SEED}, cached)", "digits", 10)
+    if spec == "edgekit:digits_mlp":
+        return ModelBundle(digits_mlp().eval(), spec, DIGITS_SHAPE, "initialisation (untrained)", "digits", 10)
+    raise unknown("model", spec, [DEFAULT_MODEL, "edgekit:digits_mlp"], "Run `edgekit zoo` to list models")
+
+
+def _load_torchvision(name: str) -> ModelBundle:
+    import torch
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    if name not in names:
+        raise unknown("model", f"torchvision:{name}", [f"torchvision:{n}" for n in names],
+                      "Run `edgekit zoo --filter NAME` to search")
+    torch.manual_seed(0)
+    module = torchvision.models.get_model(name, weights=None).eval()
+    shape = (1, 3, 299, 299) if name == "inception_v3" else (1, 3, 224, 224)
+    return ModelBundle(module, f"torchvision:{name}", shape, "initialisation (no weights given; seed 0)", None, 1000)
+
+
+def _load_timm(name: str) -> ModelBundle:
+    import timm
+    import torch
+
+    if not timm.is_model(name):
+        raise unknown("model", f"timm:{name}", [f"timm:{n}" for n in timm.list_models()],
+                      "Run `edgekit zoo --filter NAME` to search")
+    torch.manual_seed(0)
+    module = timm.create_model(name, pretrained=False).eval()
+    shape = (1, *module.default_cfg.get("input_size", (3, 224, 224)))
+    return ModelBundle(module, f"timm:{name}", shape, "initialisation (no weights given; seed 0)", None,
+                       getattr(module, "num_classes", None))
+
+
+def _load_factory(spec: str, input_shape: tuple[int, ...] | None) -> ModelBundle:
+    import torch.nn as nn
+
+    mod_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise InputError(f"cannot import model factory '{spec}': {e}") from None
+    module = factory()
+    if not isinstance(module, nn.Module):
+        raise InputError(f"'{spec}' returned {type(module).__name__}, not a torch.nn.Module")
+    shape = input_shape or getattr(module, "input_shape", None)
+    if shape is None:
+        raise InputError(f"cannot infer the input shape of '{spec}'; pass --input-shape, e.g. --input-shape 1,3,224,224")
+    return ModelBundle(module.eval(), spec, tuple(shape), "as built by the factory")
+
+
+def _load_onnx(path: Path) -> ModelBundle:
+    if not path.is_file():
+        raise InputError(f"model file not found: {path}")
+    import onnx
+
+    try:
+        proto = onnx.load(str(path))
+        onnx.checker.check_model(proto)
+    except Exception as e:
+        raise InputError(f"{path} is not a valid ONNX model ({_first_line(e)}); is the file complete?") from None
+    inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+    if len(inputs) != 1:
+        raise InputError(f"{path}: edgekit supports models with one input; this one has {len(inputs)}")
+    dims = inputs[0].type.tensor_type.shape.dim
+    shape: tuple[int, ...] | None = tuple(d.dim_value if d.dim_value > 0 else -1 for d in dims)
+    if shape and shape[0] == -1:
+        shape = (1, *shape[1:])
+    if shape is None or any(s <= 0 for s in shape):
+        shape = None
+    try:
+        from onnx2torch import convert
+    except ImportError as e:
+        raise EdgekitError(f"reading .onnx models needs onnx2torch: {e}") from None
+    try:
+        module = convert(proto).eval()
+    except Exception as e:
+        raise InputError(f"{path}: cannot convert to torch ({_first_line(e)})") from None
+    return ModelBundle(module, str(path), shape or (), f"file:{path}")
+
+
+def _load_pt2(path: Path) -> ModelBundle:
+    if not path.is_file():
+        raise InputError(f"model file not found: {path}")
+    import torch
+
+    try:
+        ep = torch.export.load(str(path))
+    except Exception as e:
+        raise InputError(f"{path} is not a readable torch.export program ({_first_line(e)}); is the file complete?") from None
+    user_inputs = [s for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    shape: tuple[int, ...] = ()
+    if len(user_inputs) == 1:
+        node = next(n for n in ep.graph.nodes if n.op == "placeholder" and n.name == user_inputs[0].arg.name)
+        val = node.meta.get("val")
+        if val is not None and all(isinstance(d, int) for d in val.shape):
+            shape = tuple(val.shape)
+    elif len(user_inputs) != 1:
+        raise InputError(f"{path}: edgekit supports models with one input; this one has {len(user_inputs)}")
+    return ModelBundle(ep.module(), str(path), shape, f"file:{path}")
+
+
+def _load_weights(bundle: ModelBundle, path: Path) -> None:
+    import torch
+
+    if not path.is_file():
+        raise InputError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InputError(f"{path} is not a readable weights file ({_first_line(e)}); is the file complete?") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise InputError(f"{path} does not hold a state dict (found {type(state).__name__})")
+    try:
+        bundle.module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise InputError(f"{path} does not match {bundle.name}: {_first_line(e)}") from None
+    bundle.weights = f"file:{path}"
+
+
+def _check_input_shape(bundle: ModelBundle) -> None:
+    if not bundle.input_shape or any(s <= 0 for s in bundle.input_shape):
+        raise InputError(f"cannot infer the input shape of {bundle.name}; pass --input-shape, e.g. --input-shape 1,3,224,224")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
