@@ -20,7 +20,16 @@ $(STAMP): pyproject.toml $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP) system-deps node-deps
+# apache-tvm (the `tvm` export format) cannot be resolved together with litert-torch (typing_extensions pins), so it
+# is installed after the rest without dependency resolution, with the newer typing_extensions tvm-ffi needs
+# (litert-torch and ai-edge-litert work with it). Re-runs whenever the main install ran again.
+TVM_STAMP := $(VENV)/.installed-tvm
+$(TVM_STAMP): $(STAMP)
+	$(BIN)/pip install -q --no-deps apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.15.post2 typing_extensions==4.16.0
+	@$(BIN)/python -c "import tvm, tvm_ffi, litert_torch, ai_edge_litert" 2>/dev/null || { echo "tvm: import check failed (run $(BIN)/python -c \"import tvm, litert_torch\")"; exit 1; }
+	touch $(TVM_STAMP)
+
+install: $(STAMP) $(TVM_STAMP) system-deps node-deps kernels
 
 # Installs only what is missing, so a machine that has everything pays nothing.
 system-deps:
@@ -31,8 +40,10 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+# npm ci also when package-lock.json changed since the last install (npm keeps its own copy in node_modules).
 node-deps:
-	@if [ -f package.json ] && [ ! -d node_modules ]; then npm ci --silent --no-audit --no-fund || npm install --silent --no-audit --no-fund; fi
+	@if [ -f package.json ] && { [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; }; then \
+	  npm ci --silent --no-audit --no-fund || npm install --silent --no-audit --no-fund; fi
 
 run: install
 	$(BIN)/edgekit compress --target host --out $(OUT)
@@ -50,6 +61,12 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format toolkit tests benchmarks
 	$(BIN)/ruff check --fix toolkit tests benchmarks
+
+# Native kernels (kernels/Makefile): host library + self-test driver, the aarch64 cross build (tests run it under
+# qemu-aarch64), and the wasm32 SIMD128 objects when clang can target wasm32.
+kernels: system-deps
+	$(MAKE) -s -C kernels host aarch64
+	-@$(MAKE) -s -C kernels wasm32 2>/dev/null || echo "kernels: wasm32 build skipped (clang --target=wasm32-wasi unavailable)"
 
 clean:
 	rm -rf runs build .pytest_cache

@@ -11,7 +11,7 @@ from edgekit.data import load_data
 from edgekit.errors import SettingsError
 from edgekit.fileio import fingerprint, sha256_file
 from edgekit.targets import load_target
-from edgekit.zoo import load_model
+from edgekit.zoo import calibrate_batchnorm, load_model
 
 __all__ = ["compress", "load_model", "load_target", "load_data", "default_out_dir", "parse_shape"]
 
@@ -63,6 +63,8 @@ def compress(model: str | None = None, target: str = "host", *, recipe: str | di
     rec = load_recipe(recipe or tgt.default_recipe, overrides)
     bundle = load_model(model, weights, input_shape, progress)
     ds = load_data(data, bundle.input_shape, bundle.default_data)
+    if bundle.weights.startswith("initialisation") and calibrate_batchnorm(bundle.module, ds.calibration(64)):
+        bundle.weights += "; BatchNorm statistics set from 64 calibration inputs"
     threads = threads or tgt.threads
     if threads < 1:
         raise SettingsError(f"--threads must be at least 1, got {threads}")

@@ -79,7 +79,8 @@ def _print_summary(console, report: dict, out_dir: Path) -> None:
     from rich.table import Table
 
     table = Table(title=f"{report['model']} → {report['target']}")
-    for col in ("artifact", "size", "verified", "p50 ms", "latency source"):
+    table.add_column("artifact", overflow="fold")
+    for col in ("size", "verified", "p50 ms", "latency source"):
         table.add_column(col)
     for a in report["artifacts"]:
         v = a.get("verification") or {}
@@ -99,8 +100,9 @@ def targets() -> None:
     from edgekit.targets import list_targets, load_target
 
     table = Table(title="targets")
-    for col in ("name", "device", "arch / cpu", "cores / threads", "SIMD", "runtimes"):
-        table.add_column(col)
+    table.add_column("name", no_wrap=True)
+    for col in ("device", "arch / cpu", "cores / threads", "SIMD", "runtimes"):
+        table.add_column(col, overflow="fold")
     for name in list_targets():
         t = load_target(name)
         table.add_row(t.name, t.description, f"{t.arch} / {t.cpu}", f"{t.cores} / {t.threads}", ", ".join(t.simd),

@@ -21,7 +21,7 @@ from edgekit import stages as stage_registry
 from edgekit.data import DataBundle
 from edgekit.errors import EdgekitError, SettingsError
 from edgekit.fileio import atomic_path, fingerprint, sha256_file
-from edgekit.report import new_report, save_report
+from edgekit.report import save_report
 from edgekit.targets import Target, project_root
 from edgekit.zoo import ModelBundle
 

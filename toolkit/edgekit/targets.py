@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from functools import cache
 from pathlib import Path
 

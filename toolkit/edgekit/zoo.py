@@ -22,6 +22,7 @@ DIGITS_SHAPE = (1, 1, 8, 8)
 _DIGITS_SEED = 0
 _DIGITS_EPOCHS = 40
 _DIGITS_CACHE_VERSION = "v1"
+_ONNX2TORCH_MAX_OPSET = 17
 
 
 @dataclass
@@ -156,7 +157,12 @@ def _load_builtin(spec: str, weights: str | None, progress: Any) -> ModelBundle:
         return ModelBundle(trained_digits_cnn(progress), spec, DIGITS_SHAPE,
                            f"trained on digits by edgekit (seed {_DIGITS_SEED}, cached)", "digits", 10)
     if spec == "edgekit:digits_mlp":
-        return ModelBundle(digits_mlp().eval(), spec, DIGITS_SHAPE, "initialisation (untrained)", "digits", 10)
+        import torch
+
+        # Seeded like the other zoo initialisations, so that two runs (e.g. a resumed prune) start identically.
+        torch.manual_seed(_DIGITS_SEED)
+        return ModelBundle(digits_mlp().eval(), spec, DIGITS_SHAPE,
+                           f"initialisation (untrained; seed {_DIGITS_SEED})", "digits", 10)
     raise unknown("model", spec, [DEFAULT_MODEL, "edgekit:digits_mlp"], "Run `edgekit zoo` to list models")
 
 
@@ -228,11 +234,98 @@ def _load_onnx(path: Path) -> ModelBundle:
         from onnx2torch import convert
     except ImportError as e:
         raise EdgekitError(f"reading .onnx models needs onnx2torch: {e}") from None
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset > _ONNX2TORCH_MAX_OPSET:
+        # onnx2torch lags the ONNX opsets (e.g. ReduceMean-18 moved axes to an input); convert down first.
+        try:
+            from onnx import version_converter
+
+            proto = version_converter.convert_version(proto, _ONNX2TORCH_MAX_OPSET)
+        except Exception as e:
+            raise InputError(f"{path}: cannot convert opset {opset} to {_ONNX2TORCH_MAX_OPSET} for import "
+                             f"({_first_line(e)})") from None
+    _drop_harmless_allowzero(proto)
     try:
         module = convert(proto).eval()
     except Exception as e:
         raise InputError(f"{path}: cannot convert to torch ({_first_line(e)})") from None
-    return ModelBundle(module, str(path), shape or (), f"file:{path}")
+    _static_reshapes(module)
+    return ModelBundle(_per_sample(module), str(path), shape or (), f"file:{path}")
+
+
+def _per_sample(module: nn.Module) -> nn.Module:
+    """Wraps a graph traced at batch 1 (a .onnx or .pt2 file) so that batches run one sample at a time.
+
+    Exporting the wrapper at batch 1 traces straight through to the inner graph, so artifacts are unchanged.
+    """
+    import torch
+
+    class PerSample(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def train(self, mode: bool = True) -> PerSample:
+            # A torch.export program's module() refuses train()/eval(); it has no mode to switch anyway.
+            self.training = mode
+            try:
+                self.inner.train(mode)
+            except NotImplementedError:
+                pass
+            return self
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[0] == 1:
+                return self.inner(x)
+            return torch.cat([self.inner(x[i:i + 1]) for i in range(x.shape[0])])
+
+    return PerSample(module).eval()
+
+
+def _static_reshapes(module: Any) -> None:
+    """onnx2torch reshapes read their target shape from a tensor at run time (data-dependent for torch.export);
+    where that shape is a constant without zeros, bake it in so the model exports to ONNX and TFLite again."""
+    import torch
+
+    class StaticReshape(torch.nn.Module):
+        def __init__(self, shape: tuple[int, ...]) -> None:
+            super().__init__()
+            self.shape = shape
+
+        def forward(self, x: torch.Tensor, _shape: torch.Tensor | None = None) -> torch.Tensor:
+            return torch.reshape(x, self.shape)
+
+    for node in list(module.graph.nodes):
+        if node.op != "call_module" or type(module.get_submodule(node.target)).__name__ != "OnnxReshape":
+            continue
+        arg = node.args[1] if len(node.args) > 1 else None
+        if getattr(arg, "op", None) != "get_attr":
+            continue
+        value = module.get_submodule(arg.target.rpartition(".")[0]) if "." in arg.target else module
+        tensor = getattr(value, arg.target.rpartition(".")[2])
+        if (tensor != 0).all():
+            module.add_submodule(node.target, StaticReshape(tuple(int(v) for v in tensor.tolist())))
+    module.recompile()
+
+
+def _drop_harmless_allowzero(proto: Any) -> None:
+    """Reshape(allowzero=1) equals allowzero=0 when the target shape has no zeros; onnx2torch only knows 0."""
+    from onnx import numpy_helper
+
+    consts = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    consts[node.output[0]] = numpy_helper.to_array(a.t)
+    for node in proto.graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2:
+            continue
+        shape = consts.get(node.input[1])
+        if shape is not None and (shape != 0).all():
+            keep = [a for a in node.attribute if not (a.name == "allowzero" and a.i == 1)]
+            del node.attribute[:]
+            node.attribute.extend(keep)
 
 
 def _load_pt2(path: Path) -> ModelBundle:
@@ -253,7 +346,7 @@ def _load_pt2(path: Path) -> ModelBundle:
             shape = tuple(val.shape)
     elif len(user_inputs) != 1:
         raise InputError(f"{path}: edgekit supports models with one input; this one has {len(user_inputs)}")
-    return ModelBundle(ep.module(), str(path), shape, f"file:{path}")
+    return ModelBundle(_per_sample(ep.module()), str(path), shape, f"file:{path}")
 
 
 def _load_weights(bundle: ModelBundle, path: Path) -> None:
@@ -284,3 +377,30 @@ def _check_input_shape(bundle: ModelBundle) -> None:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0][:200] if text else type(e).__name__
+
+
+def calibrate_batchnorm(module: nn.Module, x: Any, batch_size: int = 16) -> bool:
+    """Sets BatchNorm running statistics from inputs `x` (cumulative average); returns whether any BN existed.
+
+    An untrained zoo model in eval mode has BN statistics mean 0 / var 1, which with its initialisation makes
+    activations vanish layer by layer (mobilenet_v2's logits come out near 1e-9): every error, agreement and
+    quantisation range would then be meaningless. Real statistics make an untrained model behave like a trained
+    one numerically, which is what compression studies of untrained models need. The report says it was done.
+    """
+    import torch
+
+    bns = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return False
+    saved = {m: m.momentum for m in bns}
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over all batches
+    module.train()
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            module(torch.as_tensor(x[i:i + batch_size]))
+    for m, mom in saved.items():
+        m.momentum = mom
+    module.eval()
+    return True

@@ -41,8 +41,13 @@ def host_device_name() -> str:
 def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     arts = [a for a in ctx.report["artifacts"] if (a.get("verification") or {}).get("passed")]
     local = ctx.target.is_host and ctx.device in (None, "local")
-    if not local and ctx.device:
-        from edgekit.measure.device import measure_artifacts_on_device  # device runners (ssh, adb, browser)
+    if ctx.target.device_kind == "browser" and ctx.device in (None, "node", "chromium"):
+        # The browser target's device is a real JavaScript engine on this machine: Node and headless Chromium.
+        from edgekit.measure.browser import measure_artifacts_in_browsers
+
+        measure_artifacts_in_browsers(arts, settings, ctx)
+    elif not local and ctx.device:
+        from edgekit.measure.device import measure_artifacts_on_device  # ssh://, adb://
 
         measure_artifacts_on_device(arts, settings, ctx)
     elif not local:
@@ -51,7 +56,7 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
                             "reason": f"no {ctx.target.name} device attached (pass --device URI to measure there); "
                                       f"host timings are not reported as {ctx.target.name} latencies"}
     else:
-        measurable = [a for a in arts if not a.get("host_runnable") is False]
+        measurable = [a for a in arts if a.get("host_runnable") is not False]
         runners = [load_runner(a["runtime"], ctx.out / a["path"], ctx.threads) for a in measurable]
         x = [ctx.example_input.reshape(r.input_shape) if r.input_shape else ctx.example_input for r in runners]
         timings = time_interleaved(runners, x, settings.warmup, settings.runs, ctx.progress)

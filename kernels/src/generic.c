@@ -1,0 +1,163 @@
+/* Kernels written in plain C so the compiler vectorizes them for whatever ISA this file is compiled for.
+ * The build compiles this file once per ISA with -DEK_SUFFIX=<isa> and that ISA's flags (-mavx2 -mfma, or the
+ * aarch64 baseline which includes NEON); dispatch.c picks one at run time. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "ek_internal.h"
+
+#ifndef EK_SUFFIX
+#define EK_SUFFIX portable
+#endif
+#define EK_CAT2(a, b) a##_##b
+#define EK_CAT(a, b) EK_CAT2(a, b)
+#define EK_NAME(name) EK_CAT(name, EK_SUFFIX)
+
+#define SPMM_TILE 32
+#define CONV_TILE 16
+#define CONV_OC 4
+
+/* 8-float vectors (GCC/clang vector extensions): one ymm with AVX2, two q registers on NEON, scalar otherwise */
+typedef float vf8 __attribute__((vector_size(32)));
+typedef float vf8u __attribute__((vector_size(32), aligned(4))); /* unaligned loads */
+
+#ifdef EK_GENERIC_SPMM
+/* Portable CSR SpMM: a 32-pixel accumulator tile per output channel, pixel tiles outermost so the x tile of every
+ * input channel stays in cache while all output channels use it. */
+void EK_NAME(ek_spmm_chw)(int32_t m, int32_t k, int32_t hw, const int32_t *row_ptr, const int32_t *col_idx,
+                          const float *val, const float *bias, const float *x, float *y, int32_t act) {
+    (void)k;
+    for (int32_t p0 = 0; p0 < hw; p0 += SPMM_TILE) {
+        const int32_t n = hw - p0 < SPMM_TILE ? hw - p0 : SPMM_TILE;
+        for (int32_t r = 0; r < m; r++) {
+            float acc[SPMM_TILE];
+            const float b = bias ? bias[r] : 0.f;
+            for (int32_t i = 0; i < SPMM_TILE; i++) acc[i] = b;
+            if (n == SPMM_TILE) {
+                for (int32_t j = row_ptr[r]; j < row_ptr[r + 1]; j++) {
+                    const float v = val[j];
+                    const float *xr = x + (size_t)col_idx[j] * hw + p0;
+                    for (int32_t i = 0; i < SPMM_TILE; i++) acc[i] += v * xr[i];
+                }
+            } else {
+                for (int32_t j = row_ptr[r]; j < row_ptr[r + 1]; j++) {
+                    const float v = val[j];
+                    const float *xr = x + (size_t)col_idx[j] * hw + p0;
+                    for (int32_t i = 0; i < n; i++) acc[i] += v * xr[i];
+                }
+            }
+            float *yr = y + (size_t)r * hw + p0;
+            for (int32_t i = 0; i < n; i++) yr[i] = ek_act1(acc[i], act);
+        }
+    }
+}
+#endif
+
+static inline float tap(const float *row, int32_t ix, int32_t w) { return (ix < 0 || ix >= w) ? 0.f : row[ix]; }
+
+void EK_NAME(ek_dw3x3_chw)(int32_t c, int32_t h, int32_t w, int32_t stride, const float *x, const float *wt,
+                           const float *bias, float *y, int32_t act) {
+    const int32_t oh = (h - 1) / stride + 1, ow = (w - 1) / stride + 1;
+    float *zero = (float *)calloc((size_t)w + 2, sizeof(float));
+    /* interior output columns: every tap's column is inside the row, so the loop needs no bounds checks */
+    const int32_t ox_lo = 1, ox_hi = stride == 1 ? w - 1 : (w - 2) / 2 + 1; /* [ox_lo, ox_hi) */
+    for (int32_t ch = 0; ch < c; ch++) {
+        const float *xc = x + (size_t)ch * h * w;
+        const float *k = wt + (size_t)ch * 9;
+        const float b = bias ? bias[ch] : 0.f;
+        float *yc = y + (size_t)ch * oh * ow;
+        for (int32_t oy = 0; oy < oh; oy++) {
+            const int32_t iy = oy * stride - 1;
+            const float *r0 = iy >= 0 ? xc + (size_t)iy * w : zero;
+            const float *r1 = xc + (size_t)(iy + 1) * w;
+            const float *r2 = iy + 2 < h ? xc + (size_t)(iy + 2) * w : zero;
+            float *yr = yc + (size_t)oy * ow;
+            const float k0 = k[0], k1 = k[1], k2 = k[2], k3 = k[3], k4 = k[4], k5 = k[5], k6 = k[6], k7 = k[7],
+                        k8 = k[8];
+            if (stride == 1) {
+                for (int32_t ox = ox_lo; ox < ox_hi; ox++) {
+                    float v = b + k0 * r0[ox - 1] + k1 * r0[ox] + k2 * r0[ox + 1] + k3 * r1[ox - 1] + k4 * r1[ox] +
+                              k5 * r1[ox + 1] + k6 * r2[ox - 1] + k7 * r2[ox] + k8 * r2[ox + 1];
+                    yr[ox] = ek_act1(v, act);
+                }
+            } else {
+                for (int32_t ox = ox_lo; ox < ox_hi; ox++) {
+                    const int32_t ix = 2 * ox;
+                    float v = b + k0 * r0[ix - 1] + k1 * r0[ix] + k2 * r0[ix + 1] + k3 * r1[ix - 1] + k4 * r1[ix] +
+                              k5 * r1[ix + 1] + k6 * r2[ix - 1] + k7 * r2[ix] + k8 * r2[ix + 1];
+                    yr[ox] = ek_act1(v, act);
+                }
+            }
+            /* edge columns (and tiny widths): bounds-checked taps */
+            for (int32_t ox = 0; ox < ow; ox++) {
+                if (ox >= ox_lo && ox < ox_hi) {
+                    ox = ox_hi - 1;
+                    continue;
+                }
+                const int32_t ix = ox * stride - 1;
+                float v = b;
+                for (int32_t kx = 0; kx < 3; kx++)
+                    v += k[kx] * tap(r0, ix + kx, w) + k[3 + kx] * tap(r1, ix + kx, w) + k[6 + kx] * tap(r2, ix + kx, w);
+                yr[ox] = ek_act1(v, act);
+            }
+        }
+    }
+    free(zero);
+}
+
+/* Dense 3x3 convolution for few input channels: per output row, gather the cin*9 taps into a column block
+ * (im2col of one row, padded to whole tiles), then a register-blocked 4 output channels x 16 pixels product. */
+void EK_NAME(ek_conv3x3_chw)(int32_t cin, int32_t h, int32_t w, int32_t cout, int32_t stride, const float *x,
+                             const float *wt, const float *bias, float *y, int32_t act) {
+    const int32_t oh = (h - 1) / stride + 1, ow = (w - 1) / stride + 1;
+    const int32_t kk = cin * 9, ldc = (ow + CONV_TILE - 1) / CONV_TILE * CONV_TILE;
+    float *col = (float *)calloc((size_t)kk * ldc, sizeof(float));
+    for (int32_t oy = 0; oy < oh; oy++) {
+        for (int32_t ci = 0; ci < cin; ci++)
+            for (int32_t ky = 0; ky < 3; ky++) {
+                const int32_t iy = oy * stride + ky - 1;
+                for (int32_t kx = 0; kx < 3; kx++) {
+                    float *dst = col + (size_t)((ci * 3 + ky) * 3 + kx) * ldc;
+                    if (iy < 0 || iy >= h) {
+                        memset(dst, 0, sizeof(float) * ow);
+                        continue;
+                    }
+                    const float *src = x + ((size_t)ci * h + iy) * w;
+                    for (int32_t ox = 0; ox < ow; ox++) {
+                        const int32_t ix = ox * stride + kx - 1;
+                        dst[ox] = (ix >= 0 && ix < w) ? src[ix] : 0.f;
+                    }
+                }
+            }
+        for (int32_t oc0 = 0; oc0 < cout; oc0 += CONV_OC) {
+            const int32_t nr = cout - oc0 < CONV_OC ? cout - oc0 : CONV_OC;
+            const float *w0 = wt + (size_t)oc0 * kk;
+            /* rows past cout reuse the last real row: computed, never stored */
+            const float *w1 = wt + (size_t)(oc0 + (nr > 1 ? 1 : 0)) * kk, *w2 = wt + (size_t)(oc0 + (nr > 2 ? 2 : 0)) * kk,
+                        *w3 = wt + (size_t)(oc0 + (nr > 3 ? 3 : 0)) * kk;
+            for (int32_t ox0 = 0; ox0 < ow; ox0 += CONV_TILE) {
+                vf8 acc[CONV_OC][2];
+                for (int32_t r = 0; r < CONV_OC; r++) {
+                    const float b = (r < nr && bias) ? bias[oc0 + r] : 0.f;
+                    acc[r][0] = acc[r][1] = (vf8){b, b, b, b, b, b, b, b};
+                }
+                for (int32_t q = 0; q < kk; q++) {
+                    const float *cr = col + (size_t)q * ldc + ox0;
+                    const vf8 c0 = *(const vf8u *)cr, c1 = *(const vf8u *)(cr + 8);
+                    acc[0][0] += w0[q] * c0, acc[0][1] += w0[q] * c1;
+                    acc[1][0] += w1[q] * c0, acc[1][1] += w1[q] * c1;
+                    acc[2][0] += w2[q] * c0, acc[2][1] += w2[q] * c1;
+                    acc[3][0] += w3[q] * c0, acc[3][1] += w3[q] * c1;
+                }
+                const int32_t n = ow - ox0 < CONV_TILE ? ow - ox0 : CONV_TILE;
+                for (int32_t r = 0; r < nr; r++) {
+                    float tmp[CONV_TILE];
+                    memcpy(tmp, acc[r], sizeof tmp);
+                    float *yr = y + ((size_t)(oc0 + r) * oh + oy) * ow + ox0;
+                    for (int32_t i = 0; i < n; i++) yr[i] = ek_act1(tmp[i], act);
+                }
+            }
+        }
+    }
+    free(col);
+}

@@ -1,0 +1,126 @@
+"""The foundation: compress end to end on the built-in default, the run folder contract, resume, targets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import run_cli
+
+from edgekit.fileio import sha256_file
+
+
+def test_import_and_help_stay_light():
+    """`import edgekit` and `edgekit --help` must not pull in torch or the runtimes."""
+    code = ("import sys, edgekit, edgekit.cli; edgekit.cli._register_commands(); "
+            "heavy = [m for m in ('torch', 'onnxruntime', 'ai_edge_litert', 'litert_torch', 'tvm', 'nncf') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    r = run_cli("--help")
+    assert r.returncode == 0
+    for cmd in ("compress", "targets", "zoo", "report"):
+        assert cmd in r.stdout
+
+
+def test_default_run_writes_verified_measured_artifacts(digits_run: Path):
+    report = json.loads((digits_run / "report.json").read_text())
+    assert report["schema"] == 1 and report["model"] == "edgekit:digits_cnn" and report["target"] == "host"
+    assert [s["name"] for s in report["stages"]] == ["baseline", "export", "verify", "measure"]
+    assert report["stages"][0]["metrics"]["accuracy"] > 0.9  # trained on real digits
+    formats = {a["format"]: a for a in report["artifacts"]}
+    assert {"onnx", "tflite"} <= set(formats)
+    for art in formats.values():
+        path = digits_run / art["path"]
+        assert path.is_file() and path.stat().st_size == art["size_bytes"]
+        assert sha256_file(path) == art["sha256"]
+        v = art["verification"]
+        assert v["passed"] is True and v["max_abs_err"] <= v["tolerance"]["max_abs_err_limit"]
+        assert v["top1_agreement"] >= 0.98
+        lat = art["latency"]
+        assert lat["source"] == "measured" and lat["device"].startswith("host:")
+        assert lat["runs"] >= 20 and 0 < lat["p50_ms"] <= lat["p90_ms"]
+    md = (digits_run / "report.md").read_text()
+    assert "model_fp32.onnx" in md and "measured" in md
+    assert (digits_run / "artifacts.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(digits_run.rglob("*.tmp")), "temporary files left behind"
+
+
+def test_second_run_reuses_finished_stages(digits_run: Path, tmp_path: Path):
+    import shutil
+
+    out = tmp_path / "again"
+    shutil.copytree(digits_run, out)
+    before = json.loads((out / "report.json").read_text())
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "artifacts").iterdir()}
+    r = run_cli("compress", "--target", "host", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    after = json.loads((out / "report.json").read_text())
+    assert [s["fingerprint"] for s in after["stages"]] == [s["fingerprint"] for s in before["stages"]]
+    assert [s["seconds"] for s in after["stages"]] == [s["seconds"] for s in before["stages"]]  # reused, not re-run
+    assert {p: p.stat().st_mtime_ns for p in (out / "artifacts").iterdir()} == mtimes
+    # A changed setting re-runs that stage and the ones after it, not the ones before.
+    r = run_cli("compress", "--target", "host", "--out", str(out), "--set", "measure.runs=25")
+    assert r.returncode == 0, r.stderr
+    changed = json.loads((out / "report.json").read_text())
+    assert changed["stages"][2]["seconds"] == before["stages"][2]["seconds"]
+    assert changed["stages"][3]["fingerprint"] != before["stages"][3]["fingerprint"]
+    assert all(a["latency"]["runs"] == 25 for a in changed["artifacts"])
+
+
+def test_rpi4_run_reports_no_device_latency(tmp_path: Path):
+    out = tmp_path / "rpi4"
+    r = run_cli("compress", "--target", "rpi4", "--out", str(out), "--set", "export.formats=[onnx]")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["threads"] == 4
+    (art,) = report["artifacts"]
+    assert art["verification"]["passed"] is True
+    assert art["latency"]["source"] == "none" and "p50_ms" not in art["latency"]
+    assert "rpi4" in art["latency"]["reason"]
+
+
+def test_targets_and_zoo_commands():
+    r = run_cli("targets")
+    assert r.returncode == 0
+    for name in ("host", "rpi4", "android-arm64", "wasm"):
+        assert name in r.stdout
+    r = run_cli("zoo", "--filter", "mobilenet_v2")
+    assert r.returncode == 0 and "torchvision:mobilenet_v2" in r.stdout.split()
+
+
+def test_report_command_rerenders_markdown(digits_run: Path, tmp_path: Path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(digits_run, out)
+    (out / "report.md").unlink()
+    r = run_cli("report", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "edgekit report" in (out / "report.md").read_text()
+
+
+def test_onnx_and_pt2_models_compress(tmp_path: Path):
+    """A user's own .onnx and torch.export .pt2 files go through the pipeline and match their source."""
+    import numpy as np
+    import torch
+
+    from edgekit.export import onnx as onnx_export
+    from edgekit.zoo import digits_cnn
+
+    torch.manual_seed(3)
+    model = digits_cnn().eval()
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    onnx_export.export(model, x, tmp_path / "user.onnx")
+    torch.export.save(torch.export.export(model, (torch.as_tensor(x),)), tmp_path / "user.pt2")
+    for name in ("user.onnx", "user.pt2"):
+        out = tmp_path / f"run-{name}"
+        r = run_cli("compress", str(tmp_path / name), "--target", "host", "--data", "digits", "--out", str(out),
+                    "--set", "export.formats=[onnx]")
+        assert r.returncode == 0, r.stderr
+        report = json.loads((out / "report.json").read_text())
+        assert report["input_shape"] == [1, 1, 8, 8]
+        assert report["weights"] == f"file:{tmp_path / name}"
+        assert all(a["verification"]["passed"] for a in report["artifacts"])

@@ -1,0 +1,116 @@
+"""`edgekit profile`: measure artifacts on a device into a latency profile, or validate the latency predictor."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="profile")(profile)
+
+
+def profile(
+    artifacts: Annotated[list[Path] | None, typer.Argument(help=".tflite / .onnx files to measure")] = None,
+    target: Annotated[str, typer.Option(help="target the device is (see `edgekit targets`)")] = "host",
+    device: Annotated[str, typer.Option(help="local, ssh://user@host:port or adb://SERIAL[?tool=apk]")] = "local",
+    from_log: Annotated[Path | None, typer.Option("--from-log", help="import a captured benchmark_model output "
+                                                                    "(Android; see `edgekit android-harness`)")] = None,
+    threads: Annotated[int | None, typer.Option(help="runtime threads (default: the target's)")] = None,
+    runs: Annotated[int | None, typer.Option(help="timed runs per artifact (default 50; --validate: 100)")] = None,
+    warmup: Annotated[int, typer.Option(help="untimed runs first")] = 5,
+    profile_runs: Annotated[int, typer.Option(help="extra profiled runs for per-operator times (0: off)")] = 10,
+    accept_new_host_key: Annotated[bool, typer.Option(help="ssh: add an unknown host key on first contact "
+                                                           "(a changed key is still refused)")] = False,
+    identity: Annotated[str | None, typer.Option(help="ssh: private key file")] = None,
+    known_hosts: Annotated[str | None, typer.Option(help="ssh: known_hosts file")] = None,
+    remote_python: Annotated[str | None, typer.Option(help="ssh: the device's python with the runtime")] = None,
+    save: Annotated[bool, typer.Option(help="write profiles/<target>/<device-id>.json")] = True,
+    validate: Annotated[bool, typer.Option(help="predict, then measure random INT8 policies of mobilenet_v2 "
+                                                "on this machine, and report the predictor's error")] = False,
+    variants: Annotated[int, typer.Option(help="--validate: fresh random policies to predict and measure")] = 20,
+    train: Annotated[int, typer.Option(help="--validate: random policies profiled for the predictor")] = 8,
+    model: Annotated[Path | None, typer.Option(help="--validate: float ONNX model (default: torchvision "
+                                                    "mobilenet_v2, seed-0 weights)")] = None,
+) -> None:
+    """Measure artifacts on a device (latency profile with provenance), or validate the latency predictor."""
+    from edgekit.errors import SettingsError
+
+    if validate:
+        _validate(target, device, threads or 1, runs or 100, warmup, profile_runs, variants, train, model)
+        return
+    if from_log is not None or device.startswith("adb:"):
+        from edgekit.commands.android import profile_android  # Android: benchmark_model over adb, or its log
+
+        profile_android(artifacts, target, device, from_log, threads, runs, warmup, save)
+        return
+    if not artifacts:
+        raise SettingsError("edgekit profile needs one or more artifact files (or --validate)")
+    from edgekit.measure.device import check_device_fits_target, device_label, parse_device_uri, run_harness
+    from edgekit.measure.profile import add_entry, device_id_from_facts, new_profile, save_profile
+    from edgekit.targets import load_target
+
+    for a in artifacts:
+        if not a.is_file():
+            from edgekit.errors import InputError
+
+            raise InputError(f"no such artifact: {a}")
+        if a.suffix not in (".tflite", ".onnx"):
+            raise SettingsError(f"{a}: the harness runs .tflite (litert) and .onnx (onnxruntime) files")
+    runs = runs or 50
+    if runs < 5 or warmup < 0:
+        raise SettingsError(f"--runs must be at least 5 and --warmup at least 0, got {runs} and {warmup}")
+    tgt = load_target(target)
+    uri = parse_device_uri(device)
+    if uri.scheme == "adb":
+        raise SettingsError("adb:// devices are profiled by `edgekit compress --device adb://...`")
+    overrides = {"identity": identity, "known_hosts": known_hosts, "python": remote_python,
+                 "accept_new": True if accept_new_host_key else None}
+    n_threads = threads or tgt.threads
+    prof = None
+    summary = []
+    for a in artifacts:
+        res = run_harness(uri, a, "", n_threads, runs, warmup, profile_runs, **overrides)
+        check_device_fits_target(res["device"], tgt, uri)
+        if prof is None:
+            prof = new_profile(tgt.name, device_id_from_facts(res["device"], uri.scheme), res["device"], uri.scheme)
+        prof["device"] = res["device"]
+        add_entry(prof, a.name, res["format"], res["runtime"], n_threads, res["timing"], res["per_op"],
+                  sha256=res["sha256"], via=uri.display, conditions=res["conditions"],
+                  extra={"per_op_note": res.get("per_op_note", ""), "harness": res.get("harness")})
+        t = res["timing"]
+        print(f"{a.name}: p50 {t['p50_ms']:.3f} ms, p90 {t['p90_ms']:.3f} ms, min {t['min_ms']:.3f} ms "
+              f"({t['runs']} runs, {res['runtime']}, {n_threads} thread(s), {len(res['per_op'])} ops profiled) "
+              f"on {device_label(res['device'], uri)}")
+        summary.append({"artifact": a.name, "runtime": res["runtime"], **{k: t[k] for k in ("p50_ms", "p90_ms",
+                                                                                               "min_ms", "runs")}})
+    path = save_profile(prof) if save else None
+    if path:
+        print(f"profile: {path}")
+    print(json.dumps({"target": tgt.name, "device_id": prof["device_id"], "via": uri.display,
+                      "profile": str(path) if path else None, "source": "measured", "artifacts": summary}))
+
+
+def _validate(target: str, device: str, threads: int, runs: int, warmup: int, profile_runs: int, variants: int,
+              train: int, model: Path | None) -> None:
+    from edgekit.errors import InputError, SettingsError
+    from edgekit.measure.validate import validate_host
+    from edgekit.targets import load_target
+
+    if not load_target(target).is_host or device != "local":
+        raise SettingsError("--validate runs on this machine: use --target host --device local")
+    if variants < 5 or train < 2 or runs < 20:
+        raise SettingsError("--validate needs --variants >= 5, --train >= 2 and --runs >= 20")
+    if model is not None and not model.is_file():
+        raise InputError(f"no such model: {model}")
+    result = validate_host(variants=variants, train=train, threads=threads, runs=runs, warmup=warmup,
+                           profile_runs=profile_runs, model=model,
+                           log=lambda msg: print(f"[validate] {msg}", file=sys.stderr))
+    for r in result["rows"]:
+        print(f"{r['variant']:>10}: predicted {r['predicted_p50_ms']:8.3f} ms  measured {r['measured_p50_ms']:8.3f} ms"
+              f"  error {r['err_pct']:+6.1f}%")
+    print(json.dumps(result["summary"]))

@@ -1,0 +1,299 @@
+"""The browser target measured for real: onnxruntime-web in Node and in headless Chromium on this machine.
+
+Node: the artifact is loaded into a kept-alive Node process (edgekit.runtimes.onnxruntime_web) and timed inside it.
+Chromium: the artifact's web bundle is served from 127.0.0.1 by a throw-away HTTP server, headless Chromium (fresh
+profile, no network services) opens its index.html with ?bench=1, and the page times warm-up + N runs of the same
+`run()` a web developer calls and POSTs the samples back. Both are real JavaScript engines running the target's
+runtime, so their figures are measured latencies of the browser target (on this machine's CPU, which the device
+name says).
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgekit.errors import RuntimeUnavailable, SettingsError
+from edgekit.runtimes import Timing
+from edgekit.targets import host_facts
+
+if TYPE_CHECKING:
+    from edgekit.pipeline import RunContext
+
+ENGINES = ("node", "chromium")
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--no-default-browser-check", "--mute-audio")
+MIN_WARMUP_MS = 1000.0  # both engines tier WebAssembly up from a baseline compiler; see ort_node_runner.js
+CHROMIUM_TIMEOUT_S = 300.0
+
+
+def chromium_binary() -> str | None:
+    """Chromium to run (EDGEKIT_CHROMIUM overrides), or None when none is installed."""
+    env = os.environ.get("EDGEKIT_CHROMIUM")
+    if env:
+        return env
+    if Path("/usr/bin/chromium").is_file():
+        return "/usr/bin/chromium"
+    return next((p for n in ("chromium", "chromium-browser", "google-chrome") if (p := shutil.which(n))), None)
+
+
+@functools.cache
+def chromium_version(binary: str) -> str:
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    m = re.search(r"(\d+\.\d+\.\d+\.\d+)", out)
+    return m.group(1) if m else out.strip()[:40] or "unknown"
+
+
+def host_cpu() -> str:
+    f = host_facts()
+    return f"{f['cpu']} ({f['cores']} cores, {f['arch']})"
+
+
+class _BundleServer(http.server.ThreadingHTTPServer):
+    """Serves one bundle folder and the input tensor; receives the page's result on POST /__edgekit/result."""
+
+    daemon_threads = True
+
+    def __init__(self, folder: Path, input_bytes: bytes) -> None:
+        self.folder, self.input_bytes = folder, input_bytes
+        self.result: dict[str, Any] | None = None
+        self.done = threading.Event()
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    server: _BundleServer
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".wasm": "application/wasm",
+                      ".mjs": "text/javascript", ".js": "text/javascript", ".onnx": "application/octet-stream"}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, directory=str(args[2].folder), **kwargs)
+
+    def end_headers(self) -> None:
+        # Cross-origin isolation lets onnxruntime-web use threads when the target asks for more than one.
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        self.send_header("Cache-Control", "no-store")
+        super().end_headers()
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/__edgekit/input.bin"):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(self.server.input_bytes)))
+            self.end_headers()
+            self.wfile.write(self.server.input_bytes)
+            return
+        super().do_GET()
+
+    def do_POST(self) -> None:
+        if not self.path.startswith("/__edgekit/result"):
+            self.send_error(404)
+            return
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        try:
+            self.server.result = json.loads(body)
+        except json.JSONDecodeError:
+            self.server.result = {"error": "the page posted invalid JSON"}
+        self.send_response(204)
+        self.end_headers()
+        self.server.done.set()
+
+    def log_message(self, *args: Any) -> None:  # the page's requests are not the user's business
+        pass
+
+
+def time_in_chromium(bundle: Path, x: np.ndarray, warmup: int, runs: int, threads: int = 1,
+                     timeout: float = CHROMIUM_TIMEOUT_S) -> dict[str, Any]:
+    """Opens the bundle's index.html in headless Chromium and returns what the page posted.
+
+    Returns:
+        {"samples_ms", "output", "user_agent", "onnxruntime_web", "warmup_runs", "chromium": version, ...}.
+    """
+    binary = chromium_binary()
+    if binary is None:
+        raise RuntimeUnavailable("headless Chromium is not installed (Debian package `chromium`; `make system-deps`)")
+    server = _BundleServer(Path(bundle), np.ascontiguousarray(x, "<f4").tobytes())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    query = (f"bench=1&input=/__edgekit/input.bin&report=/__edgekit/result&warmup={warmup}&runs={runs}"
+             f"&min_warmup_ms={MIN_WARMUP_MS:g}&threads={threads}")
+    with tempfile.TemporaryDirectory(prefix="edgekit-chromium-") as profile:
+        cmd = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"{server.url}/index.html?{query}"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            finished = server.done.wait(timeout)
+        finally:
+            proc.terminate()
+            try:
+                _, err = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            server.shutdown()
+            server.server_close()
+    if not finished:
+        tail = " | ".join(line for line in (err or "").splitlines() if "dbus" not in line.lower())[-300:]
+        raise RuntimeUnavailable(f"headless Chromium did not report a result within {timeout:.0f} s ({tail})")
+    result = server.result or {}
+    if result.get("error"):
+        raise RuntimeUnavailable(f"the page failed in Chromium: {result['error']}")
+    return {**result, "chromium": chromium_version(binary)}
+
+
+def time_in_node(model: Path, x: np.ndarray, warmup: int, runs: int, threads: int = 1) -> dict[str, Any]:
+    """Times an .onnx file or bundle in onnxruntime-web under Node; returns samples, output and versions."""
+    from edgekit.runtimes.onnxruntime_web import NodeOrtWebRunner
+
+    runner = NodeOrtWebRunner(model, threads)
+    try:
+        output = runner(x)
+        t = runner.time(x, warmup, runs, MIN_WARMUP_MS)
+        return {**t, "output": output.ravel().tolist(), "runtime": runner.runtime, "versions": runner.versions}
+    finally:
+        runner.close()
+
+
+def engines_for(device: str | None) -> tuple[str, ...]:
+    if device in (None, ""):
+        return ENGINES
+    if device not in ENGINES:
+        raise SettingsError(f"browser target: --device must be one of {', '.join(ENGINES)}, got '{device}'")
+    return (device,)
+
+
+def measure_artifact(path: Path, x: np.ndarray, engines: tuple[str, ...], warmup: int, runs: int,
+                     threads: int = 1) -> list[dict[str, Any]]:
+    """Measures one .onnx file or web bundle in each engine; returns one latency entry per engine.
+
+    Entries: {"source": "measured", "engine", "device", "runtime", "threads", p50_ms, p90_ms, ..., "raw": {...}}
+    ("raw" holds samples and versions for profiles; callers drop it from report.json), or {"source": "none",
+    "engine", "reason"} when an engine is not installed and was not asked for explicitly.
+    """
+    from edgekit.runtimes.onnxruntime_web import package_version
+
+    runtime = f"onnxruntime-web {package_version()} (wasm)"
+    out, node_output = [], None
+    for engine in engines:
+        if engine == "node":
+            r = time_in_node(path, x, warmup, runs, threads)
+            node_output = np.asarray(r["output"], np.float32)
+            device = f"node {r['versions']['node']} (V8 {r['versions']['v8']}) on host: {host_cpu()}"
+            extra: dict[str, Any] = {}
+        else:
+            if chromium_binary() is None and len(engines) > 1:
+                out.append({"source": "none", "engine": "chromium", "runtime": runtime,
+                            "reason": "headless Chromium is not installed (Debian package `chromium`)"})
+                continue
+            r = _time_bundle_in_chromium(Path(path), x, warmup, runs, threads)
+            device = f"chromium {r['chromium']} (headless) on host: {host_cpu()}"
+            extra = {"cross_origin_isolated": r.get("cross_origin_isolated")}
+            if node_output is not None and r.get("output"):
+                # Same runtime, same input: the browser must compute what Node computed.
+                diff = np.abs(np.asarray(r["output"], np.float32).ravel() - node_output.ravel()).max()
+                extra["output_max_abs_diff_vs_node"] = float(diff)
+        timing = Timing.from_samples([s / 1e3 for s in r["samples_ms"]])
+        out.append({"source": "measured", "engine": engine, "device": device, "runtime": runtime,
+                    "threads": threads, **timing.as_dict(), "warmup_runs": r.get("warmup_runs"), **extra,
+                    "raw": r})
+    return out
+
+
+def _time_bundle_in_chromium(path: Path, x: np.ndarray, warmup: int, runs: int, threads: int) -> dict[str, Any]:
+    if path.is_dir():
+        return time_in_chromium(path, x, warmup, runs, threads)
+    from edgekit.export.web import write_bundle
+
+    # A plain .onnx artifact (e.g. an INT8 model from another stage) is timed through the same page.
+    with tempfile.TemporaryDirectory(prefix="edgekit-bundle-") as tmp:
+        bundle = write_bundle(path, Path(tmp) / "bundle", threads)
+        return time_in_chromium(bundle, x, warmup, runs, threads)
+
+
+def measure_artifacts_in_browsers(arts: list[dict[str, Any]], settings: Any, ctx: RunContext) -> None:
+    """The measure stage for the browser target: fills each artifact's `latency` (primary engine: Chromium when
+    measured, else Node) and `latencies` (every engine), writes profiles and a report section."""
+    engines = engines_for(ctx.device)
+    results: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    x = ctx.example_input
+    for a in arts:
+        if a["format"] not in ("web", "onnx"):
+            a["latency"] = {"source": "none", "device": ctx.target.description,
+                            "reason": f"no browser runtime for {a['format']} artifacts is measured by edgekit"}
+            continue
+        entries = measure_artifact(ctx.out / a["path"], x, engines, settings.warmup, settings.runs, ctx.threads)
+        results.append((a, entries))
+    record_browser_results(results, ctx)
+
+
+def record_browser_results(results: list[tuple[dict[str, Any], list[dict[str, Any]]]], ctx: RunContext) -> None:
+    """Writes the entries into the artifacts, profiles (one per engine) under the run folder, and a report section."""
+    from edgekit.measure import profile as prof
+
+    profiles: dict[str, dict[str, Any]] = {}
+    rows = []
+    for a, entries in results:
+        raws = [e.pop("raw", None) for e in entries]
+        measured = [e for e in entries if e["source"] == "measured"]
+        primary = next((e for e in measured if e["engine"] == "chromium"), measured[0] if measured else entries[0])
+        a["latency"] = dict(primary)
+        a["latencies"] = entries
+        for e, raw in zip(entries, raws, strict=True):
+            rows.append(f"| `{a['path']}` | {e['engine']} | "
+                        + (f"{e['p50_ms']:.4g} | {e['p90_ms']:.4g} | {e['runs']} | {e['device']} | {e['runtime']} |"
+                           if e["source"] == "measured" else f"– | – | – | {e.get('reason')} | {e['runtime']} |"))
+            if e["source"] != "measured":
+                continue
+            facts = {**host_facts(), "engine": e["engine"], "engine_version": _engine_version(raw),
+                     "user_agent": raw.get("user_agent"), "onnxruntime_web": e["runtime"]}
+            p = profiles.get(e["engine"])
+            if p is None:
+                p = profiles[e["engine"]] = prof.new_profile(
+                    ctx.target.name, prof.device_id_from_facts(facts, via=e["engine"]), facts, e["engine"])
+            name = Path(a["path"]).name
+            prof.add_entry(p, name, a["format"], e["runtime"], e["threads"],
+                           {k: e[k] for k in ("p50_ms", "p90_ms", "min_ms", "mean_ms", "runs")}
+                           | {"warmup": e.get("warmup_runs")},
+                           sha256=a.get("sha256") or _bundle_model_sha(ctx.out / a["path"]), via=e["engine"],
+                           extra={"device": e["device"], "samples_ms": [round(s, 4) for s in raw["samples_ms"]]})
+    written = [str(prof.save_profile(p, root=ctx.out / "profiles").relative_to(ctx.out)) for p in profiles.values()]
+    if rows:
+        ctx.add_section("Browser latency (onnxruntime-web)", "\n".join([
+            "Measured in real JavaScript engines on this machine: Node and headless Chromium, each after warm-up "
+            "(WebAssembly is first compiled by a baseline tier). `latency` in report.json holds the primary "
+            "(Chromium when measured), `latencies` every engine.", "",
+            "| artifact | engine | p50 ms | p90 ms | runs | device | runtime |", "|---|---|---:|---:|---:|---|---|",
+            *rows, "", *(f"- profile: `{w}`" for w in written)]))
+    ctx.record(details={"engines": sorted({e["engine"] for _, es in results for e in es if e["source"] == "measured"}),
+                        "profiles": written})
+
+
+def _engine_version(raw: dict[str, Any]) -> str:
+    if "chromium" in raw:
+        return f"chromium {raw['chromium']}"
+    return f"node {raw['versions']['node']}"
+
+
+def _bundle_model_sha(path: Path) -> str:
+    from edgekit.fileio import sha256_file
+
+    f = path / "model.onnx" if path.is_dir() else path
+    return sha256_file(f) if f.is_file() else ""

@@ -1,0 +1,362 @@
+#!/usr/bin/env python3
+"""edgekit latency harness: times one model file on the machine it runs on and prints one JSON object.
+
+Self-contained on purpose: it is copied to a device (over SSH, or run locally) and needs only the standard library,
+numpy and the runtime already installed there (ai-edge-litert / tflite-runtime for .tflite, onnxruntime for .onnx).
+
+    python3 harness.py MODEL [MODEL ...] [--runtime litert|onnxruntime] [--threads 1] [--runs 50] [--warmup 5] [--profile-runs 10]
+
+Output (stdout, one line): {"ok": true, "harness": 1, "artifact", "sha256", "format", "runtime", "runtime_name",
+"threads", "timing": {"p50_ms", "p90_ms", "min_ms", "mean_ms", "runs", "warmup"}, "per_op": [{"name", "type", "ms",
+"signature"}], "per_op_note", "device": {facts}, "conditions": {"before": {...}, "after": {...}, "throttling"}}; with several models: {"ok": true, "results": [...]}.
+On failure: {"ok": false, "kind": "missing_runtime" | "bad_model" | "bad_args" | "error", "error": "...",
+"install": "pip command"} and exit status 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HARNESS_VERSION = 1
+INSTALL = {"litert": "python3 -m pip install ai-edge-litert", "onnxruntime": "python3 -m pip install onnxruntime"}
+# ARM "CPU part" codes (/proc/cpuinfo on ARM boards names no model).
+ARM_PARTS = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
+             "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76",
+             "0xd0c": "Neoverse-N1", "0xd0d": "Cortex-A77", "0xd41": "Cortex-A78", "0xd44": "Cortex-X1",
+             "0xd46": "Cortex-A510", "0xd47": "Cortex-A710", "0xd4b": "Cortex-A78C", "0xd4f": "Neoverse-V2"}
+
+
+class HarnessError(Exception):
+    def __init__(self, kind: str, message: str, install: str = "") -> None:
+        super().__init__(message)
+        self.kind, self.install = kind, install
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def cpu_model() -> str:
+    text = _read("/proc/cpuinfo") or ""
+    fields: dict[str, str] = {}
+    parts = set()
+    for line in text.splitlines():
+        key, _, val = line.partition(":")
+        key, val = key.strip(), val.strip()
+        fields.setdefault(key, val)
+        if key == "CPU part":
+            parts.add(val.lower())
+    if fields.get("model name"):
+        return fields["model name"]
+    names = sorted({ARM_PARTS.get(p, f"ARM part {p}") for p in parts})
+    if names:
+        return " + ".join(names)
+    return fields.get("Hardware") or fields.get("cpu model") or platform.processor() or platform.machine()
+
+
+def temperature_c() -> float | None:
+    """Highest thermal-zone temperature (the SoC on boards), None where none is readable."""
+    temps = []
+    for path in glob.glob("/sys/class/thermal/thermal_zone*/temp"):
+        raw = _read(path)
+        if raw and raw.lstrip("-").isdigit():
+            temps.append(int(raw) / 1000.0)
+    return max(temps) if temps else None
+
+
+def throttle_state() -> dict:
+    """What the device says about throttling: vcgencmd on a Raspberry Pi, kernel throttle counters on x86."""
+    out: dict = {}
+    vcgencmd = shutil.which("vcgencmd")
+    if vcgencmd:
+        try:
+            r = subprocess.run([vcgencmd, "get_throttled"], capture_output=True, text=True, timeout=5)
+            value = int(r.stdout.strip().split("=")[-1], 16)
+            # bit 1: ARM frequency capped, bit 2: currently throttled, bit 3: soft temperature limit.
+            out["vcgencmd_throttled"] = hex(value)
+            out["throttled_now"] = bool(value & 0x6 or value & 0x8)
+        except (OSError, ValueError, subprocess.SubprocessError):
+            pass
+    counts = 0
+    found = False
+    for path in glob.glob("/sys/devices/system/cpu/cpu*/thermal_throttle/*_throttle_count"):
+        raw = _read(path)
+        if raw and raw.isdigit():
+            counts += int(raw)
+            found = True
+    if found:
+        out["throttle_count"] = counts
+    cur, top = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq"), _read(
+        "/sys/devices/system/cpu/cpu0/cpufreq/scaling_max_freq")
+    if cur and top and cur.isdigit() and top.isdigit():
+        out["freq_khz"], out["max_freq_khz"] = int(cur), int(top)
+    out["temperature_c"] = temperature_c()
+    return out
+
+
+def emulated(arch: str, cpu: str) -> bool:
+    """True under an emulator (qemu-user shows the host's x86 CPU to an ARM program)."""
+    if os.environ.get("EDGEKIT_EMULATED") == "1":
+        return True
+    x86 = any(v in cpu for v in ("Intel", "AMD", "EPYC", "Xeon", "QEMU"))
+    return arch.startswith(("aarch64", "arm")) and x86
+
+
+def device_facts() -> dict:
+    u = os.uname()
+    arch = platform.machine()
+    cpu = cpu_model()
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    return {
+        "hostname": u.nodename, "arch": arch, "cpu": cpu, "cores": os.cpu_count() or 1, "usable_cores": usable,
+        "uname": " ".join([u.sysname, u.nodename, u.release, u.version, u.machine]),
+        "model": _read("/proc/device-tree/model"),
+        "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "python": platform.python_version(), "emulated": emulated(arch, cpu),
+    }
+
+
+def _percentile(sorted_ms: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default), so the host and device agree."""
+    pos = (len(sorted_ms) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_ms) - 1)
+    return sorted_ms[lo] + (sorted_ms[hi] - sorted_ms[lo]) * (pos - lo)
+
+
+def summarise(samples_s: list[float], warmup: int) -> dict:
+    ms = sorted(s * 1e3 for s in samples_s)
+    return {"p50_ms": round(_percentile(ms, 50), 4), "p90_ms": round(_percentile(ms, 90), 4),
+            "min_ms": round(ms[0], 4), "mean_ms": round(statistics.fmean(ms), 4), "runs": len(ms), "warmup": warmup}
+
+
+def _random_input(np, shape, dtype):
+    rng = np.random.default_rng(0)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return rng.integers(max(info.min, -128), min(info.max, 127) + 1, size=shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def load_litert(path: str, threads: int):
+    try:
+        import ai_edge_litert
+        from ai_edge_litert.interpreter import Interpreter
+
+        version = getattr(ai_edge_litert, "__version__", None) or _dist_version("ai-edge-litert")
+        name = "litert"
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter  # the older runtime package, same API
+
+            version, name = _dist_version("tflite-runtime"), "tflite-runtime"
+        except ImportError:
+            raise HarnessError("missing_runtime", "the TFLite runtime (ai-edge-litert) is not installed",
+                               INSTALL["litert"]) from None
+    import numpy as np
+
+    try:
+        interp = Interpreter(model_path=path, num_threads=threads)
+        interp.allocate_tensors()
+    except Exception as e:  # the runtime's own message says what is wrong with the file
+        raise HarnessError("bad_model", f"LiteRT cannot load {os.path.basename(path)}: {str(e)[:200]}") from None
+    inp = interp.get_input_details()[0]
+    x = _random_input(np, tuple(inp["shape"]), inp["dtype"])
+
+    def run() -> None:
+        interp.set_tensor(inp["index"], x)
+        interp.invoke()
+
+    return run, f"{name} {version} (xnnpack)", None
+
+
+def load_onnxruntime(path: str, threads: int, profile_dir: str | None):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise HarnessError("missing_runtime", "onnxruntime is not installed", INSTALL["onnxruntime"]) from None
+    import numpy as np
+
+    def session(profile: bool):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.log_severity_level = 3
+        if profile:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = os.path.join(profile_dir, "ort")
+        try:
+            return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise HarnessError("bad_model", f"onnxruntime cannot load {os.path.basename(path)}: "
+                                            f"{str(e).splitlines()[0][:200]}") from None
+
+    sess = session(False)
+    i = sess.get_inputs()[0]
+    shape = tuple(d if isinstance(d, int) else 1 for d in i.shape)
+    dtype = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
+             "tensor(float16)": np.float16, "tensor(int64)": np.int64}.get(i.type, np.float32)
+    feed = {i.name: _random_input(np, shape, dtype)}
+
+    def run() -> None:
+        sess.run(None, feed)
+
+    def per_op(warmup: int, runs: int) -> list[dict]:
+        psess = session(True)
+        for _ in range(warmup + runs):
+            psess.run(None, feed)
+        return ort_per_op(psess.end_profiling(), warmup, runs)
+
+    return run, f"onnxruntime {ort.__version__}", per_op
+
+
+def ort_per_op(trace_path: str, skip_runs: int, runs: int) -> list[dict]:
+    """Mean per-inference kernel time of every node from an ONNX Runtime profile, skipping warm-up runs."""
+    with open(trace_path) as f:
+        events = json.load(f)
+    windows = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")[skip_runs:]
+    if not windows:
+        return []
+    start = windows[0][0]
+    totals: dict[str, dict] = {}
+    for e in events:
+        name = e.get("name", "")
+        if e.get("cat") != "Node" or not name.endswith("_kernel_time") or e["ts"] < start:
+            continue
+        args = e.get("args", {})
+        node = name[: -len("_kernel_time")]
+        item = totals.setdefault(node, {"name": node, "type": args.get("op_name", "?"), "us": 0.0,
+                                        "signature": _ort_signature(args)})
+        item["us"] += e["dur"]
+    n = len(windows)
+    return [{"name": v["name"], "type": v["type"], "ms": round(v["us"] / 1e3 / n, 5), "signature": v["signature"]}
+            for v in totals.values()]
+
+
+def _ort_signature(args: dict) -> str:
+    def shapes(items) -> str:
+        out = []
+        for d in items or []:
+            for dtype, shape in d.items():
+                out.append(f"{dtype}{list(shape)}")
+        return ",".join(out)
+
+    return f"{args.get('op_name', '?')}|{shapes(args.get('input_type_shape'))}->{shapes(args.get('output_type_shape'))}"
+
+
+def _dist_version(dist: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:
+        return "unknown"
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _load(path: str, runtime: str, threads: int, prof_dir: str):
+    if not os.path.isfile(path):
+        raise HarnessError("bad_args", f"no such model file: {path}")
+    fmt = "tflite" if path.endswith(".tflite") else "onnx" if path.endswith(".onnx") else "?"
+    runtime = runtime or {"tflite": "litert", "onnx": "onnxruntime"}.get(fmt, "")
+    if runtime in ("litert", "tflite-runtime"):
+        run, version, per_op_fn = load_litert(path, threads)
+        note = "the TFLite Python interpreter offers no per-operator profiler (XNNPACK runs the graph as one op)"
+    elif runtime == "onnxruntime":
+        run, version, per_op_fn = load_onnxruntime(path, threads, prof_dir)
+        note = "ONNX Runtime profiler: mean kernel time per inference"
+    else:
+        raise HarnessError("bad_args", f"runtime '{runtime}' is not one the harness runs (litert, onnxruntime)")
+    return {"path": path, "fmt": fmt, "runtime_name": runtime, "run": run, "version": version,
+            "per_op_fn": per_op_fn, "note": note}
+
+
+def measure(paths: list[str], runtime: str, threads: int, runs: int, warmup: int, profile_runs: int) -> list[dict]:
+    """Times every model; several models are timed interleaved (one run of each per round), so a slow phase of a
+    shared machine hits them alike."""
+    facts = device_facts()
+    before = throttle_state()
+    with tempfile.TemporaryDirectory(prefix="edgekit-prof-") as prof_dir:
+        models = [_load(p, runtime, threads, prof_dir) for p in paths]
+        for m in models:
+            for _ in range(warmup):
+                m["run"]()
+        samples: list[list[float]] = [[] for _ in models]
+        for _ in range(runs):
+            for i, m in enumerate(models):
+                t0 = time.perf_counter()
+                m["run"]()
+                samples[i].append(time.perf_counter() - t0)
+        after = throttle_state()
+        per_ops = [m["per_op_fn"](warmup, profile_runs) if m["per_op_fn"] and profile_runs > 0 else []
+                   for m in models]
+    throttling = None
+    if "throttled_now" in after:
+        throttling = after["throttled_now"]
+    elif "throttle_count" in after and "throttle_count" in before:
+        throttling = after["throttle_count"] > before["throttle_count"]
+    conditions = {"before": before, "after": after, "throttling": throttling, "governor": facts["governor"],
+                  "temperature_c": after.get("temperature_c")}
+    return [{"ok": True, "harness": HARNESS_VERSION, "artifact": os.path.basename(m["path"]),
+             "sha256": sha256(m["path"]), "format": m["fmt"], "runtime": m["version"],
+             "runtime_name": m["runtime_name"], "threads": threads, "timing": summarise(s, warmup), "per_op": ops,
+             "per_op_note": m["note"], "device": facts, "conditions": conditions}
+            for m, s, ops in zip(models, samples, per_ops)]  # noqa: B905 (the device may run Python < 3.10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="time one model file and print JSON")
+    p.add_argument("model", nargs="+", help="model file(s); several are timed interleaved")
+    p.add_argument("--runtime", default="", help="litert or onnxruntime (default: from the file suffix)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--profile-runs", type=int, default=10, help="extra profiled runs for per-operator times (0: off)")
+    p.add_argument("--facts-only", action="store_true", help="print the device facts and exit")
+    a = p.parse_args(argv)
+    try:
+        if a.facts_only:
+            result = {"ok": True, "harness": HARNESS_VERSION, "device": device_facts()}
+        else:
+            if a.runs < 1 or a.warmup < 0 or a.threads < 1:
+                raise HarnessError("bad_args", "runs and threads must be at least 1, warmup at least 0")
+            results = measure(a.model, a.runtime, a.threads, a.runs, a.warmup, a.profile_runs)
+            result = results[0] if len(results) == 1 else {"ok": True, "harness": HARNESS_VERSION, "results": results}
+    except HarnessError as e:
+        print(json.dumps({"ok": False, "kind": e.kind, "error": str(e), "install": e.install}))
+        return 3
+    except ImportError as e:  # numpy missing: the runtimes need it anyway
+        print(json.dumps({"ok": False, "kind": "missing_runtime", "error": f"{e}", "install": "python3 -m pip install numpy"}))
+        return 3
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

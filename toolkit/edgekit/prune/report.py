@@ -1,0 +1,76 @@
+"""The prune stage's part of the report: accuracy against weights remaining (ticket, re-init, random masks) as a
+plot and a table, and a per-layer sparsity table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgekit.fileio import atomic_path
+
+if TYPE_CHECKING:
+    from edgekit.prune.layers import LayerPlan
+
+SERIES = (("ticket", "winning ticket", "#4c72b0", "o"), ("reinit", "same mask, random re-init", "#dd8452", "s"),
+          ("random_masks", "random mask, same sparsity", "#8c8c8c", "^"))
+
+
+def plot_rounds(path: Path, rounds: list[dict[str, Any]], title: str) -> Path:
+    """Test accuracy against the percentage of weights remaining (log axis, as in the paper's figures)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for key, label, color, marker in SERIES:
+        pts = [(100 * r["remaining"], 100 * r[key]) for r in rounds if r.get(key) is not None]
+        if key != "ticket" and rounds and rounds[0].get(key) is None and pts:
+            pts = [(100.0, 100 * rounds[0]["ticket"]), *pts]  # every curve starts at the dense network
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            ax.plot(xs, ys, marker=marker, color=color, label=label, markersize=4)
+    if rounds:
+        dense = 100 * rounds[0]["ticket"]
+        ax.axhline(dense - 1, color="#55a868", linestyle=":", linewidth=1, label="dense - 1 point")
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("weights remaining (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return path
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.2f}"
+
+
+def rounds_markdown(rounds: list[dict[str, Any]], plot_rel: str) -> str:
+    lines = [f"![test accuracy vs weights remaining]({plot_rel})", "",
+             "| round | weights remaining (%) | ticket acc (%) | re-init acc (%) | random-mask acc (%) |",
+             "|---:|---:|---:|---:|---:|"]
+    for r in rounds:
+        lines.append(f"| {r['round']} | {100 * r['remaining']:.2f} | {_pct(r['ticket'])} | {_pct(r['reinit'])} | "
+                     f"{_pct(r['random_masks'])} |")
+    return "\n".join(lines)
+
+
+def layers_markdown(sparsity: dict[str, Any], plan: LayerPlan) -> str:
+    lines = ["| layer | shape | weights | kept | sparsity (%) | rate per round | note |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for name, info in sparsity["layers"].items():
+        module = name.removesuffix(".weight")
+        note = plan.sparse_ok.get(module, "")
+        lines.append(f"| `{module}` | {'x'.join(map(str, info['shape']))} | {info['total']} | {info['nonzero']} | "
+                     f"{100 * info['sparsity']:.2f} | {plan.rates[name]:.3g} | {note} |")
+    for module, why in plan.dense.items():
+        lines.append(f"| `{module}` | | | | 0 (dense) | – | {why} |")
+    lines += ["", f"Total: {sparsity['nonzero']} of {sparsity['total']} weights kept "
+                  f"({100 * sparsity['remaining']:.2f}%). {plan.target_note}."]
+    return "\n".join(lines)

@@ -1,0 +1,193 @@
+"""Scores a policy: apply it through the backend, run the artifact in its own runtime, measure quality, latency, size.
+
+Quality is task accuracy when the data is labelled, else top-1 agreement with the float artifact (run in the same
+runtime) plus SQNR of the logits. A drop is always in points (percentage points of accuracy or agreement).
+
+Latency: for the host target, measured here in the artifact's runtime, interleaved with an anchor artifact (the full
+INT8 model) so that a slow phase of a shared machine hits both; the search objective is the candidate's p50 scaled by
+the anchor's p50 ratio (less noisy than raw p50s taken minutes apart). For another target, predicted from the target's
+profile when one exists, else unavailable: host timings are never reported as another device's latency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgekit.quant.policy import Layer, Policy
+from edgekit.runtimes import Runner, load_runner, time_interleaved
+from edgekit.train import accuracy, sqnr_db, top1_agreement
+
+
+class Backend(Protocol):
+    layers: list[Layer]
+
+    def apply(self, policy: Policy, out_path: str | Path) -> Path: ...
+
+
+@dataclass
+class Candidate:
+    """One evaluated policy."""
+
+    policy: Policy
+    path: Path
+    quality: float  # accuracy or agreement, 0..1
+    drop: float  # points below the float artifact
+    sqnr_db: float
+    agreement: float
+    size_bytes: int
+    p50_ms: float | None = None  # search objective (anchor-scaled when measured)
+    p50_raw_ms: float | None = None  # as timed, interleaved with the anchor
+    latency_source: str = "none"
+    trial: int = -1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size_mb(self) -> float:
+        return self.size_bytes / 1e6
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"label": self.policy.label, "policy": self.policy.describe(), "quality": round(self.quality, 5),
+                "drop": round(self.drop, 3), "sqnr_db": round(self.sqnr_db, 2), "agreement": round(self.agreement, 5),
+                "size_bytes": self.size_bytes, "p50_ms": None if self.p50_ms is None else round(self.p50_ms, 4),
+                "latency_source": self.latency_source, "trial": self.trial}
+
+
+def run_all(runner: Runner, x: np.ndarray) -> np.ndarray:
+    """Logits of `runner` on every input (the artifact's fixed batch; a ragged tail is dropped)."""
+    batch = runner.input_shape[0] if runner.input_shape else 1
+    n = len(x) - len(x) % batch
+    return np.concatenate([np.asarray(runner(x[i:i + batch])).reshape(batch, -1) for i in range(0, n, batch)])
+
+
+class Scorer:
+    """Evaluates policies for one backend against the float artifact of the same runtime.
+
+    Args:
+        backend: applies policies (OnnxQuantizer, TFLiteQuantizer, NncfQuantizer ...).
+        runtime: runtime module that runs the backend's artifacts.
+        float_path: the float artifact in that runtime.
+        x_eval, y_eval: held-out inputs (never the calibration inputs) and labels or None.
+        workdir: where candidate artifacts are written.
+        threads: runtime threads.
+        latency: "measured" (host target), "predicted" (predictor given) or "none".
+        predictor: an edgekit.measure.predictor Predictor for "predicted".
+        timing_runs: interleaved rounds per candidate.
+    """
+
+    def __init__(self, backend: Backend, runtime: str, float_path: Path, x_eval: np.ndarray,
+                 y_eval: np.ndarray | None, workdir: Path, threads: int = 1, latency: str = "measured",
+                 predictor: Any = None, timing_runs: int = 20, suffix: str = ".onnx") -> None:
+        self.backend = backend
+        self.runtime = runtime
+        self.float_path = Path(float_path)
+        self.x = x_eval.astype(np.float32)
+        self.y = y_eval
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.threads = threads
+        self.latency = latency
+        self.predictor = predictor
+        self.timing_runs = timing_runs
+        self.suffix = suffix
+        self.float_runner = load_runner(runtime, float_path, threads)
+        self.float_logits = run_all(self.float_runner, self.x)
+        self.y = None if y_eval is None else y_eval[: len(self.float_logits)]
+        self.float_quality = self._quality(self.float_logits)
+        self.anchor: Runner | None = None
+        self.anchor_p50: float | None = None
+        self.evaluated = 0
+        self._cache: dict[str, Candidate] = {}
+
+    @property
+    def metric(self) -> str:
+        return "accuracy" if self.y is not None else "agreement"
+
+    def _quality(self, logits: np.ndarray) -> float:
+        if self.y is not None:
+            return accuracy(logits, self.y)
+        return top1_agreement(logits, self.float_logits)
+
+    def set_anchor(self, path: Path, runs: int = 60) -> float | None:
+        """Times the anchor (full INT8) against the float artifact; candidates are scaled by it."""
+        if self.latency != "measured":
+            return None
+        self.anchor = load_runner(self.runtime, path, self.threads)
+        t = time_interleaved([self.anchor, self.float_runner], self.x[:1].reshape(self.anchor.input_shape), 5, runs)
+        self.anchor_p50 = t[0].p50_ms
+        return self.anchor_p50
+
+    def score(self, policy: Policy, name: str, time_it: bool = True) -> Candidate:
+        """Applies, runs and times `policy`; identical policies are evaluated once."""
+        key = policy.key()
+        if key in self._cache:
+            cand = self._cache[key]
+            if time_it and cand.p50_ms is None and self.latency != "none":
+                self._time(cand, load_runner(self.runtime, cand.path, self.threads), cand.path)
+            return cand
+        path = self.backend.apply(policy, self.workdir / f"{name}{self.suffix}")
+        runner = load_runner(self.runtime, path, self.threads)
+        logits = run_all(runner, self.x)
+        q = self._quality(logits)
+        cand = Candidate(policy=policy, path=path, quality=q, drop=100.0 * (self.float_quality - q),
+                         sqnr_db=float(sqnr_db(self.float_logits, logits)),
+                         agreement=top1_agreement(logits, self.float_logits),
+                         size_bytes=path.stat().st_size)
+        if time_it:
+            self._time(cand, runner, path)
+        self.evaluated += 1
+        self._cache[key] = cand
+        return cand
+
+    def _time(self, cand: Candidate, runner: Runner, path: Path) -> None:
+        if self.latency == "measured":
+            anchor = self.anchor or self.float_runner
+            x = self.x[:1].reshape(runner.input_shape)
+            raw, ratio = paired_timing(runner, anchor, x, self.timing_runs)
+            cand.p50_raw_ms = raw
+            cand.p50_ms = raw if self.anchor_p50 is None else self.anchor_p50 * ratio
+            cand.latency_source = "measured"
+            cand.extra["ratio_to_anchor"] = ratio
+        elif self.latency == "predicted" and self.predictor is not None:
+            pred = self.predictor.predict(path, self.runtime, self.threads)
+            cand.p50_ms = float(pred["p50_ms"])
+            cand.latency_source = "predicted"
+            cand.extra["predicted_error_pct"] = pred.get("error_pct")
+
+
+def paired_timing(runner: Runner, anchor: Runner, x: np.ndarray, runs: int, warmup: int = 3
+                  ) -> tuple[float, float]:
+    """(candidate p50 in ms, median of per-round candidate/anchor time ratios).
+
+    Each round times both back to back, in alternating order; the median of per-round ratios cancels slow phases
+    of a shared machine that a ratio of two p50s would not.
+    """
+    import time
+
+    for _ in range(warmup):
+        runner(x)
+        anchor(x)
+    own, ratios = [], []
+    for i in range(runs):
+        pair = (runner, anchor) if i % 2 == 0 else (anchor, runner)
+        t = []
+        for r in pair:
+            t0 = time.perf_counter()
+            r(x)
+            t.append(time.perf_counter() - t0)
+        tc, ta = (t[0], t[1]) if i % 2 == 0 else (t[1], t[0])
+        own.append(tc)
+        ratios.append(tc / ta)
+    return float(np.median(own) * 1e3), float(np.median(ratios))
+
+
+def final_timing(paths: dict[str, Path], runtime: str, x: np.ndarray, threads: int = 1, runs: int = 100
+                 ) -> dict[str, dict[str, float]]:
+    """Interleaved timing of the finalists (float, full INT8, chosen ...) in one process, for the report."""
+    names = list(paths)
+    runners = [load_runner(runtime, paths[n], threads) for n in names]
+    xs = [x[:1].reshape(r.input_shape) for r in runners]
+    return {n: t.as_dict() for n, t in zip(names, time_interleaved(runners, xs, 5, runs), strict=True)}

@@ -1,0 +1,153 @@
+"""Multi-objective policy search (quality drop, latency, size) with Optuna's NSGA-II, seeded by sensitivity.
+
+The first generation is not random: it holds full INT8 (per-channel and per-tensor) and the policies that keep the
+k most sensitive layers float (k = 1, 2, 3, 5, 8, ...), so the search starts on the front a person would try by
+hand and NSGA-II's crossover and mutation explore from there. Constraints are Optuna constraints (feasible first).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edgekit.errors import SettingsError
+from edgekit.quant.evaluate import Candidate
+from edgekit.quant.policy import FLOAT, INT8_CHANNEL, INT8_TENSOR, MODES, Layer, Policy
+
+
+@dataclass(frozen=True)
+class Constraints:
+    max_quality_drop: float | None = None  # points
+    latency_budget_ms: float | None = None
+    max_size_mb: float | None = None
+
+    def violations(self, c: Candidate) -> list[float]:
+        """Optuna convention: <= 0 means satisfied."""
+        out = [c.drop - self.max_quality_drop if self.max_quality_drop is not None else -1.0]
+        if self.latency_budget_ms is not None:
+            out.append(c.p50_ms - self.latency_budget_ms if c.p50_ms is not None else 1.0)
+        else:
+            out.append(-1.0)
+        out.append(c.size_mb - self.max_size_mb if self.max_size_mb is not None else -1.0)
+        return out
+
+    def met(self, c: Candidate) -> bool:
+        return all(v <= 0 for v in self.violations(c))
+
+
+def seed_policies(layers: list[Layer], ranked: list[str], calibration: str, max_seeds: int) -> list[Policy]:
+    """Full INT8, then 'keep the k most sensitive layers float' for growing k (per-channel and per-tensor)."""
+    names = [la.name for la in layers]
+    seeds = [Policy.uniform(names, INT8_CHANNEL, calibration=calibration, label="full INT8 per-channel"),
+             Policy.uniform(names, INT8_TENSOR, calibration=calibration, label="full INT8 per-tensor")]
+    k, ks = 1, []
+    while k < len(names):
+        ks.append(k)
+        k = max(k + 1, int(round(k * 1.6)))
+    for k in ks:
+        keep = set(ranked[:k])
+        for mode in (INT8_CHANNEL, INT8_TENSOR):
+            seeds.append(Policy(layers={n: FLOAT if n in keep else mode for n in names}, calibration=calibration,
+                                label=f"top-{k} sensitive float, rest {mode}"))
+    return seeds[:max_seeds]
+
+
+def pareto_front(cands: list[Candidate]) -> list[Candidate]:
+    """Non-dominated candidates on (drop, p50, size); p50 is left out when no candidate has one."""
+    def objs(c: Candidate) -> tuple[float, ...]:
+        return (c.drop, c.p50_ms if c.p50_ms is not None else 0.0, c.size_bytes)
+
+    front = []
+    for c in cands:
+        o = objs(c)
+        if not any(all(a <= b for a, b in zip(objs(d), o, strict=True)) and objs(d) != o for d in cands):
+            front.append(c)
+    return sorted(front, key=lambda c: (c.p50_ms or 0.0, c.drop))
+
+
+def choose(cands: list[Candidate], constraints: Constraints, latency_slack: float = 0.10
+           ) -> tuple[Candidate, str, bool]:
+    """The chosen policy and why: among feasible candidates, the lowest quality drop within `latency_slack` of
+    the fastest feasible one (smallest size without latency). Returns (candidate, reason, constraints_met)."""
+    if not cands:
+        raise SettingsError("search: no candidate was evaluated")
+    feasible = [c for c in cands if constraints.met(c)]
+    if not feasible:
+        best = min(cands, key=lambda c: sum(max(v, 0.0) for v in constraints.violations(c)))
+        return best, ("no candidate meets the constraints; chose the one closest to them "
+                      f"(quality drop {best.drop:.2f} pts, p50 {_ms(best.p50_ms)}, {best.size_mb:.3f} MB)"), False
+    if all(c.p50_ms is not None for c in feasible):
+        fastest = min(feasible, key=lambda c: c.p50_ms)  # type: ignore[arg-type,return-value]
+        limit = fastest.p50_ms * (1 + latency_slack)  # type: ignore[operator]
+        near = [c for c in feasible if c.p50_ms <= limit]  # type: ignore[operator]
+        best = min(near, key=lambda c: (round(c.drop, 6), c.p50_ms, c.size_bytes))
+        why = (f"fastest feasible candidate: {_ms(fastest.p50_ms)} ({fastest.policy.label}); among the "
+               f"{len(near)} feasible candidates within {latency_slack:.0%} of it, this one has the lowest quality "
+               f"drop ({best.drop:.2f} pts)")
+    else:
+        smallest = min(feasible, key=lambda c: c.size_bytes)
+        near = [c for c in feasible if c.size_bytes <= smallest.size_bytes * (1 + latency_slack)]
+        best = min(near, key=lambda c: (round(c.drop, 6), c.size_bytes))
+        why = (f"latency unavailable for this target (no device, no profile): chose the lowest quality drop "
+               f"({best.drop:.2f} pts) within {latency_slack:.0%} of the smallest feasible size")
+    return best, why, True
+
+
+def _ms(v: float | None) -> str:
+    return "latency n/a" if v is None else f"{v:.3f} ms"
+
+
+def run_search(layers: list[Layer], ranked: list[str], score: Callable[[Policy, str], Candidate], *,
+               trials: int, calibrations: tuple[str, ...], constraints: Constraints, seed: int = 0,
+               max_seconds: float | None = None, use_latency: bool = True, progress: object = None
+               ) -> list[Candidate]:
+    """Runs NSGA-II over per-layer modes + calibration + symmetric activations; returns every unique candidate.
+
+    Args:
+        layers: quantisable layers.
+        ranked: layer names, most sensitive first (seeds the first generation).
+        score: evaluates a policy (name = artifact stem); identical policies should be cached by the caller.
+        trials: Optuna trials (duplicates proposed by the sampler cost nothing).
+        calibrations: activation calibration methods the backend offers.
+        constraints: feasibility limits.
+        use_latency: latency is an objective (False when it is unavailable for the target).
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(logging.WARNING)
+    if not calibrations:
+        raise SettingsError("search: the backend offers no calibration method")
+    population = max(6, min(20, trials // 3))
+    # Constraints reach NSGA-II through Trial.set_constraint (feasible candidates dominate infeasible ones).
+    sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
+    directions = ["minimize", "minimize", "minimize"] if use_latency else ["minimize", "minimize"]
+    study = optuna.create_study(directions=directions, sampler=sampler)
+    for p in seed_policies(layers, ranked, calibrations[0], max_seeds=max(population, trials // 2)):
+        study.enqueue_trial({**p.layers, "calibration": p.calibration, "symmetric": p.symmetric_activations},
+                            user_attrs={"label": p.label})
+    seen: dict[str, Candidate] = {}
+    task = progress.add_task("policy search", total=trials) if progress is not None else None  # type: ignore
+
+    def objective(trial: optuna.Trial) -> tuple[float, ...]:
+        layer_modes = {la.name: trial.suggest_categorical(la.name, MODES) for la in layers}
+        cal = trial.suggest_categorical("calibration", calibrations)
+        sym = trial.suggest_categorical("symmetric", [False, True])
+        label = trial.user_attrs.get("label") or f"trial {trial.number}"
+        policy = Policy(layers=layer_modes, calibration=cal, symmetric_activations=sym, label=label)
+        c = score(policy, f"cand-{trial.number:03d}")
+        if c.trial < 0:
+            c.trial = trial.number
+        seen.setdefault(policy.key(), c)
+        for key, v in zip(("quality_drop", "latency", "size"), constraints.violations(c), strict=True):
+            trial.set_constraint(key, float(v))
+        if task is not None:
+            progress.advance(task)  # type: ignore[attr-defined]
+        lat = c.p50_ms if c.p50_ms is not None else math.inf
+        return (c.drop, lat, c.size_mb) if use_latency else (c.drop, c.size_mb)
+
+    study.optimize(objective, n_trials=trials, timeout=max_seconds, catch=())
+    if task is not None:
+        progress.remove_task(task)  # type: ignore[attr-defined]
+    return list(seen.values())
