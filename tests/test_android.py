@@ -198,6 +198,12 @@ def test_apk_path_polls_logcat(tflite, monkeypatch):
     assert am[:6] == ["am", "start", "-S", "-W", "-n", android.APK_ACTIVITY] and am[6] == "--es"
     assert am[7] == "args" and len(am) == 9 and am[8].startswith("--graph=") and "--num_threads=4" in am[8]
     assert fake.logcat_polls == 2 and prof["entries"][0]["timing"]["runs"] == 6871
+    stuck = FakeAdb(apk=True)
+    stuck.logcat_polls = -10**9  # the run never finishes
+    args = android.benchmark_args(android.remote_model_path(tflite), 4, 5, 50)
+    with pytest.raises(RuntimeUnavailable, match="no result within"):
+        android.run_apk(android.Adb("S2", runner=stuck), tflite, args, timeout=0.05, poll_s=0.01)
+    assert ["rm", "-f", android.remote_model_path(tflite)] in stuck.shell_words()  # cleaned up anyway
 
 
 def test_offline_device_and_emulator_are_refused(tflite):
@@ -229,7 +235,7 @@ def test_measure_stage_fills_latency_and_run_folder_profile(tflite, tmp_path):
     assert load_profile_file(out / "profiles" / "android-arm64" / f"{p['device_id']}.json")["entries"]
 
 
-def test_harness_script_runs_the_same_benchmark_command(tflite):
+def test_harness_script_runs_the_same_benchmark_command(tflite, monkeypatch):
     tgt = load_target("android-arm64")
     script = harness_script(tflite, tgt, 4, 50, 5, serial="R58M123")
     assert subprocess.run(["sh", "-n"], input=script, text=True).returncode == 0
@@ -240,7 +246,15 @@ def test_harness_script_runs_the_same_benchmark_command(tflite):
     # The script's command, as the remote shell will see it, is the automated path's command word for word.
     assert shlex.split(line.split("$ADB shell ", 1)[1].split(" | tee")[0]) == bench
     apk = harness_script(tflite, tgt, 4, 50, 5, tool="apk")
-    assert subprocess.run(["sh", "-n"], input=apk, text=True).returncode == 0 and android.APK_ACTIVITY in apk
+    assert subprocess.run(["sh", "-n"], input=apk, text=True).returncode == 0
+    apk_fake = FakeAdb(apk=True)
+    monkeypatch.setattr(android, "APK_POLL_S", 0.0)
+    android.profile_artifact_adb(tflite, tgt, "R58M123", 4, 50, 5, tool="apk", adb=android.Adb("R58M123", runner=apk_fake))
+    am = next(w for w in apk_fake.shell_words() if w[:2] == ["am", "start"])
+    line = next(ln for ln in apk.splitlines() if " am start " in ln)
+    # The local shell splits the line, adb joins the words with spaces, the phone's shell splits again.
+    local_words = shlex.split(line.split("$ADB shell ", 1)[1])
+    assert shlex.split(" ".join(local_words)) == am
 
 
 def test_harness_log_imports_through_the_cli(tflite, tmp_path):
@@ -305,7 +319,7 @@ def test_profile_command_over_adb_with_a_recording_adb(tflite, tmp_path):
     assert r.returncode == 0, r.stderr
     calls = [json.loads(x) for x in log.read_text().splitlines()]
     assert calls[0] == ["-s", "R58M123", "get-state"] and any("--enable_op_profiling=true" in c[-1] for c in calls)
-    assert [c[2].split()[0] for c in calls if c[2] == "shell"] == []  # every shell call is one quoted string
+    assert all(len(c) == 4 for c in calls if c[2] == "shell")  # every remote command is one quoted string
     shells = [shlex.split(c[3])[0] for c in calls if c[2] == "shell"]
     assert shells == ["getprop", "cat", "dumpsys", "ls", android.REMOTE_BINARY, "rm", "dumpsys"]
     out = json.loads(r.stdout.strip().splitlines()[-1])

@@ -141,7 +141,7 @@ def test_target_rules_decide_which_layers_are_pruned(monkeypatch):
     assert set(plan.dense) == {"0", "3", "7", "15"}
     # A model with no layer the runtime can run sparse: auto prunes anyway and says why; on refuses.
     plan = plan_layers(_mlp(), Settings(), rpi4, (1, 1, 8, 8), parse_pattern("unstructured"))
-    assert len(plan.rates) == 3 and "none of the selected layers" in plan.target_note
+    assert len(plan.rates) == 3 and "allow none of the selected layers" in plan.target_note
     with pytest.raises(SettingsError):
         plan_layers(_mlp(), Settings(target_rules="on"), rpi4, (1, 1, 8, 8), parse_pattern("unstructured"))
 
@@ -166,7 +166,7 @@ def test_real_target_rules_prune_1x1_and_keep_stem_and_depthwise_dense():
     assert "xnnpack" in plan.target_note
     # On this AVX host XNNPACK keeps the dense path: auto prunes for size and says so.
     plan = plan_layers(model, Settings(), load_target("host"), (1, 3, 32, 32), parse_pattern("unstructured"))
-    assert len(plan.rates) == 5 and "none of the selected layers" in plan.target_note
+    assert len(plan.rates) == 5 and "allow none of the selected layers" in plan.target_note
 
 
 def test_imp_invariants_and_controls(tmp_path):
@@ -190,6 +190,11 @@ def test_imp_invariants_and_controls(tmp_path):
     # Same folder and settings: nothing is retrained, the same result comes back.
     again = run_imp(_mlp(), ds.x_train, ds.y_train, ds.x_test, ds.y_test, FAST, plan.rates, tmp_path / "p")
     assert again.resumed_from == 2 and again.mask == res.mask and again.rounds == res.rounds
+    # More rounds later extend the finished run instead of starting over.
+    more = run_imp(_mlp(), ds.x_train, ds.y_train, ds.x_test, ds.y_test, replace(FAST, rounds=3), plan.rates,
+                   tmp_path / "p")
+    assert more.resumed_from == 2 and more.rounds[:3] == res.rounds and len(more.rounds) == 4
+    more.mask.check_within(res.mask)
     # Another initialisation is another run: the old rounds are not trusted, and they are dropped.
     other = _mlp(seed=1)
     assert not torch.equal(other[1].weight, init["1.weight"])
@@ -259,3 +264,17 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path):
     r = run_cli("prune", "edgekit:digits_mlp", "--data", "digits", "--rate", "1.5", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "rate must be in (0, 1)" in r.stderr
     assert not (tmp_path / "x" / "report.json").exists()
+
+
+def test_recipe_and_unlabelled_data():
+    from edgekit.data import synthetic
+    from edgekit.pipeline import load_recipe
+    from edgekit.stages import prune as stage
+
+    recipe = load_recipe("lottery")
+    names = [s.name for s in recipe.stages]
+    assert names.index("baseline") < names.index("prune") < names.index("export")
+    assert isinstance(recipe.stages[names.index("prune")].settings, Settings)
+    ctx = types.SimpleNamespace(data=synthetic((1, 1, 8, 8)))
+    with pytest.raises(SettingsError, match="needs labelled data"):
+        stage.run(_mlp(), FAST, ctx)

@@ -19,6 +19,12 @@ from edgekit.runtimes.onnxruntime_web import NodeOrtWebRunner, node_modules, pac
 HAS_CHROMIUM = browser.chromium_binary() is not None
 
 
+@pytest.fixture(autouse=True)
+def _short_warmup(monkeypatch):
+    """Direct calls here check behaviour, not speed: skip the 1 s tier-up warm-up (the CLI run keeps it)."""
+    monkeypatch.setattr(browser, "MIN_WARMUP_MS", 0.0)
+
+
 def _small_model(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(x.reshape(len(x), -1) @ w + b, 0)
 
@@ -67,7 +73,7 @@ def test_node_runner_matches_reference_and_keeps_one_process(small_onnx):
     runner = load_runner("onnxruntime-web", small_onnx["path"], 1)
     try:
         assert runner.input_shape == (1, 1, 8, 8)
-        assert runner.runtime == f"onnxruntime-web {package_version()} (wasm)"
+        assert runner.runtime == f"onnxruntime-web {package_version()} (wasm, SIMD128)"
         pid = runner._proc.pid
         rng = np.random.default_rng(1)
         for _ in range(3):  # several calls, one process
@@ -127,7 +133,8 @@ def test_compress_wasm_writes_bundle_verified_in_node(wasm_run):
     assert v["passed"] and v["runtime"].startswith("onnxruntime-web ") and v["inputs"] == 32
     node = next(e for e in art["latencies"] if e["engine"] == "node")
     assert node["source"] == "measured" and node["runs"] == 20
-    assert node["device"].startswith("node v") and node["runtime"] == f"onnxruntime-web {package_version()} (wasm)"
+    assert node["device"].startswith("node v")
+    assert node["runtime"] == f"onnxruntime-web {package_version()} (wasm, SIMD128)"
     assert 0 < node["min_ms"] <= node["p50_ms"] <= node["p90_ms"]
     assert "raw" not in node  # samples live in the profile, not in report.json
     (node_profile,) = (out / "profiles" / "wasm").glob("*-via-node.json")
@@ -173,3 +180,13 @@ def test_chromium_page_runs_the_bundle_and_reports(small_onnx, tmp_path):
     assert len(r["samples_ms"]) == 20 and "HeadlessChrome" in r["user_agent"]
     assert r["onnxruntime_web"] == package_version()
     np.testing.assert_allclose(np.asarray(r["output"]).reshape(1, -1), small_onnx["ref"], atol=1e-5)
+
+
+def test_broken_chromium_is_reported_not_hidden(small_onnx, monkeypatch):
+    monkeypatch.setenv("EDGEKIT_CHROMIUM", "/bin/false")
+    node, chromium = browser.measure_artifact(small_onnx["path"], small_onnx["x"], ("node", "chromium"),
+                                              warmup=2, runs=20)
+    assert node["source"] == "measured"
+    assert chromium["source"] == "none" and "reported no result" in chromium["reason"]
+    with pytest.raises(RuntimeUnavailable, match="exit code 1"):  # asked for explicitly: an error
+        browser.measure_artifact(small_onnx["path"], small_onnx["x"], ("chromium",), warmup=2, runs=20)

@@ -39,10 +39,46 @@ def load_report(run_dir: str | Path) -> dict[str, Any]:
 def save_report(run_dir: str | Path, report: dict[str, Any], markdown: bool = True) -> Path:
     """Writes report.json, and report.md with its plot, atomically."""
     run_dir = Path(run_dir)
+    report["summary"] = summarize(report)
     path = write_json(run_dir / "report.json", report)
     if markdown:
         write_markdown(run_dir, report)
     return path
+
+
+def summarize(report: dict[str, Any]) -> dict[str, Any]:
+    """Flat before/after figures that CI gates address by simple names (`--fail-on 'quality_drop>1.0'`).
+
+    quality_* come from the last stage whose metrics carry quality_after (e.g. quantize), else from baseline;
+    quality_drop is in points. p50_ms is the best latency over all artifacts (measured or predicted only).
+    """
+    metric = (report.get("data") or {}).get("quality_metric")
+    stages = report.get("stages", [])
+    base = next((st.get("metrics", {}) for st in stages if st.get("name") == "baseline"), {})
+    after = next((st.get("metrics", {}) for st in reversed(stages) if "quality_after" in st.get("metrics", {})), {})
+    q_before = after.get("quality_before", base.get(metric))
+    q_after = after.get("quality_after", q_before)
+    drop = after.get("quality_drop")
+    if drop is None and q_before is not None and q_after is not None:
+        drop = round(100.0 * (q_before - q_after), 4)
+    arts = report.get("artifacts", [])
+    fp32 = [a for a in arts if a.get("precision") == "fp32"]
+    other = [a for a in arts if a.get("precision") != "fp32"] or fp32
+
+    def p50(group: list[dict[str, Any]]) -> float | None:
+        v = [a["latency"]["p50_ms"] for a in group if (a.get("latency") or {}).get("source") in ("measured", "predicted")
+             and a["latency"].get("p50_ms") is not None]
+        return min(v) if v else None
+
+    def size(group: list[dict[str, Any]]) -> int | None:
+        v = [a["size_bytes"] for a in group if a.get("size_bytes") is not None]
+        return min(v) if v else None
+
+    sources = sorted({(a.get("latency") or {}).get("source", "none") for a in arts})
+    return {"quality_metric": metric, "quality_before": q_before, "quality_after": q_after, "quality_drop": drop,
+            "size_before_bytes": size(fp32), "size_after_bytes": size(other), "p50_ms_before": p50(fp32),
+            "p50_ms_after": p50(other), "p50_ms": p50(arts), "latency_sources": sources,
+            "artifacts_failed": sum((a.get("verification") or {}).get("passed") is False for a in arts)}
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -71,6 +107,13 @@ def render_markdown(report: dict[str, Any], plot_name: str | None = None) -> str
     if target:
         lines += [f"Target **{report.get('target')}**: {target.get('description', '')} ({target.get('cpu')}, "
                   f"{target.get('cores')} cores, {', '.join(target.get('simd', [])) or 'no SIMD listed'})", ""]
+    summ = report.get("summary") or summarize(report)
+    lines += ["## Summary", "", "| | before | after |", "|---|---:|---:|",
+              f"| quality ({summ['quality_metric']}) | {_fmt(summ['quality_before'])} | {_fmt(summ['quality_after'])} "
+              f"(drop {_fmt(summ['quality_drop'])} pts) |",
+              f"| size | {_size(summ['size_before_bytes'])} | {_size(summ['size_after_bytes'])} |",
+              f"| best p50 ms ({', '.join(summ['latency_sources'])}) | {_fmt(summ['p50_ms_before'])} | "
+              f"{_fmt(summ['p50_ms_after'])} |", ""]
     lines += ["## Stages", "", "| stage | seconds | params (nonzero / total) | metrics |", "|---|---:|---:|---|"]
     for st in report.get("stages", []):
         metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in (st.get("metrics") or {}).items())

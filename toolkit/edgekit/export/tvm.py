@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 RUNTIME = "tvm"
 SUFFIX = ".tvm.so"
+TARGET_AWARE = True  # the export stage passes the run's target (the library is compiled for its CPU)
 TUNING_DIR = Path(__file__).resolve().parents[3] / "kernels" / "tuning"
 # Edge targets by architecture: the LLVM target TVM compiles for, the kernel build, and the C compiler that links.
 ARCHES = {
@@ -87,7 +88,7 @@ def export(model: nn.Module, example: np.ndarray, path: Path, target: str | Any 
         lib_tmp = tmp.with_suffix(".so")  # export_library picks the linker by the suffix
         try:
             if cc:
-                from tvm.contrib import cc as tvm_cc
+                from tvm.support import cc as tvm_cc
 
                 ex.export_library(str(lib_tmp), fcompile=tvm_cc.cross_compiler(cc), options=objects)
             else:
@@ -143,7 +144,7 @@ def _compile(mod: Any, target: Any, tuning_dir: Path, trials: int) -> tuple[Any,
             for f in ("database_workload.json", "database_tuning_record.json"):
                 if (tuning_dir / f).is_file():
                     shutil.copy(tuning_dir / f, Path(work) / f)
-            ms.relax_integration.tune_relax(mod, {}, target, work, max_trials_global=trials,
+            ms.relax_integration.tune_relax(_fused(mod, target), {}, target, work, max_trials_global=trials,
                                             num_trials_per_iter=min(64, trials), cost_model=_cost_model(),
                                             seed=0)
             for f in ("database_workload.json", "database_tuning_record.json"):
@@ -155,6 +156,23 @@ def _compile(mod: Any, target: Any, tuning_dir: Path, trials: int) -> tuple[Any,
         info["used_record"] = True
         return ms.relax_integration.compile_relax(db, mod, target, params={}), info
     return tvm.compile(mod, target), info
+
+
+def _fused(mod: Any, target: Any) -> Any:
+    """The preparation compile_relax applies before it looks schedules up (so tuned workloads match its keys):
+    legalize to TIR, then fuse."""
+    import tvm
+    from tvm import relax
+    from tvm.relax import pipeline as rp
+
+    try:
+        dispatch = rp.library_dispatch_passes(target)
+    except (ValueError, AttributeError):
+        dispatch = []
+    seq = [*dispatch, relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+           relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    with target:
+        return tvm.transform.Sequential(seq)(mod)
 
 
 def _cost_model() -> str:

@@ -107,7 +107,7 @@ def run_binary(adb: Adb, model: Path, args: list[str], binary: Path | None = Non
             raise InputError(f"benchmark_model binary {binary} does not exist")
         adb.run("push", str(binary), REMOTE_BINARY, timeout=300)
         adb.shell("chmod", "755", REMOTE_BINARY)
-    elif "benchmark_model" not in adb.shell("ls", REMOTE_DIR):
+    elif "benchmark_model" not in adb.shell("ls", REMOTE_DIR).split():
         raise RuntimeUnavailable(f"{REMOTE_BINARY} is not on the phone: download TFLite's prebuilt "
                                  "android_aarch64_benchmark_model and pass it with EDGEKIT_BENCHMARK_MODEL=PATH "
                                  "(or push it there yourself)")
@@ -130,16 +130,15 @@ def run_apk(adb: Adb, model: Path, args: list[str], timeout: float = 900.0, poll
     try:
         adb.run("logcat", "-c")
         adb.shell("am", "start", "-S", "-W", "-n", APK_ACTIVITY, "--es", "args", " ".join(args))
-        waited, poll_s = 0.0, APK_POLL_S if poll_s is None else poll_s
+        deadline = time.monotonic() + timeout
         while True:
             log = adb.run("logcat", "-d", "-v", "threadtime", "-s", f"{LOG_TAG}:V", timeout=60)
             if _apk_finished(log, "--enable_op_profiling=true" in args):
                 return log
-            if waited >= timeout:
+            if time.monotonic() >= deadline:
                 raise RuntimeUnavailable(f"the benchmark APK printed no result within {timeout:.0f} s "
                                          f"(see `adb logcat -s {LOG_TAG}`)")
-            sleep(poll_s)
-            waited += poll_s
+            sleep(APK_POLL_S if poll_s is None else poll_s)
     finally:
         adb.shell("rm", "-f", remote)
 

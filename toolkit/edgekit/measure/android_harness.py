@@ -58,9 +58,11 @@ def harness_script(model: Path, target: Target, threads: int, runs: int, warmup:
              f"$ADB push {q(str(model))} {q(remote)}"]
     if tool == "apk":
         joined = " ".join(args)
+        # As TFLite's docs write it ('"--graph=... --num_threads=4"'): the phone's shell gets one double-quoted word.
+        es_args = f"'\"{joined}\"'" if re.fullmatch(r"[A-Za-z0-9_./=: -]+", joined) else q(q(joined))
         lines += [f"# once: $ADB install -r -d -g benchmark_model.apk   ({APK_PACKAGE})",
                   "$ADB logcat -c",
-                  f"$ADB shell am start -S -W -n {APK_ACTIVITY} --es args {q(q(joined))}",
+                  f"$ADB shell am start -S -W -n {APK_ACTIVITY} --es args {es_args}",
                   "echo 'waiting for the benchmark APK to finish (logcat tag tflite)...'",
                   f"until $ADB logcat -d -s {LOG_TAG}:V | grep -q 'nodes observed'; do sleep 2; done",
                   f"section benchmark_model; $ADB logcat -d -v threadtime -s {LOG_TAG}:V >> \"$LOG\""]

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -140,7 +141,7 @@ def time_in_chromium(bundle: Path, x: np.ndarray, warmup: int, runs: int, thread
         cmd = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"{server.url}/index.html?{query}"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            finished = server.done.wait(timeout)
+            finished = _wait(server.done, proc, timeout)
         finally:
             proc.terminate()
             try:
@@ -152,11 +153,23 @@ def time_in_chromium(bundle: Path, x: np.ndarray, warmup: int, runs: int, thread
             server.server_close()
     if not finished:
         tail = " | ".join(line for line in (err or "").splitlines() if "dbus" not in line.lower())[-300:]
-        raise RuntimeUnavailable(f"headless Chromium did not report a result within {timeout:.0f} s ({tail})")
+        raise RuntimeUnavailable(f"headless Chromium ({binary}) reported no result (exit code {proc.returncode}, "
+                                 f"limit {timeout:.0f} s): {tail or 'no output'}")
     result = server.result or {}
     if result.get("error"):
         raise RuntimeUnavailable(f"the page failed in Chromium: {result['error']}")
     return {**result, "chromium": chromium_version(binary)}
+
+
+def _wait(done: threading.Event, proc: subprocess.Popen, timeout: float) -> bool:
+    """Waits for the page's result; gives up early when Chromium has exited without posting one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done.wait(0.25):
+            return True
+        if proc.poll() is not None:
+            return done.wait(1.0)  # a result posted just before exit still counts
+    return done.is_set()
 
 
 def time_in_node(model: Path, x: np.ndarray, warmup: int, runs: int, threads: int = 1) -> dict[str, Any]:
@@ -190,7 +203,7 @@ def measure_artifact(path: Path, x: np.ndarray, engines: tuple[str, ...], warmup
     """
     from edgekit.runtimes.onnxruntime_web import package_version
 
-    runtime = f"onnxruntime-web {package_version()} (wasm)"
+    runtime = f"onnxruntime-web {package_version()} (wasm, SIMD128)"
     out, node_output = [], None
     for engine in engines:
         if engine == "node":
@@ -203,7 +216,13 @@ def measure_artifact(path: Path, x: np.ndarray, engines: tuple[str, ...], warmup
                 out.append({"source": "none", "engine": "chromium", "runtime": runtime,
                             "reason": "headless Chromium is not installed (Debian package `chromium`)"})
                 continue
-            r = _time_bundle_in_chromium(Path(path), x, warmup, runs, threads)
+            try:
+                r = _time_bundle_in_chromium(Path(path), x, warmup, runs, threads)
+            except RuntimeUnavailable as e:
+                if len(engines) == 1:  # asked for explicitly (--device chromium): fail loudly
+                    raise
+                out.append({"source": "none", "engine": "chromium", "runtime": runtime, "reason": str(e)})
+                continue
             device = f"chromium {r['chromium']} (headless) on host: {host_cpu()}"
             extra = {"cross_origin_isolated": r.get("cross_origin_isolated")}
             if node_output is not None and r.get("output"):
@@ -235,13 +254,30 @@ def measure_artifacts_in_browsers(arts: list[dict[str, Any]], settings: Any, ctx
     results: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
     x = ctx.example_input
     for a in arts:
-        if a["format"] not in ("web", "onnx"):
+        if a["format"] == "tflite" and "chromium" in engines and chromium_binary() is not None:
+            entries = _measure_tflite(ctx.out / a["path"], x, settings.warmup, settings.runs, ctx.threads)
+        elif a["format"] not in ("web", "onnx"):
             a["latency"] = {"source": "none", "device": ctx.target.description,
                             "reason": f"no browser runtime for {a['format']} artifacts is measured by edgekit"}
             continue
-        entries = measure_artifact(ctx.out / a["path"], x, engines, settings.warmup, settings.runs, ctx.threads)
+        else:
+            entries = measure_artifact(ctx.out / a["path"], x, engines, settings.warmup, settings.runs, ctx.threads)
         results.append((a, entries))
     record_browser_results(results, ctx)
+
+
+def _measure_tflite(path: Path, x: np.ndarray, warmup: int, runs: int, threads: int) -> list[dict[str, Any]]:
+    """A TFLite artifact (e.g. a sparse one) in Chromium through the TFLite WebAssembly runtime (tfjs-tflite)."""
+    from edgekit.measure.tflite_web import runtime_name, time_tflite_in_chromium
+
+    r = time_tflite_in_chromium([path], x, warmup, runs, threads)
+    samples = r["samples_ms"][0]
+    timing = Timing.from_samples([s / 1e3 for s in samples])
+    raw = {**r, "samples_ms": samples, "output": (r.get("outputs") or [[]])[0]}
+    return [{"source": "none", "engine": "node", "runtime": runtime_name(),
+             "reason": "no TFLite runtime for Node is measured by edgekit"},
+            {"source": "measured", "engine": "chromium", "device": f"chromium {r['chromium']} (headless) on host: "
+             f"{host_cpu()}", "runtime": r["runtime"], "threads": threads, **timing.as_dict(), "raw": raw}]
 
 
 def record_browser_results(results: list[tuple[dict[str, Any], list[dict[str, Any]]]], ctx: RunContext) -> None:

@@ -175,23 +175,28 @@ def measure_artifacts_on_device(arts: list[dict[str, Any]], settings: Any, ctx: 
     if uri.scheme == "adb":
         try:
             from edgekit.measure.android import measure_artifacts_adb
-        except ImportError:
+        except ModuleNotFoundError as e:
+            if e.name != "edgekit.measure.android":
+                raise
             raise RuntimeUnavailable("Android measurement (edgekit.measure.android) is not available in this "
                                      "edgekit installation") from None
         measure_artifacts_adb(arts, settings, ctx, uri.serial)
         return
-    facts = device_facts(uri)
-    check_device_fits_target(facts, ctx.target, uri)
+    # The device's facts come back with every timing and are checked before any number is kept.
+    label = uri.display
     for a in arts:
         if a.get("runtime") not in HARNESS_RUNTIMES:
-            a["latency"] = {"source": "none", "device": device_label(facts, uri),
-                            "reason": f"the device harness runs {', '.join(HARNESS_RUNTIMES)}, not {a.get('runtime')}"}
             continue
         res = run_harness(uri, ctx.out / a["path"], a["runtime"], ctx.threads, settings.runs, settings.warmup,
                           profile_runs=0)
         check_device_fits_target(res["device"], ctx.target, uri)
+        label = device_label(res["device"], uri)
         t = res["timing"]
-        a["latency"] = {"source": "measured", "device": device_label(res["device"], uri), "runtime": res["runtime"],
+        a["latency"] = {"source": "measured", "device": label, "runtime": res["runtime"],
                         "threads": ctx.threads, "p50_ms": t["p50_ms"], "p90_ms": t["p90_ms"], "min_ms": t["min_ms"],
                         "mean_ms": t["mean_ms"], "runs": t["runs"], "via": uri.display,
                         "device_facts": res["device"], "conditions": res["conditions"]}
+    for a in arts:
+        if a.get("runtime") not in HARNESS_RUNTIMES:
+            a["latency"] = {"source": "none", "device": label,
+                            "reason": f"the device harness runs {', '.join(HARNESS_RUNTIMES)}, not {a.get('runtime')}"}

@@ -119,17 +119,35 @@ def run_remote(t: SSHTarget, argv: list[str], step: str, stdin: bytes | None = N
     return r
 
 
-def _copy(t: SSHTarget, local: Path, remote_path: str) -> None:
-    # Streamed over stdin into `cat`: no remote shell parsing of the name, no scp/sftp dependency on the device.
-    r = run_remote(t, ["sh", "-c", 'cat > "$1"', "sh", remote_path], f"copying {local.name}",
-                   stdin=local.read_bytes())
-    if r.returncode != 0:
-        raise DeviceError(f"{t.host}: copying {local.name} failed: {r.stderr.decode(errors='replace').strip()[:200]}")
+# Creates the temporary folder and fills it from stdin (harness, then model: their sizes are the arguments) in one
+# connection. No remote shell parsing of any name: the script is fixed, values arrive as positional parameters.
+_UPLOAD = ('d=$(mktemp -d -t edgekit.XXXXXXXX) || exit 1; '
+           'head -c "$1" > "$d/harness.py" && head -c "$2" > "$d/$3" && '
+           # sizes checked: a `head` that reads ahead would otherwise truncate the model silently
+           '[ "$(wc -c < "$d/harness.py")" -eq "$1" ] && [ "$(wc -c < "$d/$3")" -eq "$2" ] && echo "$d" '
+           '|| { rm -rf "$d"; echo "incomplete copy" >&2; exit 1; }')
+# Runs the harness and removes the folder whatever the outcome; the harness's exit status is kept.
+_RUN = 'cd "$1" || exit 1; shift; "$@"; rc=$?; cd / && rm -rf -- "$OLDPWD"; exit $rc'
+
+
+def _upload(t: SSHTarget, files: list[Path], model_name: str) -> str:
+    """Copies the harness and the model into a new temporary folder on the device; returns its path."""
+    harness, model = HARNESS.read_bytes(), files[0].read_bytes()
+    r = run_remote(t, ["sh", "-c", _UPLOAD, "sh", str(len(harness)), str(len(model)), model_name],
+                   f"copying {files[0].name}", stdin=harness + model)
+    workdir = r.stdout.decode(errors="replace").strip()
+    if r.returncode != 0 or not workdir.startswith("/"):
+        raise DeviceError(f"{t.host}: copying {files[0].name} to a temporary folder failed: "
+                          f"{r.stderr.decode(errors='replace').strip()[:200] or 'no message'}")
+    return workdir
 
 
 def measure_over_ssh(t: SSHTarget, artifact: str | Path, runtime: str = "", threads: int = 1, runs: int = 50,
                      warmup: int = 5, profile_runs: int = 10) -> dict[str, Any]:
     """Times `artifact` on the device and returns the harness's JSON (see harness.py).
+
+    Two connections: upload (harness + model into a fresh temporary folder), then run (the folder is removed when
+    the harness ends); a third one cleans up only when the run step itself failed to finish.
 
     Args:
         t: the device.
@@ -143,29 +161,31 @@ def measure_over_ssh(t: SSHTarget, artifact: str | Path, runtime: str = "", thre
     artifact = Path(artifact)
     if not artifact.is_file():
         raise InputError(f"no such artifact: {artifact}")
-    r = run_remote(t, ["mktemp", "-d", "-t", "edgekit.XXXXXXXX"], "creating a temporary folder", timeout=60)
-    workdir = r.stdout.decode().strip()
-    if r.returncode != 0 or not workdir.startswith("/"):
-        raise DeviceError(f"{t.host}: cannot create a temporary folder: {r.stderr.decode(errors='replace')[:200]}")
+    model_name = f"model{artifact.suffix}"
+    workdir = _upload(t, [artifact], model_name)
+    argv = [t.python, "harness.py", model_name, "--threads", str(threads), "--runs", str(runs), "--warmup",
+            str(warmup), "--profile-runs", str(profile_runs)]
+    if runtime:
+        argv += ["--runtime", runtime]
+    finished = False
     try:
-        remote_model = f"{workdir}/model{artifact.suffix}"
-        _copy(t, HARNESS, f"{workdir}/harness.py")
-        _copy(t, artifact, remote_model)
-        argv = [t.python, f"{workdir}/harness.py", remote_model, "--threads", str(threads), "--runs", str(runs),
-                "--warmup", str(warmup), "--profile-runs", str(profile_runs)]
-        if runtime:
-            argv += ["--runtime", runtime]
-        r = run_remote(t, argv, f"timing {artifact.name}")
+        r = run_remote(t, ["sh", "-c", _RUN, "sh", workdir, *argv], f"timing {artifact.name}")
+        finished = True
     finally:
-        try:
-            run_remote(t, ["rm", "-rf", "--", workdir], "cleaning up", timeout=60)
-        except EdgekitError:
-            pass  # the measurement's own error (if any) is the one worth reporting
+        if not finished:
+            try:
+                run_remote(t, ["rm", "-rf", "--", workdir], "cleaning up", timeout=60)
+            except EdgekitError:
+                pass  # the measurement's own error is the one worth reporting
+    return _harness_result(t, r, artifact.name)
+
+
+def _harness_result(t: SSHTarget, r: subprocess.CompletedProcess, name: str) -> dict[str, Any]:
     out = r.stdout.decode(errors="replace").strip().splitlines()
     result = _parse_json(out[-1]) if out else None
     if result is None:
         err = r.stderr.decode(errors="replace").strip()
-        if r.returncode == 127 or "not found" in err:
+        if r.returncode in (126, 127):
             raise RuntimeUnavailable(f"{t.host}: Python interpreter '{t.python}' not found on the device; install "
                                      f"python3 there or pass the path of one (?python=/path/to/python3)")
         raise DeviceError(f"{t.host}: the harness failed (exit {r.returncode}): {(err.splitlines() or ['?'])[-1][:200]}")
@@ -174,23 +194,16 @@ def measure_over_ssh(t: SSHTarget, artifact: str | Path, runtime: str = "", thre
             raise RuntimeUnavailable(f"{t.host}: {result['error']} for '{t.python}'; install it on the device with "
                                      f"`{result.get('install')}`")
         raise DeviceError(f"{t.host}: {result.get('error', 'harness failed')}")
-    result["artifact"] = artifact.name
+    result["artifact"] = name
     result["via"] = t.uri
     return result
 
 
 def device_facts_over_ssh(t: SSHTarget) -> dict[str, Any]:
-    """The device's facts (no runtime needed): copies the harness, runs `--facts-only`."""
-    r = run_remote(t, ["mktemp", "-d", "-t", "edgekit.XXXXXXXX"], "creating a temporary folder", timeout=60)
-    workdir = r.stdout.decode().strip()
-    try:
-        _copy(t, HARNESS, f"{workdir}/harness.py")
-        r = run_remote(t, [t.python, f"{workdir}/harness.py", "-", "--facts-only"], "reading device facts", timeout=60)
-    finally:
-        run_remote(t, ["rm", "-rf", "--", workdir], "cleaning up", timeout=60)
-    result = _parse_json(r.stdout.decode(errors="replace").strip().splitlines()[-1] if r.stdout.strip() else "")
-    if not result or not result.get("ok"):
-        raise DeviceError(f"{t.host}: cannot read device facts: {r.stderr.decode(errors='replace').strip()[:200]}")
+    """The device's facts (no runtime needed): the harness with `--facts-only`, streamed to the device's Python."""
+    r = run_remote(t, [t.python, "-", "-", "--facts-only"], "reading device facts", stdin=HARNESS.read_bytes(),
+                   timeout=60)
+    result = _harness_result(t, r, "")
     return result["device"]
 
 

@@ -107,15 +107,19 @@ def validate_host(variants: int = 20, train: int = 8, threads: int = 1, runs: in
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgekit-validate-") as tmp:
         work = Path(tmp)
+        source = str(model)
         if model is None:
             log("exporting torchvision mobilenet_v2 to ONNX")
             model = export_mobilenet_v2(work / "mobilenet_v2.onnx")
+            source = "torchvision:mobilenet_v2 (seed-0 weights)"
         train_seeds = [1000 + i for i in range(train)]
         val_seeds = list(range(variants))
         log(f"quantising {len(train_seeds) + len(val_seeds) + 1} INT8 policies with onnxruntime.quantization")
         fp32, int8, paths = make_variants(Path(model), work, train_seeds + val_seeds)
-        named = {"mnv2_float.onnx": fp32, "mnv2_int8.onnx": int8}
-        named.update({f"mnv2_policy_train{s}.onnx": paths[s] for s in train_seeds})
+        stem = Path(model).stem
+        names = (f"{stem}_float.onnx", f"{stem}_int8.onnx")
+        named = {names[0]: fp32, names[1]: int8}
+        named.update({f"{stem}_policy_train{s}.onnx": paths[s] for s in train_seeds})
         for name, p in list(named.items()):
             named[name] = p.rename(p.with_name(name))
         log(f"profiling {len(named)} models (float, all-INT8, {train} random policies), per-operator")
@@ -125,15 +129,15 @@ def validate_host(variants: int = 20, train: int = 8, threads: int = 1, runs: in
         for r in results:
             add_entry(profile, r["artifact"], r["format"], r["runtime"], threads, r["timing"], r["per_op"],
                       sha256=r["sha256"], via="local", conditions=r["conditions"],
-                      extra={"variant_of": "torchvision:mobilenet_v2 (seed 0)", "purpose": "validate-train"})
+                      extra={"variant_of": source, "purpose": "validate-train"})
         path = save_profile(profile, profiles_root)
         predictor = predictor_from_profiles([path])
         log(f"predicting {variants} fresh policies from {path}")
         predicted = {s: predictor.predict(paths[s], "onnxruntime", threads) for s in val_seeds}
         predicted_at = now_iso()
         log(f"measuring the {variants} policies (interleaved, with the float and all-INT8 models as drift anchors)")
-        measured = run_local_harness([*(paths[s] for s in val_seeds), named["mnv2_float.onnx"],
-                                      named["mnv2_int8.onnx"]], "onnxruntime", threads, runs, warmup, 0)
+        measured = run_local_harness([*(paths[s] for s in val_seeds), named[names[0]], named[names[1]]],
+                                     "onnxruntime", threads, runs, warmup, 0)
     profiled = {r["artifact"]: r["timing"]["p50_ms"] for r in results}
     drift = {r["artifact"]: round((r["timing"]["p50_ms"] / profiled[r["artifact"]] - 1) * 100, 1)
              for r in measured[-2:]}

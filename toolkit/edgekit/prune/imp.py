@@ -206,10 +206,12 @@ def run_imp(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_test: 
         raise SettingsError(f"rewind_step {settings.rewind_step} is beyond the {total_steps} steps of a round")
     model.cpu()
     init_state = _cpu_state(model)
-    fp = fingerprint(CHECKPOINT_VERSION, asdict(settings), layer_rates, _state_hash(init_state),
-                     _array_hash(x_train, y_train, x_test, y_test))
+    # Round r does not depend on how many rounds follow it, so `rounds` stays out of the fingerprint: asking for
+    # more rounds later extends a finished run instead of starting over.
+    fp = fingerprint(CHECKPOINT_VERSION, {k: v for k, v in asdict(settings).items() if k != "rounds"}, layer_rates,
+                     _state_hash(init_state), _array_hash(x_train, y_train, x_test, y_test))
     folder = Path(folder) if folder is not None else None
-    ckpts = _load_rounds(folder, fp) if folder is not None else []
+    ckpts = _load_rounds(folder, fp, settings.rounds) if folder is not None else []
     resumed_from = len(ckpts) - 1 if ckpts else None
     trainer = _Trainer(settings, x_train, y_train, device, progress)
     global_rate = settings.rate if settings.ranking == "global" else None
@@ -313,8 +315,9 @@ def _save_round(folder: Path | None, r: int, ck: dict[str, Any], fp: str, rounds
     write_json(folder / "rounds.json", rounds)
 
 
-def _load_rounds(folder: Path, fp: str) -> list[dict[str, Any]]:
-    """The checkpoints of rounds 0..k of an earlier run with the same fingerprint (k = its last finished round)."""
+def _load_rounds(folder: Path, fp: str, last: int) -> list[dict[str, Any]]:
+    """Checkpoints of rounds 0..k of an earlier run with the same fingerprint (k: its last finished round, at most
+    `last`)."""
     import torch
 
     try:
@@ -325,7 +328,7 @@ def _load_rounds(folder: Path, fp: str) -> list[dict[str, Any]]:
         return []
     out = []
     r = 0
-    while _round_path(folder, r).is_file():
+    while r <= last and _round_path(folder, r).is_file():
         try:
             ck = torch.load(_round_path(folder, r), map_location="cpu", weights_only=True)
             ck["record"] = json.loads(ck["record"])

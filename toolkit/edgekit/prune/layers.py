@@ -67,7 +67,7 @@ def target_rules(model: nn.Module, target: Target | None, input_shape: tuple[int
         return None, f"target {target.name}: sparse-inference rules unavailable ({e}); masks follow the settings only"
     found = prunable_layers(model, target, tuple(input_shape))
     runtimes = ", ".join(f"{r.name} ({r.sparse_rules})" for r in with_rules)
-    return dict(found), f"target {target.name}: layers chosen by the sparse-inference rules of {runtimes}"
+    return dict(found), f"target {target.name}: sparse-inference rules of {runtimes}"
 
 
 def plan_layers(model: nn.Module, settings: Any, target: Target | None, input_shape: tuple[int, ...],
@@ -90,10 +90,14 @@ def plan_layers(model: nn.Module, settings: Any, target: Target | None, input_sh
             raise SettingsError(f"target_rules=on but {note}")
     if allowed is not None:
         if not any(n in allowed for n in names) and settings.target_rules == "auto":
-            note += ("; none of the selected layers can run sparse there, so masks follow the settings only "
-                     "(the pruned model is smaller when compressed, not faster)")
+            note += (" allow none of the selected layers to run sparse there (`edgekit check` says why), so "
+                     "every selected layer is pruned: the model gets smaller when compressed, not faster")
             allowed = None
+        elif not any(n in allowed for n in names):
+            raise SettingsError(f"target_rules=on but the {note[note.index(':') + 2:]} allow no selected layer "
+                                "to run sparse; `edgekit check` says why (or use target_rules=auto/off)")
         else:
+            note += " choose the pruned layers; the others stay dense"
             for n in names:
                 if n not in allowed:
                     dense[n] = "the target's runtime cannot run it sparse"

@@ -21,6 +21,7 @@ def plot_rounds(path: Path, rounds: list[dict[str, Any]], title: str) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for key, label, color, marker in SERIES:
@@ -34,6 +35,11 @@ def plot_rounds(path: Path, rounds: list[dict[str, Any]], title: str) -> Path:
         dense = 100 * rounds[0]["ticket"]
         ax.axhline(dense - 1, color="#55a868", linestyle=":", linewidth=1, label="dense - 1 point")
     ax.set_xscale("log")
+    lo = min((100 * r["remaining"] for r in rounds), default=100.0)
+    ticks = [t for t in (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1) if t >= lo * 0.8] or [100]
+    ax.set_xticks(ticks)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.invert_xaxis()
     ax.set_xlabel("weights remaining (%)")
     ax.set_ylabel("test accuracy (%)")

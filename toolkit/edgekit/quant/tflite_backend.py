@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.fileio import atomic_path
 from edgekit.quant.policy import FLOAT, INT8_CHANNEL, Layer, Policy
 
 NAME = "litert-pt2e"
@@ -52,7 +53,11 @@ def _config(mode: str, calibration: str, symmetric: bool) -> Any:
 
 def _owned_by(names: set[str]) -> Any:
     def owned(n: Any) -> bool:
-        return any(v[0] in names for v in n.meta.get("nn_module_stack", {}).values())
+        stack = n.meta.get("nn_module_stack")
+        if not stack and n.op in ("get_attr", "placeholder"):
+            # Weights carry no module stack: they belong to the layer that uses them.
+            return any(owned(u) for u in n.users if u.op == "call_function")
+        return any(v[0] in names for v in (stack or {}).values())
 
     return owned
 
@@ -101,9 +106,10 @@ class TFLiteQuantizer:
         self.layers = list_layers(model)
 
     def apply(self, policy: Policy, out_path: str | Path) -> Path:
+        import litert_torch
         import torch
         from litert_torch.quantize.quant_config import QuantConfig
-        from torchao.quantization.pt2e import allow_exported_model_train_eval, quantize_pt2e
+        from torchao.quantization.pt2e import quantize_pt2e
 
         from edgekit.export import tflite as tflite_export
 
@@ -124,8 +130,12 @@ class TFLiteQuantizer:
                     for i in range(0, len(self.calib_x) - len(self.calib_x) % batch, batch):
                         m(torch.as_tensor(self.calib_x[i:i + batch]))
                 m = quantize_pt2e.convert_pt2e(m, fold_quantize=False)
-                allow_exported_model_train_eval(m)  # the exporter calls .eval()
             except Exception as e:
                 raise EdgekitError(f"PT2E quantisation failed: {str(e).strip().splitlines()[0][:300]}") from None
-        return tflite_export.export(m, self.example, Path(out_path),
-                                    quant_config=QuantConfig(pt2e_quantizer=quantizer))
+            # Not export/tflite.export: it calls .eval(), which a converted PT2E GraphModule refuses.
+            with atomic_path(Path(out_path)) as tmp:
+                try:
+                    litert_torch.convert(m, (x,), quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(str(tmp))
+                except Exception as e:
+                    raise EdgekitError(f"TFLite INT8 export failed: {str(e).strip().splitlines()[0][:300]}") from None
+        return Path(out_path)

@@ -130,7 +130,7 @@ def _summary(rv: RuntimeVerdict, target: Target) -> str:
     if structural:
         return f"not sparse on any device: {len(structural)} problem(s), first: {structural[0]['layer']}: " \
                f"{structural[0]['why']}"
-    on, off = {}, []
+    on, off = [], []
     for name in list_targets():
         try:
             t = load_target(name)
@@ -141,8 +141,8 @@ def _summary(rv: RuntimeVerdict, target: Target) -> str:
         if x.cpu_blocker(t):
             off.append("this AVX host" if t.is_host else f"{t.name} (AVX x86)")
         else:
-            on.setdefault(x.CPU_FAMILY.get(t.arch, t.arch), []).append(t.name)
-    text = "sparse on " + " and ".join(f"{fam} ({', '.join(names)})" for fam, names in on.items())
+            on.append(t.name)
+    text = f"sparse on {' and '.join(x.SPARSE_FAMILIES)}" + (f" (targets: {', '.join(on)})" if on else "")
     if off:
         text += ", not on " + ", ".join(off)
     if rv.sparse:
@@ -194,7 +194,7 @@ def check_model(model: nn.Module, target: Target, input_shape: tuple[int, ...]) 
 def eligible_layers(graph: Graph, model: nn.Module) -> dict[str, str]:
     """Torch modules whose 1x1 filters sit in a structurally valid XNNPACK sparse group (zeros and CPU ignored)."""
     x = get("xnnpack")
-    stem, members, blockers, stem_problem = x.find_group(graph)
+    stem, members, blockers, stem_problem = x.find_group(graph, assume_rewrite=True)
     if stem_problem or blockers:
         return {}
     modules = dict(model.named_modules())

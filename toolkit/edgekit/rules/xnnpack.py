@@ -35,7 +35,8 @@ CPU_BLOCKERS = (
     (lambda t: t.arch in ("x86_64", "amd64", "i686") and "avx" in t.simd,
      "x86 CPU with AVX: XNNPACK keeps the dense path (its sparse x86 kernels are SSE-only and dense AVX is faster)"),
 )
-CPU_FAMILY = {"aarch64": "ARM", "armv7l": "ARM", "arm64": "ARM", "wasm32": "WASM", "x86_64": "x86"}
+# Where XNNPACK's CHW sparse kernels run: ARM NEON and WebAssembly (SIMD) builds; on x86 only SSE-only CPUs.
+SPARSE_FAMILIES = ("ARM", "WASM")
 
 
 def cpu_blocker(target: Target) -> str | None:
@@ -51,11 +52,11 @@ def is_sparse_conv(op: Op) -> bool:
 def stem_mismatch(op: Op) -> str | None:
     """Why `op` cannot start a sparse group (None: it can)."""
     if op.kind != STEM["kind"]:
-        return f"first op is {op.kind}, not a CONV_2D"
+        return f"stem does not match: the first convolution is a {op.kind}, not a 3x3 stride-2 CONV_2D on 3 channels"
     facts = {"kernel": op.kernel, "stride": op.stride, "dilation": op.dilation, "padding": op.padding,
              "in_channels": op.in_channels}
     bad = [f"{k} {_fmt(v)} (needs {_fmt(STEM[k])})" for k, v in facts.items() if v != STEM[k]]
-    return "stem " + ", ".join(bad) if bad else None
+    return "stem does not match: " + ", ".join(bad) if bad else None
 
 
 def member_blocker(op: Op, graph: Graph) -> str | None:
@@ -92,10 +93,15 @@ def member_blocker(op: Op, graph: Graph) -> str | None:
     return f"{op.kind} has no CHW (sparse-path) kernel in XNNPACK"
 
 
-def find_group(graph: Graph) -> tuple[Op | None, list[Op], list[tuple[Op, str]], str | None]:
+def find_group(graph: Graph, assume_rewrite: bool = False
+               ) -> tuple[Op | None, list[Op], list[tuple[Op, str]], str | None]:
     """The would-be sparse group: (stem, members, blockers [(op, why)], stem problem).
 
     Walks forward from the first convolution's output through every consumer until the group's end ops.
+
+    Args:
+        graph: the exported graph.
+        assume_rewrite: judge the graph as edgekit's sparse rewrite will leave it (MEAN -> FC arranged).
     """
     convs = [op for op in graph.ops if op.kind in ("CONV_2D", "DEPTHWISE_CONV_2D")]
     if not convs:
@@ -123,7 +129,7 @@ def find_group(graph: Graph) -> tuple[Op | None, list[Op], list[tuple[Op, str]],
                 blockers.append((op, why))
                 continue
             if op.kind in ENDS:
-                if op.kind == "MEAN" and not op.keep_dims:
+                if op.kind == "MEAN" and not op.keep_dims and not assume_rewrite:
                     for c in (graph.ops[i] for t in op.outputs for i in graph.consumers.get(t, [])):
                         if c.kind == "FULLY_CONNECTED":
                             members.append(c)

@@ -89,7 +89,7 @@ class NodeOrtWebRunner:
         self.input_name = info["input_name"]
         self.input_shape = tuple(int(d) for d in info["input_shape"])
         self.versions: dict[str, str] = info["versions"]
-        self.runtime = f"{PACKAGE} {self.versions['onnxruntime_web']} (wasm)"
+        self.runtime = f"{PACKAGE} {self.versions['onnxruntime_web']} (wasm, SIMD128)"
         self.engine = f"node {self.versions['node']}"
 
     def _call(self, req: dict[str, Any], timeout: float, what: str) -> dict[str, Any]:

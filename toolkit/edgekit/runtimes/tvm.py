@@ -26,6 +26,9 @@ class TvmRunner:
         if not Path(path).is_file() or not meta_path.is_file():
             raise InputError(f"{path} is not a TVM artifact of edgekit (needs {meta_path.name} beside it)")
         self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("arch", "host") != "host" and self.meta["arch"] != os.uname().machine:
+            raise RuntimeUnavailable(f"{Path(path).name} is built for {self.meta['arch']}; this machine is "
+                                     f"{os.uname().machine} (run it on the device)")
         try:
             self.lib = tvm.runtime.load_module(str(path))
             self.vm = relax.VirtualMachine(self.lib, tvm.cpu())
@@ -44,6 +47,37 @@ class TvmRunner:
         while not hasattr(out, "numpy"):  # the frontend returns a tuple of outputs
             out = out[0]
         return out.numpy()
+
+
+def profile(runner: TvmRunner, x: np.ndarray, runs: int = 20) -> dict[str, dict[str, float]]:
+    """Where a run's time goes: {called function: {"ms": mean per run, "calls": per run}}, slowest first.
+
+    Uses the VM's instrument hook (times every packed call: the kernels, TVM's compiled ops, VM builtins).
+    """
+    import time
+    from collections import Counter, defaultdict
+
+    total: dict[str, float] = defaultdict(float)
+    calls: Counter[str] = Counter()
+    started: dict[str, float] = {}
+
+    def instrument(func, name, before, ret, *args):  # noqa: ANN001
+        if before:
+            started[name] = time.perf_counter()
+        else:
+            total[name] += time.perf_counter() - started.pop(name, time.perf_counter())
+            calls[name] += 1
+        return 0
+
+    runner(x)
+    runner.vm.set_instrument(instrument)
+    try:
+        for _ in range(runs):
+            runner(x)
+    finally:
+        runner.vm.set_instrument(lambda *a: 0)
+    return {k: {"ms": round(v / runs * 1e3, 4), "calls": calls[k] // runs}
+            for k, v in sorted(total.items(), key=lambda kv: -kv[1])}
 
 
 def load(path: Path, threads: int) -> TvmRunner:

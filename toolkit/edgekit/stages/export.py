@@ -36,7 +36,9 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
             ctx.progress.update(task, description=f"export {fmt}")
         module = exporters.get(fmt)
         path = ctx.artifacts_dir / f"{settings.name}{module.SUFFIX}"
-        module.export(model, ctx.example_input, path)
+        # formats that compile for a CPU (tvm) are told the target; portable formats are not
+        kwargs = {"target": ctx.target} if getattr(module, "TARGET_AWARE", False) else {}
+        module.export(model, ctx.example_input, path, **kwargs)
         ctx.add_artifact(path, fmt, module.RUNTIME, precision="fp32", sparse=False)
         written.append(path.name)
         if task is not None:

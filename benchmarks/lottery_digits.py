@@ -1,0 +1,136 @@
+"""Lottery tickets on scikit-learn's digits: an MLP 64-300-100-10 (LeNet-300-100 shape) and the small digits CNN.
+
+For each network and seed: iterative magnitude pruning (Adam, rewind to initialisation, 20% per round, the output
+layer at half rate as in the paper; the CNN also prunes its first layer at half rate), with the paper's controls
+(the same mask from a random re-initialisation; a random mask of the same per-layer sparsity from the same
+initialisation). It uses the prune stage's own code (edgekit.prune.imp.run_imp with the stage's Settings).
+
+Prints one JSON line per network, seed and round, one per network with the mean curve, and last one JSON object:
+    dense_acc_mlp, w_ticket_mlp, w_reinit_mlp, w_random_mlp, acc_ticket_mlp_at_1pct, acc_reinit_mlp_at_1pct,
+    acc_random_mlp_at_1pct, remaining_mlp_at_1pct, dense_acc_cnn, w_ticket_cnn, w_reinit_cnn, w_random_cnn, seconds
+W(x): the smallest weights-remaining fraction down to which x's mean test accuracy (over seeds) stays within
+1 point of the mean dense accuracy at every round; *_at_1pct: mean test accuracy at the round whose weights
+remaining is closest to 1%. Fractions are in 0..1.
+
+    .venv/bin/python benchmarks/lottery_digits.py              # full: 3 seeds, both networks (2 worker processes)
+    .venv/bin/python benchmarks/lottery_digits.py --quick      # a smoke run: 1 seed, few rounds and epochs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+KEYS = ("ticket", "reinit", "random_masks")
+SHORT = {"ticket": "ticket", "reinit": "reinit", "random_masks": "random"}
+
+
+def run_one(net: str, seed: int, rounds: int, epochs: int) -> dict[str, Any]:
+    """One IMP run (in a worker process with one torch thread); returns its per-round records."""
+    import torch
+
+    torch.set_num_threads(1)
+    from edgekit import data, zoo
+    from edgekit.prune.imp import run_imp
+    from edgekit.prune.layers import plan_layers
+    from edgekit.prune.patterns import parse_pattern
+    from edgekit.stages.prune import Settings
+
+    ds = data.digits()
+    torch.manual_seed(seed)
+    model = zoo.digits_mlp() if net == "mlp" else zoo.digits_cnn()
+    scales = {"first_layer_scale": 1.0, "last_layer_scale": 0.5} if net == "mlp" else {}
+    settings = Settings(rounds=rounds, rate=0.2, epochs=epochs, seed=seed, device="cpu", optimizer="adam",
+                        lr=1.2e-3, rewind_step=0, target_rules="off", **scales)
+    plan = plan_layers(model, settings, None, (1, 1, 8, 8), parse_pattern(settings.pattern))
+    start = time.perf_counter()
+    res = run_imp(model, ds.x_train, ds.y_train, ds.x_test, ds.y_test, settings, plan.rates, None)
+    return {"net": net, "seed": seed, "rounds": res.rounds, "seconds": time.perf_counter() - start,
+            "layer_rates": plan.rates}
+
+
+def mean_curve(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per round: weights remaining (identical across seeds) and mean accuracy of each series."""
+    out = []
+    for i, first in enumerate(runs[0]["rounds"]):
+        row: dict[str, Any] = {"round": i, "remaining": first["remaining"]}
+        for k in KEYS:
+            vals = [r["rounds"][i][k] for r in runs]
+            row[k] = None if any(v is None for v in vals) else sum(vals) / len(vals)
+        out.append(row)
+    return out
+
+
+def w_of(curve: list[dict[str, Any]], key: str, dense: float) -> float:
+    """Smallest weights remaining down to which `key` stays within 1 point of dense at every round."""
+    w = 1.0
+    for row in curve[1:]:
+        if row[key] is None or row[key] < dense - 0.01:
+            break
+        w = row["remaining"]
+    return w
+
+
+def at_fraction(curve: list[dict[str, Any]], frac: float) -> dict[str, Any]:
+    return min(curve[1:], key=lambda r: abs(math.log(r["remaining"]) - math.log(frac)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--mlp-rounds", type=int, default=22, help="0.8^r: 22 rounds end near 1%% of weights")
+    ap.add_argument("--mlp-epochs", type=int, default=50)
+    ap.add_argument("--cnn-rounds", type=int, default=15)
+    ap.add_argument("--cnn-epochs", type=int, default=15)
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
+    ap.add_argument("--quick", action="store_true", help="1 seed, 3 rounds, 3 epochs: checks the script runs")
+    args = ap.parse_args()
+    if args.quick:
+        args.seeds, args.mlp_rounds, args.mlp_epochs, args.cnn_rounds, args.cnn_epochs = 1, 3, 3, 3, 3
+    start = time.perf_counter()
+    jobs = [(net, seed, r, e) for net, r, e in (("mlp", args.mlp_rounds, args.mlp_epochs),
+                                                ("cnn", args.cnn_rounds, args.cnn_epochs))
+            for seed in range(args.seeds)]
+    # CNN jobs first: they are the longest, so the two workers finish together.
+    jobs.sort(key=lambda j: j[0] != "cnn")
+    results: dict[str, list[dict[str, Any]]] = {"mlp": [], "cnn": []}
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(run_one, *j) for j in jobs]
+        for fut in futures:
+            res = fut.result()
+            results[res["net"]].append(res)
+            for rec in res["rounds"]:
+                print(json.dumps({"net": res["net"], "seed": res["seed"], "round": rec["round"],
+                                  "weights_remaining": round(rec["remaining"], 6),
+                                  **{f"acc_{SHORT[k]}": rec[k] for k in KEYS}}), flush=True)
+            print(json.dumps({"net": res["net"], "seed": res["seed"], "dense_acc": res["rounds"][0]["ticket"],
+                              "seconds": round(res["seconds"], 1)}), flush=True)
+    summary: dict[str, Any] = {}
+    for net in ("mlp", "cnn"):
+        runs = sorted(results[net], key=lambda r: r["seed"])
+        curve = mean_curve(runs)
+        dense = curve[0]["ticket"]
+        print(json.dumps({"net": net, "seeds": len(runs), "mean_curve": [
+            {"weights_remaining": round(r["remaining"], 6), **{SHORT[k]: r[k] for k in KEYS}} for r in curve]}),
+            flush=True)
+        summary[f"dense_acc_{net}"] = dense
+        for k in KEYS:
+            summary[f"w_{SHORT[k]}_{net}"] = w_of(curve, k, dense)
+        if net == "mlp":
+            row = at_fraction(curve, 0.01)
+            summary["remaining_mlp_at_1pct"] = row["remaining"]
+            for k in KEYS:
+                summary[f"acc_{SHORT[k]}_mlp_at_1pct"] = row[k]
+    summary.update(seeds=args.seeds, mlp_rounds=args.mlp_rounds, mlp_epochs=args.mlp_epochs,
+                   cnn_rounds=args.cnn_rounds, cnn_epochs=args.cnn_epochs, jobs=args.jobs,
+                   load_average_1min=os.getloadavg()[0], seconds=round(time.perf_counter() - start, 1))
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""INT8 policy search: policy JSON, the ONNX / TFLite backends honour per-layer choices, search and choice rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit.errors import InputError, SettingsError
+from edgekit.quant.evaluate import Candidate
+from edgekit.quant.policy import FLOAT, INT8_CHANNEL, INT8_TENSOR, Layer, Policy
+from edgekit.quant.search import Constraints, choose, pareto_front, seed_policies
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    """The trained default digits CNN, its float ONNX export and the digits data."""
+    from edgekit.data import digits
+    from edgekit.export import onnx as onnx_export
+    from edgekit.zoo import load_model
+
+    d = tmp_path_factory.mktemp("qcnn")
+    bundle = load_model(None, None, None, None)
+    ds = digits()
+    path = onnx_export.export(bundle.module, ds.x_test[:1], d / "cnn.onnx")
+    return {"model": bundle.module, "onnx": path, "data": ds, "dir": d}
+
+
+def test_policy_json_round_trip_and_validation(tmp_path):
+    p = Policy(layers={"a": FLOAT, "b": INT8_TENSOR, "c": INT8_CHANNEL}, calibration="entropy",
+               symmetric_activations=True, label="x")
+    q = Policy.load(p.save(tmp_path / "p.json"))
+    assert q == p and q.key() == p.key()
+    assert q.float_layers() == ["a"] and sorted(q.quantised()) == ["b", "c"]
+    assert q.mode("unlisted") == FLOAT
+    with pytest.raises(SettingsError, match="unknown layer modes"):
+        Policy(layers={"a": "int4"})
+    with pytest.raises(SettingsError, match="calibration"):
+        Policy(calibration="magic")
+    (tmp_path / "bad.json").write_text('{"layers": {}}')
+    with pytest.raises(InputError):
+        Policy.load(tmp_path / "bad.json")
+
+
+def _weight_scales(path: Path) -> dict[str, np.ndarray | None]:
+    """Weight name -> its DequantizeLinear scale (None: the weight reaches its layer unquantised)."""
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(str(path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    deq = {n.output[0]: n for n in g.node if n.op_type == "DequantizeLinear"}
+    out: dict[str, np.ndarray | None] = {}
+    for n in g.node:
+        if n.op_type in ("Conv", "Gemm") and len(n.input) > 1:
+            src = deq.get(n.input[1])
+            out[n.name] = None if src is None else inits[src.input[1]]
+    return out
+
+
+def test_onnx_backend_applies_each_layer_choice(cnn, tmp_path):
+    from edgekit.quant.onnx_backend import OnnxQuantizer
+
+    q = OnnxQuantizer(cnn["onnx"], cnn["data"].x_train[:32], tmp_path)
+    names = [la.name for la in q.layers]
+    assert len(names) == 5 and names[-1] == "15"  # 4 convs and the classifier, named by torch module
+    modes = {names[0]: FLOAT, names[1]: INT8_TENSOR, names[2]: INT8_CHANNEL, names[3]: INT8_CHANNEL,
+             names[4]: INT8_TENSOR}
+    out = q.apply(Policy(layers=modes), tmp_path / "mixed.onnx")
+    scales = _weight_scales(out)
+    for la in q.layers:
+        s = scales[la.node]
+        if modes[la.name] == FLOAT:
+            assert s is None, la.name
+        elif modes[la.name] == INT8_TENSOR:
+            assert s is not None and s.size == 1, la.name
+        else:
+            assert s is not None and s.size > 1, la.name  # one scale per output channel
+    with pytest.raises(Exception, match="lacks"):
+        q.apply(Policy(layers={"no.such.layer": INT8_CHANNEL}), tmp_path / "x.onnx")
+
+
+def test_tflite_backend_keeps_float_layers_float(cnn, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgekit.quant.tflite_backend import TFLiteQuantizer
+
+    q = TFLiteQuantizer(cnn["model"], cnn["data"].x_test[:1], cnn["data"].x_train[:16])
+    names = [la.name for la in q.layers]
+    full = q.apply(Policy.uniform(names, INT8_CHANNEL, calibration="minmax"), tmp_path / "full.tflite")
+    mixed = q.apply(Policy(layers={**Policy.uniform(names).layers, names[-1]: FLOAT}, calibration="minmax"),
+                    tmp_path / "mixed.tflite")
+
+    def fc_weight_dtype(path: Path) -> str:
+        it = Interpreter(model_path=str(path))
+        tensors = {t["index"]: t for t in it.get_tensor_details()}
+        fc = next(o for o in it._get_ops_details() if o["op_name"] == "FULLY_CONNECTED")
+        return str(tensors[fc["inputs"][1]]["dtype"])
+
+    assert "int8" in fc_weight_dtype(full)
+    assert "float32" in fc_weight_dtype(mixed)
+
+
+def _cand(drop: float, p50: float | None, size: int, label: str) -> Candidate:
+    return Candidate(policy=Policy(label=label), path=Path(label), quality=1 - drop / 100, drop=drop, sqnr_db=30.0,
+                     agreement=1.0, size_bytes=size, p50_ms=p50, latency_source="measured" if p50 else "none")
+
+
+def test_choice_prefers_lowest_drop_near_the_fastest_feasible():
+    a = _cand(5.0, 1.00, 100, "fast-lossy")
+    b = _cand(1.0, 1.05, 100, "near-fast")
+    c = _cand(0.0, 2.00, 300, "slow-lossless")
+    chosen, why, met = choose([a, b, c], Constraints(max_quality_drop=10), latency_slack=0.10)
+    assert chosen is b and met and "lowest quality drop" in why
+    chosen, _, met = choose([a, b, c], Constraints(max_quality_drop=0.5))
+    assert chosen is c and met  # the only feasible one
+    chosen, why, met = choose([a, b], Constraints(max_quality_drop=0.5))
+    assert not met and chosen is b and "no candidate meets" in why
+    front = pareto_front([a, b, c, _cand(6.0, 1.5, 400, "dominated")])
+    assert {x.policy.label for x in front} == {"fast-lossy", "near-fast", "slow-lossless"}
+    # Without latency the choice falls back to size and says so.
+    chosen, why, _ = choose([_cand(2.0, None, 100, "s"), _cand(0.0, None, 105, "t")], Constraints(5.0))
+    assert chosen.policy.label == "t" and "latency unavailable" in why
+
+
+def test_seed_policies_keep_most_sensitive_layers_float():
+    layers = [Layer(f"l{i}", "Conv", 10) for i in range(6)]
+    seeds = seed_policies(layers, ["l3", "l0", "l5", "l1", "l2", "l4"], "minmax", max_seeds=10)
+    assert seeds[0].quantised() == [la.name for la in layers]
+    top1 = next(s for s in seeds if s.label.startswith("top-1 "))
+    assert top1.float_layers() == ["l3"]
+    top2 = next(s for s in seeds if s.label.startswith("top-2 "))
+    assert sorted(top2.float_layers()) == ["l0", "l3"]
+
+
+def test_search_without_latency_never_reports_host_timings(cnn, tmp_path):
+    """A non-host target without a profile: candidates carry no latency at all."""
+    from edgekit.quant.driver import search_runtime
+    from edgekit.quant.evaluate import Scorer
+    from edgekit.quant.onnx_backend import CALIBRATIONS, OnnxQuantizer
+
+    ds = cnn["data"]
+    q = OnnxQuantizer(cnn["onnx"], ds.x_train[:32], tmp_path)
+    scorer = Scorer(q, "onnxruntime", cnn["onnx"], ds.x_test[:120], ds.y_test[:120], tmp_path, latency="none")
+    r = search_runtime(scorer, fmt="onnx", backend_name="onnxruntime", calibrations=CALIBRATIONS, trials=6,
+                       constraints=Constraints(max_quality_drop=5.0))
+    assert all(c.p50_ms is None and c.latency_source == "none" for c in r.candidates)
+    assert r.timings == {} and "latency unavailable" in r.reason
+    assert len(r.sensitivity) == 5 and r.evaluated >= 6
+    assert r.chosen.drop <= 5.0
