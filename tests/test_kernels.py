@@ -133,3 +133,12 @@ def test_neon_path_under_qemu():
     assert r.returncode == 0, r.stdout + r.stderr
     assert "isa neon: ok" in r.stdout and "isa portable: ok" in r.stdout
     assert "default isa: neon" in r.stdout
+
+
+@pytest.mark.parametrize("n,k,act", [(1000, 1280, "none"), (10, 33, "relu"), (3, 5, "relu6")])
+def test_dense_matches_numpy(isa, n, k, act):
+    rng = np.random.default_rng(n + k)
+    x, w = rng.standard_normal(k).astype(np.float32), rng.standard_normal((n, k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    np.testing.assert_allclose(kernels.dense(x, w, b, act), _act(w.astype(np.float64) @ x + b, act),
+                               rtol=1e-4, atol=1e-4)

@@ -116,6 +116,7 @@ def test_predictor_from_a_measured_profile(digits_run: Path, tmp_path: Path):
     assert out["source"] == "predicted" and out["p50_ms"] > 0 and out["error_pct"] >= 0
     assert out["kernels_in_table"] == 1.0 and "fit" in out["error_basis"]
     tfl = digits_run / "artifacts" / "model_fp32.tflite"
+    assert pred.can_predict(int8, "onnxruntime", 1) and not pred.can_predict(tfl, "litert", 1)
     with pytest.raises(Exception, match="edgekit profile"):
         pred.predict(tfl, "litert", 1)
 

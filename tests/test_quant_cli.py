@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+
 from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
-def quant_run(tmp_path_factory) -> Path:
+def quant_run(digits_run, tmp_path_factory) -> Path:
+    """The quant recipe on a copy of the shared digits run: baseline and export are resumed, not redone."""
     out = tmp_path_factory.mktemp("quant") / "run"
+    shutil.copytree(digits_run, out)
     r = run_cli("compress", "--target", "host", "--recipe", "quant", "--out", str(out),
-                "--set", "export.formats=[onnx]", "--set", "quantize.trials=8", "--set", "quantize.eval_inputs=200",
+                "--set", "quantize.formats=[onnx]", "--set", "quantize.trials=8", "--set", "quantize.eval_inputs=200",
                 "--set", "quantize.max_quality_drop=5", "--set", "quantize.final_runs=30")
     assert r.returncode == 0, r.stderr
     return out

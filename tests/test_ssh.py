@@ -18,7 +18,7 @@ import pytest
 from conftest import run_cli
 from edgekit.errors import RuntimeUnavailable, SettingsError
 from edgekit.fileio import sha256_file
-from edgekit.measure.device import measure_artifacts_on_device, parse_device_uri
+from edgekit.measure.device import device_facts, measure_artifacts_on_device, parse_device_uri
 from edgekit.measure.ssh import DeviceError, DeviceUnreachable, HostKeyError, SSHTarget, measure_over_ssh
 from edgekit.targets import host_facts, load_target
 
@@ -108,6 +108,9 @@ def test_profile_command_over_ssh(sshd, digits_run: Path):
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["source"] == "measured" and out["device_id"].endswith("-via-ssh")
     assert out["artifacts"][0]["runtime"].startswith("onnxruntime") and out["profile"] is None
+    # Device facts need no runtime: the harness is streamed to the device's Python.
+    facts = device_facts(parse_device_uri(_uri(sshd, python="python3")))
+    assert facts["hostname"] == host_facts()["hostname"] and facts["cores"] >= 1
 
 
 def test_measure_stage_over_ssh_reports_remote_facts(sshd, digits_run: Path):

@@ -73,8 +73,9 @@ def test_tvm_is_an_export_format():
 def test_tiny_model_runs_on_the_kernels_and_matches_torch(tiny):
     model, x, path = tiny
     meta = json.loads(tvm_export.sidecar(path).read_text())
-    # stem -> conv3x3; both depthwise -> dw3x3; the three pruned 1x1 convs -> spmm (BatchNorm folded in first)
-    assert meta["kernel_counts"] == {"spmm": 3, "dw3x3": 2, "conv3x3": 1}
+    # stem -> conv3x3; both depthwise -> dw3x3; the three pruned 1x1 convs -> spmm (BatchNorm folded in first);
+    # the classifier -> dense
+    assert meta["kernel_counts"] == {"spmm": 3, "dw3x3": 2, "conv3x3": 1, "dense": 1}
     assert all(layer["zero_fraction"] >= 0.5 for layer in meta["kernels"] if layer["kernel"] == "spmm")
     assert {layer["act"] for layer in meta["kernels"]} >= {"relu6", "relu", "none"}
     assert meta["input_shape"] == [1, 3, 32, 32]
@@ -102,9 +103,9 @@ def test_dense_1x1_layers_stay_with_tvm(tmp_path):
     model = tiny_mobilenet(zeros=0.2)
     x = np.random.default_rng(2).standard_normal((1, 3, 16, 16), dtype=np.float32)
     path = tvm_export.export(model, x, tmp_path / "dense.tvm.so",
-                             policy=KernelPolicy(sparse_min_zeros=0.5, depthwise=False))
+                             policy=KernelPolicy(sparse_min_zeros=0.5, depthwise=False, dense=False))
     meta = json.loads(tvm_export.sidecar(path).read_text())
-    assert meta["kernel_counts"] == {"spmm": 0, "dw3x3": 0, "conv3x3": 1}
+    assert meta["kernel_counts"] == {"spmm": 0, "dw3x3": 0, "conv3x3": 1, "dense": 0}
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(load_runner("tvm", path)(x), ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))

@@ -82,6 +82,9 @@ def test_node_runner_matches_reference_and_keeps_one_process(small_onnx):
         assert runner._proc.pid == pid and runner._proc.poll() is None
         t = runner.time(small_onnx["x"], warmup=2, runs=7, min_warmup_ms=0)
         assert len(t["samples_ms"]) == 7 and all(s > 0 for s in t["samples_ms"]) and t["warmup_runs"] >= 2
+        ops = runner.per_op(small_onnx["x"], warmup=1, runs=3)  # the profiler's trace does not break the protocol
+        assert {o["type"] for o in ops} & {"Gemm", "FusedGemm"} and all(o["ms"] >= 0 for o in ops)
+        np.testing.assert_allclose(runner(small_onnx["x"]), small_onnx["ref"], rtol=1e-5, atol=1e-5)
     finally:
         runner.close()
     assert runner._proc.poll() is not None  # closing ends the Node process
@@ -141,6 +144,9 @@ def test_compress_wasm_writes_bundle_verified_in_node(wasm_run):
     prof = json.loads(node_profile.read_text())
     assert prof["source"] == "node" and prof["device"]["engine_version"].startswith("node v")
     assert prof["entries"][0]["timing"]["p50_ms"] == node["p50_ms"]
+    ops = prof["entries"][0]["per_op"]  # from ORT's own profiler inside onnxruntime-web
+    assert ops and all(o["ms"] >= 0 and "->" in o["signature"] for o in ops)
+    assert any("Conv" in o["type"] for o in ops)  # the digits CNN's convolutions
     md = (out / "report.md").read_text()
     assert "Browser latency (onnxruntime-web)" in md and "| node |" in md
 

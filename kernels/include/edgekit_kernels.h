@@ -45,6 +45,9 @@ void ek_dw3x3_chw(int32_t c, int32_t h, int32_t w, int32_t stride, const float *
 void ek_conv3x3_chw(int32_t cin, int32_t h, int32_t w, int32_t cout, int32_t stride, const float *x, const float *wt,
                     const float *bias, float *y, int32_t act);
 
+/* Dense fully connected layer (matrix-vector): y[n] = act(bias[n] + sum_k wt[n][k] * x[k]); wt is [n][k]. */
+void ek_dense_chw(int32_t n, int32_t k, const float *x, const float *wt, const float *bias, float *y, int32_t act);
+
 #ifdef __cplusplus
 }
 #endif

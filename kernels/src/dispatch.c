@@ -91,3 +91,7 @@ void ek_conv3x3_chw(int32_t cin, int32_t h, int32_t w, int32_t cout, int32_t str
                     const float *bias, float *y, int32_t act) {
     EK_PICK(ek_conv3x3_chw)(cin, h, w, cout, stride, x, wt, bias, y, act);
 }
+
+void ek_dense_chw(int32_t n, int32_t k, const float *x, const float *wt, const float *bias, float *y, int32_t act) {
+    EK_PICK(ek_dense_chw)(n, k, x, wt, bias, y, act);
+}

@@ -19,7 +19,8 @@ typedef void (*ek_conv3x3_fn)(int32_t, int32_t, int32_t, int32_t, int32_t, const
     void ek_dw3x3_chw_##suffix(int32_t, int32_t, int32_t, int32_t, const float *, const float *, const float *,    \
                                float *, int32_t);                                                                 \
     void ek_conv3x3_chw_##suffix(int32_t, int32_t, int32_t, int32_t, int32_t, const float *, const float *,       \
-                                 const float *, float *, int32_t);
+                                 const float *, float *, int32_t);                                                \
+    void ek_dense_chw_##suffix(int32_t, int32_t, const float *, const float *, const float *, float *, int32_t);
 
 EK_DECLARE(portable)
 #if defined(__x86_64__) || defined(_M_X64)

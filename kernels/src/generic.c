@@ -161,3 +161,28 @@ void EK_NAME(ek_conv3x3_chw)(int32_t cin, int32_t h, int32_t w, int32_t cout, in
     }
     free(col);
 }
+
+/* Matrix-vector product, one output per weight row: 4 rows at a time share each x vector (weights stream once). */
+void EK_NAME(ek_dense_chw)(int32_t n, int32_t k, const float *x, const float *wt, const float *bias, float *y,
+                           int32_t act) {
+    const int32_t k8 = k / 8 * 8;
+    int32_t r = 0;
+    for (; r + 4 <= n; r += 4) {
+        const float *w0 = wt + (size_t)r * k, *w1 = w0 + k, *w2 = w1 + k, *w3 = w2 + k;
+        vf8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        for (int32_t q = 0; q < k8; q += 8) {
+            const vf8 xv = *(const vf8u *)(x + q);
+            a0 += *(const vf8u *)(w0 + q) * xv, a1 += *(const vf8u *)(w1 + q) * xv;
+            a2 += *(const vf8u *)(w2 + q) * xv, a3 += *(const vf8u *)(w3 + q) * xv;
+        }
+        float s[4] = {0, 0, 0, 0};
+        for (int i = 0; i < 8; i++) s[0] += a0[i], s[1] += a1[i], s[2] += a2[i], s[3] += a3[i];
+        for (int32_t q = k8; q < k; q++) s[0] += w0[q] * x[q], s[1] += w1[q] * x[q], s[2] += w2[q] * x[q], s[3] += w3[q] * x[q];
+        for (int i = 0; i < 4; i++) y[r + i] = ek_act1(s[i] + (bias ? bias[r + i] : 0.f), act);
+    }
+    for (; r < n; r++) {
+        float s = bias ? bias[r] : 0.f;
+        for (int32_t q = 0; q < k; q++) s += wt[(size_t)r * k + q] * x[q];
+        y[r] = ek_act1(s, act);
+    }
+}

@@ -117,3 +117,19 @@ TVM_FFI_DLL_EXPORT int __tvm_ffi_edgekit_conv3x3(void *self, const TVMFFIAny *ar
     set_none(result);
     return 0;
 }
+
+/* edgekit_dense(x[1,K], w[N,K], bias[N], act, y[1,N]) */
+TVM_FFI_DLL_EXPORT int __tvm_ffi_edgekit_dense(void *self, const TVMFFIAny *args, int32_t num_args,
+                                               TVMFFIAny *result) {
+    DLTensor *t[5];
+    int64_t iv[5];
+    if (unpack("edgekit_dense", args, num_args, "tttit", t, iv)) return -1;
+    if (t[0]->ndim != 2 || t[0]->shape[0] != 1 || t[1]->ndim != 2 || t[1]->shape[1] != t[0]->shape[1] ||
+        t[4]->ndim != 2 || t[4]->shape[0] != 1 || t[4]->shape[1] != t[1]->shape[0] || t[2]->ndim != 1 ||
+        t[2]->shape[0] != t[1]->shape[0])
+        return fail("edgekit_dense", "need x[1,K], w[N,K], bias[N], y[1,N]");
+    ek_dense_chw((int32_t)t[1]->shape[0], (int32_t)t[1]->shape[1], DATA(float, t[0]), DATA(float, t[1]),
+                 DATA(float, t[2]), DATA(float, t[4]), (int32_t)iv[3]);
+    set_none(result);
+    return 0;
+}

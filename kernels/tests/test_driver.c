@@ -106,6 +106,27 @@ static int test_conv(int cin, int cout, int h, int w, int stride, int depthwise,
     return bad;
 }
 
+static int test_dense(int n, int k, int a) {
+    float *x = malloc(sizeof(float) * k), *wt = malloc(sizeof(float) * (size_t)n * k), *b = malloc(sizeof(float) * n);
+    float *y = malloc(sizeof(float) * n);
+    double *ref = malloc(sizeof(double) * n);
+    for (int i = 0; i < k; i++) x[i] = 3 * frand();
+    for (size_t i = 0; i < (size_t)n * k; i++) wt[i] = frand();
+    for (int i = 0; i < n; i++) {
+        b[i] = frand();
+        double s = b[i];
+        for (int q = 0; q < k; q++) s += (double)wt[(size_t)i * k + q] * x[q];
+        ref[i] = act(s, a);
+    }
+    memset(y, 0xff, sizeof(float) * n);
+    ek_dense_chw(n, k, x, wt, b, y, a);
+    char what[96];
+    snprintf(what, sizeof what, "dense[%s] n=%d k=%d act=%d", ek_isa_name(ek_isa()), n, k, a);
+    int bad = check(what, y, ref, (size_t)n);
+    free(x), free(wt), free(b), free(y), free(ref);
+    return bad;
+}
+
 int main(void) {
     int failures = 0, tested = 0;
     static const int spmm_shapes[][3] = {{96, 576, 196}, {576, 96, 196}, {24, 144, 784}, {7, 5, 37},
@@ -126,6 +147,9 @@ int main(void) {
                 failures += test_conv(conv_shapes[s][0], 9, conv_shapes[s][1], conv_shapes[s][2], stride, 0,
                                       (int)((s + stride + 1) % 3));
             }
+        static const int dense_shapes[][2] = {{1000, 1280}, {10, 32}, {7, 13}, {1, 1}, {5, 8}};
+        for (size_t s = 0; s < sizeof dense_shapes / sizeof dense_shapes[0]; s++)
+            failures += test_dense(dense_shapes[s][0], dense_shapes[s][1], (int)(s % 3));
         printf("isa %s: %s\n", ek_isa_name(isa), failures ? "FAILED" : "ok");
     }
     ek_set_isa(EK_ISA_AUTO);

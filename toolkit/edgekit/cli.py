@@ -166,7 +166,11 @@ def main() -> None:
 
     _register_commands()
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode click returns the code of a typer.Exit (e.g. a failed --fail-on gate) instead of
+        # exiting with it.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except EdgekitError as e:
         print(f"edgekit: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

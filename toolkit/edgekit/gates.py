@@ -29,6 +29,9 @@ def parse_gate(text: str) -> tuple[str, str, float | str | bool]:
         try:
             value = float(raw)
         except ValueError:
+            if raw[0] in "<>=!":
+                raise SettingsError(f"--fail-on '{text}' has two operators; write FIELD OP VALUE, "
+                                    "e.g. 'quality_drop>1.0'") from None
             value = raw
     return field, op, value
 

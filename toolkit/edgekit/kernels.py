@@ -1,7 +1,7 @@
 """The native kernels of kernels/ from Python (ctypes), for tests and benchmarks, plus their build.
 
 The TVM export links the same C objects into the model library; this module only builds them (`build`) and runs
-the host build directly (`spmm_chw`, `dw3x3_chw`, `conv3x3_chw`).
+the host build directly (`spmm_chw`, `dw3x3_chw`, `conv3x3_chw`, `dense`).
 """
 
 from __future__ import annotations
@@ -78,6 +78,8 @@ def lib() -> ctypes.CDLL:
     so.ek_dw3x3_chw.argtypes = [i32, i32, i32, i32, _P, _P, _P, _P, i32]
     so.ek_conv3x3_chw.restype = None
     so.ek_conv3x3_chw.argtypes = [i32, i32, i32, i32, i32, _P, _P, _P, _P, i32]
+    so.ek_dense_chw.restype = None
+    so.ek_dense_chw.argtypes = [i32, i32, _P, _P, _P, _P, i32]
     return so
 
 
@@ -183,4 +185,16 @@ def conv3x3_chw(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = Non
     y = np.empty((cout, (h - 1) // stride + 1, (w - 1) // stride + 1), np.float32)
     wt, b = _f32(weight), _bias(bias, cout)
     lib().ek_conv3x3_chw(cin, h, w, cout, stride, _ptr(x), _ptr(wt), _ptr(b), _ptr(y), _act(act))
+    return y
+
+
+def dense(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, act: str = "none") -> np.ndarray:
+    """Fully connected layer on one vector: y[N] = act(weight[N, K] @ x[K] + bias)."""
+    x = _f32(x).reshape(-1)
+    wt = _f32(weight)
+    if wt.ndim != 2 or wt.shape[1] != x.size:
+        raise EdgekitError(f"kernels: need weight [N, {x.size}], got {wt.shape}")
+    y = np.empty(wt.shape[0], np.float32)
+    b = _bias(bias, wt.shape[0])
+    lib().ek_dense_chw(wt.shape[0], x.size, _ptr(x), _ptr(wt), _ptr(b), _ptr(y), _act(act))
     return y

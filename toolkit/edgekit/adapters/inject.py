@@ -173,13 +173,17 @@ def has_adapters(model: nn.Module) -> bool:
 @torch.no_grad()
 def merge_adapters(model: nn.Module) -> nn.Module:
     """Folds every adapter into its base layer and puts the plain layer back; the model then has no adapter op."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    import sys
 
+    # peft is slow to import (it pulls in transformers); a model without peft layers never needs it.
+    tuner_layer: type = type(None)
+    if "peft" in sys.modules:
+        from peft.tuners.tuners_utils import BaseTunerLayer as tuner_layer
     replacements = []
     for name, mod in model.named_modules():
         if isinstance(mod, _ConvAdapter):
             replacements.append((name, mod.merged_layer()))
-        elif isinstance(mod, BaseTunerLayer):
+        elif isinstance(mod, tuner_layer):
             mod.merge()
             replacements.append((name, mod.get_base_layer()))
     for name, plain in replacements:

@@ -18,7 +18,6 @@ import torch.nn as nn
 
 def conv_graph(convs: list[nn.Conv2d], input_shape: tuple[int, ...]) -> bytes:
     """An ONNX model (opset 18) that applies `convs` in order to one input of `input_shape`."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     nodes, inits = [], []
@@ -61,8 +60,13 @@ def time_candidates(candidates: list[list[nn.Conv2d]], input_shape: tuple[int, .
 def input_shapes(model: nn.Module, example: np.ndarray, names: list[str]) -> dict[str, tuple[int, ...]]:
     """The input shape each named module sees on `example` (one forward pass with hooks)."""
     shapes: dict[str, tuple[int, ...]] = {}
-    hooks = [model.get_submodule(n).register_forward_pre_hook(
-        lambda m, args, n=n: shapes.setdefault(n, tuple(args[0].shape))) for n in names]
+
+    def hook(name: str):
+        def record(_module: nn.Module, args: tuple) -> None:
+            shapes.setdefault(name, tuple(args[0].shape))  # returns None: the input passes on unchanged
+        return record
+
+    hooks = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
     try:
         with torch.no_grad():
             model.eval()(torch.as_tensor(example))

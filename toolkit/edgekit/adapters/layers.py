@@ -58,8 +58,10 @@ class _ConvAdapter(nn.Module):
 class CPLoRAConv2d(_ConvAdapter):
     """CP-LoRA: dW[o, i, h, w] = (alpha / R) * sum_r U_out[o, r] U_in[i, r] U_h[h, r] U_w[w, r].
 
-    Parameters: R * (C_out + C_in/groups + kh + kw). U_out starts at zero so the adapted model starts equal to the
-    base (the other factors get non-zero gradients once U_out moves, as LoRA's B and A do).
+    Parameters: R * (C_out + C_in/groups + kh + kw), where a spatial mode of size 1 has no factor (it would be one
+    redundant scale per component), so a 1x1 conv costs R * (C_out + C_in), the same as LoRA. U_out starts at zero
+    so the adapted model starts equal to the base (the other factors get gradients once U_out moves, as LoRA's B
+    and A do).
     """
 
     method = "cp-lora"
@@ -68,19 +70,29 @@ class CPLoRAConv2d(_ConvAdapter):
         super().__init__(base_layer, rank, alpha, dropout)
         out_c, in_c, kh, kw = base_layer.weight.shape
         w = base_layer.weight
+        self.kernel = (kh, kw)
         self.lora_out = nn.Parameter(w.new_zeros(out_c, rank))
-        # Unit-variance factors whose product has roughly kaiming scale over the fan-in (in_c * kh * kw).
-        std = (1.0 / (in_c * kh * kw)) ** (1.0 / 6.0)
-        self.lora_in = nn.Parameter(torch.randn(in_c, rank, dtype=w.dtype, device=w.device) * std)
-        self.lora_h = nn.Parameter(torch.randn(kh, rank, dtype=w.dtype, device=w.device) * std)
-        self.lora_w = nn.Parameter(torch.randn(kw, rank, dtype=w.dtype, device=w.device) * std)
+        # Factors whose product has roughly kaiming scale over the fan-in (in_c * kh * kw).
+        n_factors = 1 + (kh > 1) + (kw > 1)
+        std = (1.0 / (in_c * kh * kw)) ** (1.0 / (2 * n_factors))
+
+        def factor(n: int) -> nn.Parameter:
+            return nn.Parameter(torch.randn(n, rank, dtype=w.dtype, device=w.device) * std)
+
+        self.lora_in = factor(in_c)
+        self.lora_h = factor(kh) if kh > 1 else None
+        self.lora_w = factor(kw) if kw > 1 else None
 
     def delta_weight(self) -> torch.Tensor:
-        return torch.einsum("or,ir,hr,wr->oihw", self.lora_out, self.lora_in, self.lora_h, self.lora_w) * self.scaling
+        kh, kw = self.kernel
+        ones = self.lora_out.new_ones(1, self.rank)
+        u_h = self.lora_h if self.lora_h is not None else ones
+        u_w = self.lora_w if self.lora_w is not None else ones
+        return torch.einsum("or,ir,hr,wr->oihw", self.lora_out, self.lora_in, u_h, u_w) * self.scaling
 
     @staticmethod
     def expected_params(out_c: int, in_c_per_group: int, kh: int, kw: int, rank: int) -> int:
-        return rank * (out_c + in_c_per_group + kh + kw)
+        return rank * (out_c + in_c_per_group + (kh if kh > 1 else 0) + (kw if kw > 1 else 0))
 
 
 class LoRACConv2d(_ConvAdapter):

@@ -36,12 +36,14 @@ def profile(
     train: Annotated[int, typer.Option(help="--validate: random policies profiled for the predictor")] = 8,
     model: Annotated[Path | None, typer.Option(help="--validate: float ONNX model (default: torchvision "
                                                     "mobilenet_v2, seed-0 weights)")] = None,
+    sequential: Annotated[bool, typer.Option(help="--validate: profile, predict, then time the held-out policies "
+                                                  "in a later session (default: one interleaved session)")] = False,
 ) -> None:
     """Measure artifacts on a device (latency profile with provenance), or validate the latency predictor."""
     from edgekit.errors import SettingsError
 
     if validate:
-        _validate(target, device, threads or 1, runs or 100, warmup, profile_runs, variants, train, model)
+        _validate(target, device, threads or 1, runs or 100, warmup, profile_runs, variants, train, model, sequential)
         return
     if from_log is not None or device.startswith("adb:"):
         from edgekit.commands.android import profile_android  # Android: benchmark_model over adb, or its log
@@ -96,7 +98,7 @@ def profile(
 
 
 def _validate(target: str, device: str, threads: int, runs: int, warmup: int, profile_runs: int, variants: int,
-              train: int, model: Path | None) -> None:
+              train: int, model: Path | None, sequential: bool) -> None:
     from edgekit.errors import InputError, SettingsError
     from edgekit.measure.validate import validate_host
     from edgekit.targets import load_target
@@ -108,7 +110,7 @@ def _validate(target: str, device: str, threads: int, runs: int, warmup: int, pr
     if model is not None and not model.is_file():
         raise InputError(f"no such model: {model}")
     result = validate_host(variants=variants, train=train, threads=threads, runs=runs, warmup=warmup,
-                           profile_runs=profile_runs, model=model,
+                           profile_runs=profile_runs, model=model, sequential=sequential,
                            log=lambda msg: print(f"[validate] {msg}", file=sys.stderr))
     for r in result["rows"]:
         print(f"{r['variant']:>10}: predicted {r['predicted_p50_ms']:8.3f} ms  measured {r['measured_p50_ms']:8.3f} ms"

@@ -4,7 +4,8 @@ Patterns (bias and activation fused when present; BatchNorm is folded into the c
 - 1x1 convolution (groups 1, stride 1, no padding) whose weight has at least `sparse_min_zeros` zeros
   -> `edgekit_spmm` with CSR constants (row_ptr, col_idx, values);
 - depthwise 3x3 (padding 1, stride 1 or 2) -> `edgekit_dw3x3`;
-- dense 3x3 with at most `stem_max_cin` input channels (padding 1, stride 1 or 2; a CNN's stem) -> `edgekit_conv3x3`.
+- dense 3x3 with at most `stem_max_cin` input channels (padding 1, stride 1 or 2; a CNN's stem) -> `edgekit_conv3x3`;
+- a fully connected layer on one vector (matmul by a constant, plus a constant bias) -> `edgekit_dense`.
 Everything else stays a Relax op and is compiled (and tuned) by TVM.
 
 Which 1x1 layers are "sparse-worthy" is decided here, by zero fraction alone: `edgekit.rules.prunable_layers`
@@ -28,6 +29,7 @@ class KernelPolicy:
     depthwise: bool = True
     stem: bool = True
     stem_max_cin: int = 4
+    dense: bool = True
 
 
 @dataclass
@@ -85,12 +87,34 @@ def rewrite(mod: Any, policy: KernelPolicy) -> tuple[Any, Replaced]:
 
         return rewriter
 
+    def dense_rewriter(orig: Any, m: dict) -> Any:
+        call = _dense_call(relax, m[mm_p], m[mw_p].value.numpy(), m[mb_p].value.numpy(), orig.ty, policy, done)
+        return orig if call is None else call
+
+    mw_p, mb_p = is_const(), is_const()
+    mm_p = is_op("relax.matmul")(wildcard(), mw_p)
     func = mod["main"]
+    for dense_p in (is_op("relax.add")(mm_p, mb_p), is_op("relax.add")(mb_p, mm_p)):
+        func = rewrite_call(dense_p, dense_rewriter, func)
     for pattern, with_bias, act_p, act in ((clip_p, True, clip_p, "relu6"), (relu_p, True, None, "relu"),
                                            (add_p, True, None, None), (conv_p, False, None, None)):
         func = rewrite_call(pattern, make(with_bias, act_p, act), func)
     mod["main"] = func
     return mod, done
+
+
+def _dense_call(relax: Any, mm: Any, wt: np.ndarray, bias: np.ndarray, out_ty: Any, policy: KernelPolicy,
+                done: Replaced) -> Any:
+    """matmul(x[1, K], W[K, N]) + bias[N] -> edgekit_dense with W stored [N, K] (rows stream contiguously)."""
+    shape = [int(d) for d in mm.args[0].ty.shape]
+    if not policy.dense or len(shape) != 2 or shape[0] != 1 or wt.ndim != 2 or wt.shape[0] != shape[1]:
+        return None
+    if str(wt.dtype) != "float32" or bias.size != wt.shape[1]:
+        return None
+    done.layers.append({"kernel": "dense", "shape": [int(wt.shape[1]), int(wt.shape[0])], "act": "none"})
+    args = [mm.args[0], relax.const(np.ascontiguousarray(wt.T)), relax.const(bias.reshape(-1).astype(np.float32)),
+            relax.prim_value(0)]
+    return relax.op.call_dps_packed("edgekit_dense", args, out_ty)
 
 
 def _kernel_call(relax: Any, conv: Any, wt: np.ndarray, bias: np.ndarray | None, act: str | None, out_ty: Any,

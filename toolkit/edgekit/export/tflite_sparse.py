@@ -218,7 +218,7 @@ def sparsify_weights(model: Any, min_zero_fraction: float = DEFAULT_MIN_ZERO_FRA
         t = g.tensors[w_index]
         dense_out = _new_tensor(model, g, t.name.decode() + "/densified", list(w.shape), s.TensorType.FLOAT32)
         # The original tensor becomes the sparse constant; its consumers read the DENSIFY output instead.
-        model.buffers[t.buffer] = s.BufferT()  # the old dense buffer may be shared: never edit it in place
+        # The dense buffer may be shared with another constant: leave it; _drop_unused_buffers empties it if not.
         t.buffer = _new_buffer(model, values.tobytes())
         t.sparsity = params
         for u in users:

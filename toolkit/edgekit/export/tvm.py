@@ -99,7 +99,7 @@ def export(model: nn.Module, example: np.ndarray, path: Path, target: str | Any 
     write_json(sidecar(path), {
         "format": "tvm", "target": tname, "tvm_target": json.loads(json.dumps(_target_dict(tvm_target))),
         "arch": arch, "input_shape": list(x.shape), "kernels": replaced.layers,
-        "kernel_counts": {k: replaced.count(k) for k in ("spmm", "dw3x3", "conv3x3")},
+        "kernel_counts": {k: replaced.count(k) for k in ("spmm", "dw3x3", "conv3x3", "dense")},
         "tuning": tuning, "tvm_version": tvm.__version__,
     })
     return path
@@ -139,23 +139,48 @@ def _compile(mod: Any, target: Any, tuning_dir: Path, trials: int) -> tuple[Any,
     info: dict[str, Any] = {"trials": trials, "record": str(tuning_dir), "used_record": False}
     if trials > 0:
         tuning_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="edgekit-tune-") as work:
-            # tune in a scratch folder, then merge: a killed tuning run never leaves a half-written record
-            for f in ("database_workload.json", "database_tuning_record.json"):
-                if (tuning_dir / f).is_file():
-                    shutil.copy(tuning_dir / f, Path(work) / f)
-            ms.relax_integration.tune_relax(_fused(mod, target), {}, target, work, max_trials_global=trials,
-                                            num_trials_per_iter=min(64, trials), cost_model=_cost_model(),
-                                            seed=0)
-            for f in ("database_workload.json", "database_tuning_record.json"):
-                with atomic_path(tuning_dir / f) as tmp:
-                    shutil.copy(Path(work) / f, tmp)
-        has_record = True
+        error = _tune_in_child(mod, target, tuning_dir, trials)
+        if error:
+            info["tuning_error"] = error
+        has_record = (tuning_dir / "database_tuning_record.json").is_file()
     if has_record:
         db = ms.database.JSONDatabase(work_dir=str(tuning_dir), allow_missing=False)
         info["used_record"] = True
         return ms.relax_integration.compile_relax(db, mod, target, params={}), info
     return tvm.compile(mod, target), info
+
+
+def _tune_in_child(mod: Any, target: Any, tuning_dir: Path, trials: int) -> str | None:
+    """Runs MetaSchedule in a forked child: a crash inside TVM's tuner (apache-tvm 0.27.0.post1 segfaults in
+    tvm::ffi::ToJSONGraph on this machine) must not take the export down. Returns an error text or None.
+
+    The child tunes in a scratch folder seeded with the existing record; the parent merges the result atomically, so
+    a killed tuning run never leaves a half-written record.
+    """
+    import multiprocessing as mp
+
+    from tvm.s_tir import meta_schedule as ms
+
+    files = ("database_workload.json", "database_tuning_record.json")
+    with tempfile.TemporaryDirectory(prefix="edgekit-tune-") as work:
+        for f in files:
+            if (tuning_dir / f).is_file():
+                shutil.copy(tuning_dir / f, Path(work) / f)
+
+        def tune() -> None:
+            ms.relax_integration.tune_relax(_fused(mod, target), {}, target, work, max_trials_global=trials,
+                                            num_trials_per_iter=min(64, trials), cost_model=_cost_model(), seed=0)
+
+        child = mp.get_context("fork").Process(target=tune, daemon=True)
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            return f"MetaSchedule tuning failed (exit code {child.exitcode}); compiled without tuning"
+        for f in files:
+            if (Path(work) / f).is_file():
+                with atomic_path(tuning_dir / f) as tmp:
+                    shutil.copy(Path(work) / f, tmp)
+    return None
 
 
 def _fused(mod: Any, target: Any) -> Any:

@@ -38,6 +38,7 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-dev-shm-usage", "--no-default-browser-check", "--mute-audio")
 MIN_WARMUP_MS = 1000.0  # both engines tier WebAssembly up from a baseline compiler; see ort_node_runner.js
 CHROMIUM_TIMEOUT_S = 300.0
+PROFILE_RUNS = 10  # runs of ORT's own profiler in Node for per-operator times (0: off)
 
 
 def chromium_binary() -> str | None:
@@ -180,7 +181,9 @@ def time_in_node(model: Path, x: np.ndarray, warmup: int, runs: int, threads: in
     try:
         output = runner(x)
         t = runner.time(x, warmup, runs, MIN_WARMUP_MS)
-        return {**t, "output": output.ravel().tolist(), "runtime": runner.runtime, "versions": runner.versions}
+        per_op = runner.per_op(x, 2, PROFILE_RUNS) if PROFILE_RUNS else []
+        return {**t, "output": output.ravel().tolist(), "runtime": runner.runtime, "versions": runner.versions,
+                "per_op": per_op}
     finally:
         runner.close()
 
@@ -307,7 +310,7 @@ def record_browser_results(results: list[tuple[dict[str, Any], list[dict[str, An
             name = Path(a["path"]).name
             prof.add_entry(p, name, a["format"], e["runtime"], e["threads"],
                            {k: e[k] for k in ("p50_ms", "p90_ms", "min_ms", "mean_ms", "runs")}
-                           | {"warmup": e.get("warmup_runs")},
+                           | {"warmup": e.get("warmup_runs")}, raw.get("per_op") or [],
                            sha256=a.get("sha256") or _bundle_model_sha(ctx.out / a["path"]), via=e["engine"],
                            extra={"device": e["device"], "samples_ms": [round(s, 4) for s in raw["samples_ms"]]})
     written = [str(prof.save_profile(p, root=ctx.out / "profiles").relative_to(ctx.out)) for p in profiles.values()]

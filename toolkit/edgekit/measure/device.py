@@ -99,11 +99,11 @@ def run_harness(uri: DeviceURI, artifact: Path, runtime: str, threads: int, runs
 
 
 def run_local_harness(artifacts: list[Path], runtime: str, threads: int, runs: int, warmup: int,
-                      profile_runs: int = 10, timeout: int = 1800) -> list[dict[str, Any]]:
+                      profile_runs: int = 10, timeout: int = 1800, profile_models: int = -1) -> list[dict[str, Any]]:
     """Runs the harness in a subprocess of this Python (the same code path a device runs); several artifacts are
     timed interleaved."""
     argv = [sys.executable, str(HARNESS), *map(str, artifacts), "--threads", str(threads), "--runs", str(runs),
-            "--warmup", str(warmup), "--profile-runs", str(profile_runs)]
+            "--warmup", str(warmup), "--profile-runs", str(profile_runs), "--profile-models", str(profile_models)]
     if runtime:
         argv += ["--runtime", runtime]
     try:

@@ -5,6 +5,7 @@ Self-contained on purpose: it is copied to a device (over SSH, or run locally) a
 numpy and the runtime already installed there (ai-edge-litert / tflite-runtime for .tflite, onnxruntime for .onnx).
 
     python3 harness.py MODEL [MODEL ...] [--runtime litert|onnxruntime] [--threads 1] [--runs 50] [--warmup 5] [--profile-runs 10]
+    [--profile-models K]
 
 Output (stdout, one line): {"ok": true, "harness": 1, "artifact", "sha256", "format", "runtime", "runtime_name",
 "threads", "timing": {"p50_ms", "p90_ms", "min_ms", "mean_ms", "runs", "warmup"}, "per_op": [{"name", "type", "ms",
@@ -113,8 +114,11 @@ def emulated(arch: str, cpu: str) -> bool:
     """True under an emulator (qemu-user shows the host's x86 CPU to an ARM program)."""
     if os.environ.get("EDGEKIT_EMULATED") == "1":
         return True
-    x86 = any(v in cpu for v in ("Intel", "AMD", "EPYC", "Xeon", "QEMU"))
-    return arch.startswith(("aarch64", "arm")) and x86
+    # qemu-user rewrites some of /proc for the guest but not /sys: the kernel still says what the real CPU is.
+    modalias = _read("/sys/devices/system/cpu/modalias") or ""
+    x86 = any(v in cpu for v in ("Intel", "AMD", "EPYC", "Xeon", "QEMU")) or modalias.startswith("cpu:type:x86")
+    arm = modalias.startswith(("cpu:type:aarch64", "cpu:type:arm"))
+    return (arch.startswith(("aarch64", "arm")) and x86) or (arch in ("x86_64", "i686") and arm)
 
 
 def device_facts() -> dict:
@@ -297,7 +301,8 @@ def _load(path: str, runtime: str, threads: int, prof_dir: str):
             "per_op_fn": per_op_fn, "note": note}
 
 
-def measure(paths: list[str], runtime: str, threads: int, runs: int, warmup: int, profile_runs: int) -> list[dict]:
+def measure(paths: list[str], runtime: str, threads: int, runs: int, warmup: int, profile_runs: int,
+            profile_models: int = -1) -> list[dict]:
     """Times every model; several models are timed interleaved (one run of each per round), so a slow phase of a
     shared machine hits them alike."""
     facts = device_facts()
@@ -314,8 +319,9 @@ def measure(paths: list[str], runtime: str, threads: int, runs: int, warmup: int
                 m["run"]()
                 samples[i].append(time.perf_counter() - t0)
         after = throttle_state()
-        per_ops = [m["per_op_fn"](warmup, profile_runs) if m["per_op_fn"] and profile_runs > 0 else []
-                   for m in models]
+        per_ops = [m["per_op_fn"](warmup, profile_runs)
+                   if m["per_op_fn"] and profile_runs > 0 and (profile_models < 0 or i < profile_models) else []
+                   for i, m in enumerate(models)]
     throttling = None
     if "throttled_now" in after:
         throttling = after["throttled_now"]
@@ -338,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--profile-runs", type=int, default=10, help="extra profiled runs for per-operator times (0: off)")
+    p.add_argument("--profile-models", type=int, default=-1, help="profile only the first K models (-1: all)")
     p.add_argument("--facts-only", action="store_true", help="print the device facts and exit")
     a = p.parse_args(argv)
     try:
@@ -346,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if a.runs < 1 or a.warmup < 0 or a.threads < 1:
                 raise HarnessError("bad_args", "runs and threads must be at least 1, warmup at least 0")
-            results = measure(a.model, a.runtime, a.threads, a.runs, a.warmup, a.profile_runs)
+            results = measure(a.model, a.runtime, a.threads, a.runs, a.warmup, a.profile_runs, a.profile_models)
             result = results[0] if len(results) == 1 else {"ok": True, "harness": HARNESS_VERSION, "results": results}
     except HarnessError as e:
         print(json.dumps({"ok": False, "kind": e.kind, "error": str(e), "install": e.install}))

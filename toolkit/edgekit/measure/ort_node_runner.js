@@ -5,13 +5,19 @@
 //   {"cmd": "load", "path": "model.onnx", "threads": 1}
 //   {"cmd": "run", "data": "<base64 float32>", "shape": [1, 3, 224, 224]}
 //   {"cmd": "time", "data": ..., "shape": ..., "warmup": 5, "min_warmup_ms": 1000, "runs": 50}
-// Replies: {"ok": true, ...} or {"ok": false, "error": "..."}.
+//   {"cmd": "profile", "data": ..., "shape": ..., "warmup": 2, "runs": 10}   (ORT profiler trace, per operator)
+// Replies: "@@edgekit@@ " + {"ok": true, ...} or {"ok": false, "error": "..."}.
 "use strict";
 
 const readline = require("node:readline");
+
+// Replies are the stdout lines that start with MARK: onnxruntime-web writes its profiler trace straight to stdout
+// (fd 1), and Python collects every other line as that output.
+const MARK = "@@edgekit@@ ";
 const ort = require("onnxruntime-web");
 
 let session = null;
+let modelPath = null;
 
 function tensorFrom(req) {
   const buf = Buffer.from(req.data, "base64");
@@ -29,6 +35,7 @@ async function handle(req) {
   if (req.cmd === "load") {
     ort.env.wasm.numThreads = req.threads || 1;
     ort.env.logLevel = "error";
+    modelPath = req.path;
     session = await ort.InferenceSession.create(req.path, { executionProviders: ["wasm"] });
     const meta = session.inputMetadata ? session.inputMetadata[0] : null;
     return {
@@ -62,6 +69,16 @@ async function handle(req) {
     }
     return { samples_ms: samples, warmup_runs: warm };
   }
+  if (req.cmd === "profile") {
+    // A second session with ORT's profiler on: warm-up + runs, then its Chrome-trace JSON (parsed in Python).
+    const x = tensorFrom(req);
+    const prof = await ort.InferenceSession.create(modelPath, { executionProviders: ["wasm"], enableProfiling: true });
+    const feeds = { [prof.inputNames[0]]: x };
+    for (let i = 0; i < req.warmup + req.runs; i++) await prof.run(feeds);
+    prof.endProfiling();  // prints the trace (Chrome trace JSON) to stdout before this reply
+    await prof.release();
+    return {};
+  }
   throw new Error(`unknown command ${req.cmd}`);
 }
 
@@ -76,7 +93,7 @@ rl.on("line", (line) => {
     } catch (e) {
       reply = { ok: false, error: String((e && e.message) || e).split("\n")[0].slice(0, 300) };
     }
-    process.stdout.write(JSON.stringify(reply) + "\n");
+    process.stdout.write(MARK + JSON.stringify(reply) + "\n");
   });
 });
 rl.on("close", () => chain.then(() => process.exit(0)));

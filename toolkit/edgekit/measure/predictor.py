@@ -173,6 +173,14 @@ class Predictor:
             self._models[key] = fit_runtime_model(chosen)
         return self._models[key]
 
+    def can_predict(self, artifact_path: str | Path, runtime: str, threads: int = 1) -> bool:
+        """Whether `predict` has something to go on (per-operator profile, or this very file measured)."""
+        if runtime == "onnxruntime" and self._model(runtime, threads) is not None:
+            return True
+        digest = sha256_file(artifact_path)
+        return any(e.get("sha256") == digest and _runtime_name(e["runtime"]) == runtime and e["threads"] == threads
+                   for e in self.entries)
+
     def predict(self, artifact_path: str | Path, runtime: str, threads: int = 1) -> dict[str, Any]:
         """Predicted p50 of `artifact_path` run by `runtime` ("onnxruntime", "litert") with `threads` threads.
 
@@ -223,15 +231,18 @@ def _runtime_name(runtime: str) -> str:
 
 def predictor_from_profiles(paths: list[Path]) -> Predictor | None:
     """A predictor over the given profile files of ONE device (entries of all files are pooled)."""
-    if not paths:
-        return None
-    profiles = [load_profile_file(p) for p in paths]
+    return predictor_from_profile_dicts([load_profile_file(p) for p in paths], list(paths)) if paths else None
+
+
+def predictor_from_profile_dicts(profiles: list[dict[str, Any]], paths: list[Path] | None = None) -> Predictor | None:
+    """A predictor over already-loaded profiles of ONE device."""
     entries = [e for p in profiles for e in p["entries"]]
     if not entries:
         return None
     newest = max(profiles, key=lambda p: p.get("updated", ""))
     validation = next((p["validation"] for p in profiles if p.get("validation")), None)
-    return Predictor(newest["target"], newest.get("device", {}), newest["device_id"], list(paths), entries, validation)
+    return Predictor(newest["target"], newest.get("device", {}), newest["device_id"], list(paths or []), entries,
+                     validation)
 
 
 def load_predictor(target_name: str, device_id: str | None = None, root: Path | None = None) -> Predictor | None:

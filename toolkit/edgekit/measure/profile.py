@@ -26,7 +26,9 @@ A profile lives at `profiles/<target>/<device-id>.json` (under the project root,
           "conditions": {"temperature_c": 51.2, "throttling": false, "governor": "ondemand"},
           "extra": {...}                     # anything else the runner wants to keep (e.g. kernel features)
         }
-      ]
+      ],
+      "validation": {...}                    # optional: summary of the last `edgekit profile --validate` (predictor
+                                             # error: variants, within_10pct_fraction, median_abs_err_pct, ...)
     }
 
 `per_op[*].ms` is the mean time of that operator per inference (from the runtime's own profiler). `signature` (when

@@ -142,6 +142,17 @@ class Scorer:
         self._cache[key] = cand
         return cand
 
+    def score_file(self, path: Path, label: str) -> Candidate:
+        """Scores an artifact made outside the policy space (e.g. NNCF's default INT8) like any candidate."""
+        runner = load_runner(self.runtime, path, self.threads)
+        logits = run_all(runner, self.x)
+        q = self._quality(logits)
+        cand = Candidate(policy=Policy(label=label), path=Path(path), quality=q, drop=100.0 * (self.float_quality - q),
+                         sqnr_db=float(sqnr_db(self.float_logits, logits)),
+                         agreement=top1_agreement(logits, self.float_logits), size_bytes=Path(path).stat().st_size)
+        self._time(cand, runner, Path(path))
+        return cand
+
     def _time(self, cand: Candidate, runner: Runner, path: Path) -> None:
         if self.latency == "measured":
             anchor = self.anchor or self.float_runner

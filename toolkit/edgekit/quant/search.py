@@ -120,8 +120,11 @@ def run_search(layers: list[Layer], ranked: list[str], score: Callable[[Policy, 
     if not calibrations:
         raise SettingsError("search: the backend offers no calibration method")
     population = max(6, min(20, trials // 3))
-    # Constraints reach NSGA-II through Trial.set_constraint (feasible candidates dominate infeasible ones).
-    sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
+    # Constraints reach NSGA-II through Trial.set_constraint (optuna >= 5; feasible candidates dominate), or through
+    # the older constraints_func on optuna 4.
+    has_set = hasattr(optuna.trial.Trial, "set_constraint")
+    extra = {} if has_set else {"constraints_func": lambda t: t.user_attrs["constraints"]}
+    sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=seed, **extra)
     directions = ["minimize", "minimize", "minimize"] if use_latency else ["minimize", "minimize"]
     study = optuna.create_study(directions=directions, sampler=sampler)
     for p in seed_policies(layers, ranked, calibrations[0], max_seeds=max(population, trials // 2)):
@@ -140,8 +143,12 @@ def run_search(layers: list[Layer], ranked: list[str], score: Callable[[Policy, 
         if c.trial < 0:
             c.trial = trial.number
         seen.setdefault(policy.key(), c)
-        for key, v in zip(("quality_drop", "latency", "size"), constraints.violations(c), strict=True):
-            trial.set_constraint(key, float(v))
+        violations = [float(v) for v in constraints.violations(c)]
+        if has_set:
+            for key, v in zip(("quality_drop", "latency", "size"), violations, strict=True):
+                trial.set_constraint(key, v)
+        else:
+            trial.set_user_attr("constraints", violations)
         if task is not None:
             progress.advance(task)  # type: ignore[attr-defined]
         lat = c.p50_ms if c.p50_ms is not None else math.inf

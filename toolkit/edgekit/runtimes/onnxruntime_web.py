@@ -29,6 +29,7 @@ from edgekit.targets import project_root
 PACKAGE = "onnxruntime-web"
 RUNNER_JS = Path(__file__).resolve().parents[1] / "measure" / "ort_node_runner.js"
 LOAD_TIMEOUT_S = 120.0
+MARK = "@@edgekit@@ "  # prefix of the runner's replies on stdout (see ort_node_runner.js)
 
 
 def node_modules() -> Path:
@@ -95,10 +96,12 @@ class NodeOrtWebRunner:
     def _call(self, req: dict[str, Any], timeout: float, what: str) -> dict[str, Any]:
         if self._proc.poll() is not None:
             raise RuntimeUnavailable(f"{PACKAGE} Node process exited ({self._tail()})")
+        self.printed: list[str] = []  # other stdout lines during this call (e.g. the profiler's trace)
         try:
             self._proc.stdin.write(json.dumps(req) + "\n")
             self._proc.stdin.flush()
-            line = self._lines.get(timeout=timeout)
+            while (line := self._lines.get(timeout=timeout)) is not None and not line.startswith(MARK):
+                self.printed.append(line)
         except (BrokenPipeError, OSError):
             line = None
         except queue.Empty:
@@ -106,7 +109,7 @@ class NodeOrtWebRunner:
             raise RuntimeUnavailable(f"{PACKAGE} in Node: {what} took longer than {timeout:.0f} s") from None
         if line is None:
             raise RuntimeUnavailable(f"{PACKAGE} Node process died during {what} ({self._tail()})")
-        reply = json.loads(line)
+        reply = json.loads(line[len(MARK):])
         if not reply.get("ok"):
             raise InputError(f"{PACKAGE} cannot {what}: {reply.get('error')}")
         return reply
@@ -135,6 +138,25 @@ class NodeOrtWebRunner:
             x = np.asarray(x, np.float32).reshape(self.input_shape)
         req = {"cmd": "time", **self._encode(x), "warmup": warmup, "runs": runs, "min_warmup_ms": min_warmup_ms}
         return self._call(req, 600.0, what="time")
+
+    def per_op(self, x: np.ndarray, warmup: int = 2, runs: int = 10) -> list[dict[str, Any]]:
+        """Per-operator mean ms per inference from ONNX Runtime's own profiler (in a second, profiling session),
+        in the common profile format with ORT kernel signatures."""
+        import tempfile
+
+        from edgekit.measure.harness import ort_per_op
+
+        if self.input_shape:
+            x = np.asarray(x, np.float32).reshape(self.input_shape)
+        self._call({"cmd": "profile", **self._encode(x), "warmup": warmup, "runs": runs}, 600.0, what="profile")
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            f.write("".join(self.printed))
+        try:
+            return ort_per_op(f.name, warmup, runs)
+        except (ValueError, KeyError):
+            return []  # a trace this version cannot read: per-op times are optional in a profile
+        finally:
+            os.unlink(f.name)
 
     def close(self) -> None:
         self._finalizer()

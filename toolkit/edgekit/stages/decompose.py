@@ -37,6 +37,8 @@ class Settings:
     epochs: int = field(default=10, metadata={"help": "fine-tuning epochs after decomposing (0: none)"})
     lr: float = field(default=1e-3, metadata={"help": "fine-tuning Adam learning rate"})
     batch_size: int = field(default=64, metadata={"help": "fine-tuning batch size"})
+    train_norm: bool = field(default=False, metadata={"help": "let BatchNorm re-estimate running statistics while "
+                                                              "fine-tuning (its affine parameters train either way)"})
     seed: int = field(default=0, metadata={"help": "seed for factor initialisation and data order"})
 
     def __post_init__(self) -> None:
@@ -54,8 +56,8 @@ class Settings:
 
 def plan_layers(model: nn.Module, settings: Settings, example: Any = None, threads: int = 1) -> list:
     """The per-layer decomposition plan (LayerPlan list); layers the method would not shrink are left out."""
-    from edgekit.adapters import select_layers
     from edgekit.adapters import decomposition as dec
+    from edgekit.adapters import select_layers
 
     targets = [(n, m) for n, m in select_layers(model, settings.layers, settings.exclude) if dec.decomposable(m)]
     shapes = {}
@@ -100,10 +102,13 @@ def _ranks_for_latency(conv: nn.Conv2d, settings: Settings, input_shape: tuple[i
 
 
 def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
+    import contextlib
+
     import numpy as np
     import torch
 
     from edgekit.adapters import decomposition as dec
+    from edgekit.adapters import frozen_norms
     from edgekit.train import fit, predict, quality
 
     data = ctx.data
@@ -125,9 +130,12 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     if settings.epochs:
         # Without labels the model learns the uncompressed model's top-1 decisions on the training inputs.
         y = data.y_train if data.labelled else ctx.reference_logits("train").reshape(len(data.x_train), -1).argmax(1)
-        steps = fit(model, data.x_train, np.asarray(y, np.int64), epochs=settings.epochs, lr=settings.lr,
-                    batch_size=settings.batch_size, seed=settings.seed, progress=ctx.progress,
-                    description=f"fine-tune ({settings.method})")
+        # Frozen statistics by default: distilling on a few (possibly synthetic) inputs must not re-estimate them.
+        norms = contextlib.nullcontext() if settings.train_norm or settings.a_priori else frozen_norms(model)
+        with norms:
+            steps = fit(model, data.x_train, np.asarray(y, np.int64), epochs=settings.epochs, lr=settings.lr,
+                        batch_size=settings.batch_size, seed=settings.seed, progress=ctx.progress,
+                        description=f"fine-tune ({settings.method})")
     after = quality(predict(model, data.x_test), data.y_test, ref)
     p_before = sum(p.params_before for p in plan)
     p_after = sum(p.params_after for p in plan)

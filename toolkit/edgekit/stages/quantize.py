@@ -118,7 +118,7 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
         if settings.nncf_baseline:
             nq = nncf_backend.NncfQuantizer(float_onnx, calib)
             path = nq.default_int8(work / "onnx" / "nncf-default.onnx")
-            onnx_result.extra["NNCF default INT8"] = _score_path(scorer, path, "NNCF default INT8")
+            onnx_result.extra["NNCF default INT8"] = scorer.score_file(path, "NNCF default INT8")
         results.append(onnx_result)
     if "tflite" in fmts:
         float_tfl = _float_artifact(ctx, model, "tflite")
@@ -147,23 +147,6 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     shutil.rmtree(work / "onnx", ignore_errors=True)  # candidates; the kept artifacts were copied out
     shutil.rmtree(work / "tflite", ignore_errors=True)
     return model
-
-
-def _score_path(scorer: Any, path: Any, label: str) -> Any:
-    """Scores an artifact made outside the policy space (NNCF's default) in the scorer's runtime."""
-    from edgekit.quant.policy import Policy
-
-    class _Fixed:
-        layers = scorer.backend.layers
-
-        def apply(self, policy: Policy, out_path: Any) -> Any:
-            return path
-
-    saved, scorer.backend = scorer.backend, _Fixed()
-    try:
-        return scorer.score(Policy(label=label, calibration="minmax", symmetric_activations=True), label)
-    finally:
-        scorer.backend = saved
 
 
 def _write_outputs(ctx: RunContext, results: list[Any]) -> None:
