@@ -230,7 +230,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=50, help="timed rounds per model")
     ap.add_argument("--resnet-size", type=int, default=128)
     ap.add_argument("--skip-resnet", action="store_true")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for training (1 suits a shared machine)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="adapters-bench-") as tmp:
         d = Path(tmp)

@@ -7,7 +7,11 @@ what `edgekit check` predicts); browser latency in headless Chromium with the TF
 @tensorflow/tfjs-tflite (XNNPACK, WASM SIMD); and, with --emulate, the sparse/dense time ratio under qemu-x86_64
 emulating an SSE-only CPU (Nehalem), where XNNPACK does take its sparse path: evidence the rules hold, not a latency.
 
+With --device ssh://user@host (an ARM board, device-runner harness of edgekit.measure.device), the same pair is
+timed there too (device_speedup_*): the sparse path's real target.
+
 Usage: .venv/bin/python benchmarks/sparse_speedup.py [--runs 50] [--sparsities 0.7,0.8,0.9] [--emulate]
+       [--device ssh://pi@raspberrypi]
 Prints one JSON object per sparsity, and a summary JSON object as the last line.
 """
 
@@ -71,12 +75,30 @@ def emulated_ratio(dense: Path, sparse: Path, x: np.ndarray, d: Path) -> float |
         return None
 
 
+def device_times(device: str, dense: Path, sparse: Path, runs: int, warmup: int) -> dict:
+    """dense and sparse timed on the device, alternating three times (p50 of each call, median over calls)."""
+    from edgekit.measure.device import parse_device_uri, run_harness
+
+    try:
+        uri = parse_device_uri(device)
+        p50 = {"dense": [], "sparse": []}
+        for _ in range(3):
+            for kind, path in (("dense", dense), ("sparse", sparse)):
+                r = run_harness(uri, path, "litert", 1, runs, warmup, profile_runs=0)
+                p50[kind].append(r["timing"]["p50_ms"])
+        d, s = float(np.median(p50["dense"])), float(np.median(p50["sparse"]))
+        return {"device": device, "device_dense_p50_ms": d, "device_sparse_p50_ms": s, "device_speedup": d / s}
+    except Exception as e:  # report why, never a number
+        return {"device": device, "device_speedup": None, "device_reason": str(e)[:300]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--sparsities", default="0.7,0.8,0.9")
     ap.add_argument("--emulate", action="store_true", help="also run the 90%% pair under qemu (SSE-only CPU)")
+    ap.add_argument("--device", default=None, help="also time on this device (ssh://user@host), 1 thread")
     args = ap.parse_args()
 
     import torch
@@ -121,6 +143,8 @@ def main() -> None:
                            wasm_runtime=w["runtime"], wasm_browser=w["chromium"])
             except Exception as e:  # report why, never a number
                 row.update(wasm_speedup=None, wasm_reason=str(e)[:300])
+            if args.device:
+                row.update(device_times(args.device, dense, sparse, args.runs, args.warmup))
             verdicts = {t: rules.check_graph(rules.read_tflite(sparse), load_target(t))[0] for t in ("host", "rpi4")}
             row["check_host_sparse"] = verdicts["host"].sparse
             row["check_rpi4_sparse"] = verdicts["rpi4"].sparse
@@ -139,6 +163,7 @@ def main() -> None:
         "size_sparse_90_bytes": r90.get("size_sparse_bytes"), "size_ratio_90": r90.get("size_ratio"),
         "check_predicts_host_sparse": r90.get("check_host_sparse"), "check_rules_met_90": r90.get("check_rules_met"),
         "emulated_sse_only_ratio_90": r90.get("emulated_sse_only_dense_over_sparse"),
+        "device_speedup_90": r90.get("device_speedup"), "device_reason_90": r90.get("device_reason"),
         "wasm_speedup_by_sparsity": {k: v.get("wasm_speedup") for k, v in summary.items()},
         "host_speedup_1t_by_sparsity": {k: v.get("host_speedup_1t") for k, v in summary.items()},
         "runs": args.runs}))

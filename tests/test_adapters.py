@@ -217,3 +217,13 @@ def test_adapt_stage_new_head_merges_and_resumes(tmp_path):
     assert rep2["stages"][0]["seconds"] == rec["seconds"]  # the same record: not trained again
     assert rep2["stages"][1]["metrics"]["accuracy"] > 0.5
     assert json.loads((out / "report.json").read_text())["stages"][1]["details"]["inputs"] == 40
+
+
+def test_cli_rejects_bad_settings_with_one_line():
+    from conftest import run_cli
+
+    r = run_cli("adapt", "--method", "lokr", "--out", "/nonexistent/never-written")
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "method must be one of" in r.stderr
+    r = run_cli("decompose", "--method", "svd", "--out", "/nonexistent/never-written")
+    assert r.returncode == 2 and "cp or tucker" in r.stderr

@@ -131,11 +131,18 @@ def test_validate_small(digits_run: Path, tmp_path: Path):
     s = res["summary"]
     assert s["variants"] == 3 and 0 <= s["within_10pct_fraction"] <= 1 and s["median_abs_err_pct"] >= 0
     assert len(res["rows"]) == 3 and all(r["predicted_p50_ms"] > 0 and r["measured_p50_ms"] > 0 for r in res["rows"])
-    stored = json.loads(next(tmp_path.rglob("*.json")).read_text())
+    path = next(tmp_path.rglob("*.json"))
+    stored = json.loads(path.read_text())
     # float, INT8 and 2 policies (a policy of this 3-layer model can equal another one: same file, one entry)
     assert stored["validation"]["variants"] == 3 and 2 <= len(stored["entries"]) <= 4
     assert {"model_fp32_float.onnx", "model_fp32_int8.onnx"} <= {e["artifact"] for e in stored["entries"]}
     assert {e["extra"]["purpose"] for e in stored["entries"]} == {"validate-train"}
+    # A later plain measurement into the same profile keeps the validation summary.
+    later = new_profile("host", stored["device_id"], stored["device"], "local")
+    add_entry(later, "other.onnx", "onnx", "onnxruntime 1.32.0", 1, TIMING, sha256="cc")
+    save_profile(later, tmp_path)
+    again = json.loads(path.read_text())
+    assert again["validation"] == stored["validation"] and len(again["entries"]) == len(stored["entries"]) + 1
 
 
 def test_profile_command_errors(digits_run: Path):

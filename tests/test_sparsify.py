@@ -163,6 +163,17 @@ def test_sparsify_stage_in_a_run(tiny_run):
     assert dense["verification"]["passed"]  # the dense export of the same masked model agrees too
 
 
+def test_sparsify_without_eligible_layers_writes_no_sparse_artifact(tmp_path):
+    from edgekit import api
+
+    recipe = {"stages": [{"sparsify": {"oneshot_sparsity": 0.9}}]}
+    report = api.compress("edgekit:digits_mlp", "rpi4", recipe=recipe, out=tmp_path / "run")
+    assert report["artifacts"] == [] and not list((tmp_path / "run" / "artifacts").glob("*.tflite"))
+    stage = report["stages"][0]
+    assert "no convolution" in stage["details"]["skipped"]
+    assert stage["params_nonzero"] == stage["params_total"]  # nothing pruned where nothing can run sparse
+
+
 @pytest.mark.browser
 def test_sparse_tflite_runs_in_the_browser_runtime(tiny_run):
     """The TFLite WebAssembly runtime (tfjs-tflite, XNNPACK) loads the sparse file and agrees with the dense one."""

@@ -20,6 +20,19 @@
 /* 8-float vectors (GCC/clang vector extensions): one ymm with AVX2, two q registers on NEON, scalar otherwise */
 typedef float vf8 __attribute__((vector_size(32)));
 typedef float vf8u __attribute__((vector_size(32), aligned(4))); /* unaligned loads */
+typedef int32_t vi8 __attribute__((vector_size(32)));
+
+/* ReLU / ReLU6 on a vector with lane masks (C has no vector ?: operator) */
+static inline __attribute__((always_inline)) vf8 act8(vf8 v, int32_t act) {
+    if (act == EK_ACT_NONE) return v;
+    const vf8 zero = {0}, six = {6, 6, 6, 6, 6, 6, 6, 6};
+    v = (vf8)((vi8)v & (v > zero));
+    if (act == EK_ACT_RELU6) {
+        const vi8 lt = v < six;
+        v = (vf8)(((vi8)v & lt) | ((vi8)six & ~lt));
+    }
+    return v;
+}
 
 #ifdef EK_GENERIC_SPMM
 /* Portable CSR SpMM: a 32-pixel accumulator tile per output channel, pixel tiles outermost so the x tile of every
@@ -55,54 +68,58 @@ void EK_NAME(ek_spmm_chw)(int32_t m, int32_t k, int32_t hw, const int32_t *row_p
 
 static inline float tap(const float *row, int32_t ix, int32_t w) { return (ix < 0 || ix >= w) ? 0.f : row[ix]; }
 
+/* Depthwise 3x3: each channel is copied into a zero-padded plane (for stride 2 split into even and odd columns),
+ * so every output row is a run of 8-wide vector FMAs over contiguous loads with no bounds checks, also for the
+ * 14x14 and 7x7 maps where a per-row edge path would dominate. */
 void EK_NAME(ek_dw3x3_chw)(int32_t c, int32_t h, int32_t w, int32_t stride, const float *x, const float *wt,
                            const float *bias, float *y, int32_t act) {
     const int32_t oh = (h - 1) / stride + 1, ow = (w - 1) / stride + 1;
-    float *zero = (float *)calloc((size_t)w + 2, sizeof(float));
-    /* interior output columns: every tap's column is inside the row, so the loop needs no bounds checks */
-    const int32_t ox_lo = 1, ox_hi = stride == 1 ? w - 1 : (w - 2) / 2 + 1; /* [ox_lo, ox_hi) */
+    const int32_t owp = (ow + 7) / 8 * 8;   /* output row rounded up to whole vectors */
+    const int32_t ldp = owp + 8;            /* padded plane row: room for the +1/+2 taps of the last vector */
+    const int32_t ph = h + 2;
+    /* stride 1: one plane P[y][1 + x] = x[y-1][x]; stride 2: E[y][i] = P[y][2i], O[y][i] = P[y][2i+1] */
+    const int32_t planes = stride == 1 ? 1 : 2;
+    float *pad = (float *)calloc((size_t)planes * ph * ldp + 8, sizeof(float));
+    float *row = (float *)malloc(sizeof(float) * (size_t)owp);
     for (int32_t ch = 0; ch < c; ch++) {
         const float *xc = x + (size_t)ch * h * w;
+        for (int32_t iy = 0; iy < h; iy++) {
+            const float *src = xc + (size_t)iy * w;
+            if (stride == 1) {
+                memcpy(pad + (size_t)(iy + 1) * ldp + 1, src, sizeof(float) * w);
+            } else {
+                float *e = pad + (size_t)(iy + 1) * ldp, *o = pad + (size_t)(ph + iy + 1) * ldp;
+                /* padded column j = x + 1: even x -> odd j -> O[x/2]; odd x -> even j -> E[(x+1)/2] */
+                for (int32_t i = 0; 2 * i < w; i++) o[i] = src[2 * i];
+                for (int32_t i = 0; 2 * i + 1 < w; i++) e[i + 1] = src[2 * i + 1];
+            }
+        }
         const float *k = wt + (size_t)ch * 9;
         const float b = bias ? bias[ch] : 0.f;
         float *yc = y + (size_t)ch * oh * ow;
         for (int32_t oy = 0; oy < oh; oy++) {
-            const int32_t iy = oy * stride - 1;
-            const float *r0 = iy >= 0 ? xc + (size_t)iy * w : zero;
-            const float *r1 = xc + (size_t)(iy + 1) * w;
-            const float *r2 = iy + 2 < h ? xc + (size_t)(iy + 2) * w : zero;
-            float *yr = yc + (size_t)oy * ow;
-            const float k0 = k[0], k1 = k[1], k2 = k[2], k3 = k[3], k4 = k[4], k5 = k[5], k6 = k[6], k7 = k[7],
-                        k8 = k[8];
-            if (stride == 1) {
-                for (int32_t ox = ox_lo; ox < ox_hi; ox++) {
-                    float v = b + k0 * r0[ox - 1] + k1 * r0[ox] + k2 * r0[ox + 1] + k3 * r1[ox - 1] + k4 * r1[ox] +
-                              k5 * r1[ox + 1] + k6 * r2[ox - 1] + k7 * r2[ox] + k8 * r2[ox + 1];
-                    yr[ox] = ek_act1(v, act);
+            float *dst = (owp == ow) ? yc + (size_t)oy * ow : row;
+            for (int32_t ox = 0; ox < owp; ox += 8) {
+                vf8 acc = {b, b, b, b, b, b, b, b};
+                for (int32_t ky = 0; ky < 3; ky++) {
+                    const int32_t py = oy * stride + ky;
+                    if (stride == 1) {
+                        const float *r = pad + (size_t)py * ldp + ox;
+                        acc += k[ky * 3] * *(const vf8u *)r + k[ky * 3 + 1] * *(const vf8u *)(r + 1) +
+                               k[ky * 3 + 2] * *(const vf8u *)(r + 2);
+                    } else {
+                        const float *e = pad + (size_t)py * ldp + ox, *o = pad + (size_t)(ph + py) * ldp + ox;
+                        acc += k[ky * 3] * *(const vf8u *)e + k[ky * 3 + 1] * *(const vf8u *)o +
+                               k[ky * 3 + 2] * *(const vf8u *)(e + 1);
+                    }
                 }
-            } else {
-                for (int32_t ox = ox_lo; ox < ox_hi; ox++) {
-                    const int32_t ix = 2 * ox;
-                    float v = b + k0 * r0[ix - 1] + k1 * r0[ix] + k2 * r0[ix + 1] + k3 * r1[ix - 1] + k4 * r1[ix] +
-                              k5 * r1[ix + 1] + k6 * r2[ix - 1] + k7 * r2[ix] + k8 * r2[ix + 1];
-                    yr[ox] = ek_act1(v, act);
-                }
+                *(vf8u *)(dst + ox) = act8(acc, act);
             }
-            /* edge columns (and tiny widths): bounds-checked taps */
-            for (int32_t ox = 0; ox < ow; ox++) {
-                if (ox >= ox_lo && ox < ox_hi) {
-                    ox = ox_hi - 1;
-                    continue;
-                }
-                const int32_t ix = ox * stride - 1;
-                float v = b;
-                for (int32_t kx = 0; kx < 3; kx++)
-                    v += k[kx] * tap(r0, ix + kx, w) + k[3 + kx] * tap(r1, ix + kx, w) + k[6 + kx] * tap(r2, ix + kx, w);
-                yr[ox] = ek_act1(v, act);
-            }
+            if (dst == row) memcpy(yc + (size_t)oy * ow, row, sizeof(float) * ow);
         }
     }
-    free(zero);
+    free(row);
+    free(pad);
 }
 
 /* Dense 3x3 convolution for few input channels: per output row, gather the cin*9 taps into a column block

@@ -29,6 +29,8 @@ def profile(
     identity: Annotated[str | None, typer.Option(help="ssh: private key file")] = None,
     known_hosts: Annotated[str | None, typer.Option(help="ssh: known_hosts file")] = None,
     remote_python: Annotated[str | None, typer.Option(help="ssh: the device's python with the runtime")] = None,
+    label: Annotated[str, typer.Option(help="what the artifacts are, kept with each entry (e.g. "
+                                            "'torchvision mobilenet_v2, float, seed-0 weights')")] = "",
     save: Annotated[bool, typer.Option(help="write profiles/<target>/<device-id>.json")] = True,
     validate: Annotated[bool, typer.Option(help="predict, then measure random INT8 policies of mobilenet_v2 "
                                                 "on this machine, and report the predictor's error")] = False,
@@ -83,7 +85,8 @@ def profile(
         prof["device"] = res["device"]
         add_entry(prof, a.name, res["format"], res["runtime"], n_threads, res["timing"], res["per_op"],
                   sha256=res["sha256"], via=uri.display, conditions=res["conditions"],
-                  extra={"per_op_note": res.get("per_op_note", ""), "harness": res.get("harness")})
+                  extra={"per_op_note": res.get("per_op_note", ""), "harness": res.get("harness"),
+                         **({"label": label} if label else {})})
         t = res["timing"]
         print(f"{a.name}: p50 {t['p50_ms']:.3f} ms, p90 {t['p90_ms']:.3f} ms, min {t['min_ms']:.3f} ms "
               f"({t['runs']} runs, {res['runtime']}, {n_threads} thread(s), {len(res['per_op'])} ops profiled) "

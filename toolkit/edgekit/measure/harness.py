@@ -107,6 +107,9 @@ def throttle_state() -> dict:
     if cur and top and cur.isdigit() and top.isdigit():
         out["freq_khz"], out["max_freq_khz"] = int(cur), int(top)
     out["temperature_c"] = temperature_c()
+    load = (_read("/proc/loadavg") or "").split()
+    if len(load) >= 3:
+        out["loadavg"] = [float(v) for v in load[:3]]  # other work on the device skews timings: keep it on record
     return out
 
 

@@ -167,6 +167,8 @@ def save_profile(profile: dict[str, Any], root: Path | None = None) -> Path:
         keys = {_entry_key(e) for e in profile["entries"]}
         merged = {**profile, "created": old.get("created", profile["created"]),
                   "entries": [e for e in old["entries"] if _entry_key(e) not in keys] + profile["entries"]}
+        if "validation" in old and "validation" not in profile:
+            merged["validation"] = old["validation"]  # a new measurement does not undo the last validation
     return write_json(path, merged)
 
 

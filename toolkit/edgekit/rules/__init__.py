@@ -159,7 +159,7 @@ def check_graph(graph: Graph, target: Target) -> list[RuntimeVerdict]:
         if rt.sparse_rules == "xnnpack":
             out.append(_runtime_verdict_xnnpack(graph, target, rt))
             continue
-        why = get(rt.sparse_rules).reason(rt.name) if rt.sparse_rules == "none" else get(rt.sparse_rules).reason(rt)
+        why = get(rt.sparse_rules).reason(rt.name)
         layers = [LayerVerdict(op.index, op.name, op.kind, False, why, *_int8(op, rt),
                                op.zero_fraction if op.weight_params else None)
                   for op in graph.ops if op.kind not in HIDDEN_OPS and op.kind != "PAD"]
@@ -176,7 +176,11 @@ def model_graph(model: nn.Module, input_shape: tuple[int, ...], workdir: Path, s
     from edgekit.export import tflite, tflite_sparse
 
     x = np.zeros(input_shape, np.float32)
-    dense = tflite.export(model, x, workdir / "check_dense.tflite")
+    was_training = model.training
+    try:
+        dense = tflite.export(model, x, workdir / "check_dense.tflite")
+    finally:
+        model.train(was_training)  # the exporter switches to eval; a pruning loop calling this keeps its mode
     if not sparse:
         return read_tflite(dense)
     tflite_sparse.rewrite(dense, workdir / "check_sparse.tflite")

@@ -118,6 +118,7 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     if not plan:
         raise SettingsError("decompose: no layer to decompose (no dense KxK Conv2d matches, or none would shrink "
                             "within the budget); check layers/ratio")
+    convs_before = _conv_params(model)
     ref = ctx.reference_logits() if not data.labelled else None
     before = quality(predict(model, data.x_test), data.y_test, ref)
     torch.manual_seed(settings.seed)
@@ -139,10 +140,12 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     after = quality(predict(model, data.x_test), data.y_test, ref)
     p_before = sum(p.params_before for p in plan)
     p_after = sum(p.params_after for p in plan)
+    convs_after = _conv_params(model)
     metric = data.quality_metric
     ctx.record(metrics={f"{metric}_before": before[metric], f"{metric}_decomposed": decomposed[metric],
-                        **after, "conv_params_before": p_before, "conv_params_after": p_after,
-                        "conv_param_ratio": round(p_before / p_after, 3)},
+                        **after, "conv_params_before": convs_before, "conv_params_after": convs_after,
+                        "conv_param_ratio": round(convs_before / convs_after, 3),
+                        "decomposed_layer_params_before": p_before, "decomposed_layer_params_after": p_after},
                details={"method": settings.method, "budget": settings.budget, "a_priori": settings.a_priori,
                         "steps": steps, "plan": [p.as_dict() for p in plan],
                         "latency_budget_source": ("measured per layer in ONNX Runtime on this machine"
@@ -150,10 +153,17 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     rows = "\n".join(f"| {p.name} | {list(p.shape)} | {list(p.ranks)} | {p.params_before} | {p.params_after} |"
                      for p in plan)
     ctx.add_section("Decomposition", f"{settings.method}: {len(plan)} convs, {p_before} -> {p_after} parameters "
-                    f"({p_before / p_after:.2f}x fewer); {metric} {before[metric]:.4f} -> "
+                    f"({p_before / p_after:.2f}x fewer; all convs of the model: {convs_before} -> {convs_after}, "
+                    f"{convs_before / convs_after:.2f}x); {metric} {before[metric]:.4f} -> "
                     f"{decomposed[metric]:.4f} (decomposed) -> {after[metric]:.4f} (fine-tuned).\n\n"
                     f"| layer | kernel | ranks | params | after |\n|---|---|---|---|---|\n{rows}\n")
     return model
+
+
+def _conv_params(model: nn.Module) -> int:
+    import torch.nn as nn
+
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d))
 
 
 def _reset_parameters(model: nn.Module) -> None:

@@ -85,7 +85,8 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     x = ctx.example_input
     with tempfile.TemporaryDirectory(prefix="edgekit-sparsify-") as d:
         dense = tflite.export(model, x, Path(d) / "masked.tflite")
-        eligible = rules.eligible_layers(rules.read_tflite(dense), model)
+        graph = rules.read_tflite(dense)
+        eligible = {n: why for n, why in rules.eligible_layers(graph, model).items() if n in candidates}
         pruned_but_not_eligible = [n for n in candidates if n not in eligible]
         if pruned_but_not_eligible and settings.oneshot_sparsity > 0:
             # Zeros where no runtime will skip them only cost accuracy: put those weights back and convert again.
@@ -98,6 +99,15 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
         path = ctx.artifacts_dir / f"{settings.name}.tflite"
         info = tflite_sparse.rewrite(dense, path, settings.min_zero_fraction)
         err = _compare(dense, path, ctx.data.x_test[: settings.check_inputs], ctx.threads)
+        if info["sparse_filters"] == 0:
+            # Nothing the runtime could skip: no sparse artifact, only the verdicts saying why.
+            verdicts = rules.check_graph(rules.read_tflite(path), ctx.target)
+            path.unlink()
+            why = next((b["why"] for v in verdicts for b in v.blockers), "no 1x1 filter has enough zeros")
+            ctx.record(details={"skipped": f"no filter stored sparse: {why}",
+                                "check": [{k: v for k, v in rv.as_dict().items() if k != "layers"} for rv in verdicts]})
+            ctx.add_section("Sparse inference (edgekit check)", check_markdown(verdicts))
+            return model
     verdicts = rules.check_graph(rules.read_tflite(path), ctx.target)
     zero = {n: float((candidates[n].weight == 0).float().mean()) for n in eligible}
     ctx.add_artifact(path, "tflite", tflite_sparse.RUNTIME, precision="fp32", sparse=True, reference="torch")
