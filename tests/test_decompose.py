@@ -65,8 +65,9 @@ def test_stage_plan_skips_what_it_cannot_shrink():
     from edgekit.stages.decompose import Settings, plan_layers
 
     model = digits_cnn()
-    plan = plan_layers(model, Settings(method="cp", ratio=0.3))
+    plan = plan_layers(model, Settings(method="cp", ratio=0.3, min_params=0))
     assert [p.name for p in plan] == ["0", "3", "7"]  # the 1x1 conv "10" is not a KxK conv
+    assert [p.name for p in plan_layers(model, Settings(method="cp", ratio=0.3))] == ["3", "7"]  # "0": 144 weights
     assert all(p.params_after <= 0.3 * p.params_before or p.ranks == (1,) for p in plan)
     assert plan_layers(model, Settings(method="tucker", rank=1000)) == []  # full ranks would not shrink anything
     with pytest.raises(SettingsError):
@@ -75,6 +76,8 @@ def test_stage_plan_skips_what_it_cannot_shrink():
         Settings(ratio=0)
     with pytest.raises(SettingsError):
         Settings(a_priori=True, epochs=0)
+    with pytest.raises(SettingsError):
+        Settings(norms="sometimes")
 
 
 def test_latency_budget_plan_uses_measured_candidates():
@@ -104,8 +107,30 @@ def test_decompose_stage_runs_exports_and_resumes(tmp_path):
     groups = [a.i for n in graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"]
     ranks = [p["ranks"][0] for p in rec["details"]["plan"]]
     assert sorted(g for g in groups if g > 1) == sorted(r for r in ranks * 2 if r > 1)  # 2 depthwise per layer
-    assert sum(n.op_type == "Conv" for n in graph.node) == 4 * len(ranks) + 1  # + the 1x1 conv left as it was
+    assert sum(n.op_type == "Conv" for n in graph.node) == 4 + 3 * len(ranks)  # 4 convs per decomposed one
     # Resume: decompose is reused, restore rebuilds its structure and the checkpoint loads into it.
     rep2 = api.compress(None, "host", recipe={"stages": [stage, {"baseline": {}}]}, out=out)
     assert rep2["stages"][0]["seconds"] == rec["seconds"]
     assert rep2["stages"][1]["metrics"]["accuracy"] == rec["metrics"]["accuracy"]
+
+
+def test_a_priori_builds_fresh_structure_and_trains_it():
+    """a_priori: the decomposed structure with fresh weights, trained from scratch on labels (small, fast)."""
+    from types import SimpleNamespace
+
+    from edgekit.data import DataBundle, digits
+    from edgekit.stages import decompose
+
+    ds = digits()
+    small = DataBundle("digits-small", ds.x_train[:400], ds.y_train[:400], ds.x_test[:200], ds.y_test[:200], "")
+    records: dict = {}
+    ctx = SimpleNamespace(data=small, example_input=small.x_test[:1], threads=1, progress=None,
+                          record=lambda **kw: records.update(kw), add_section=lambda *a: None)
+    torch.manual_seed(0)
+    model = digits_cnn()
+    settings = decompose.Settings(method="tucker", ratio=0.3, a_priori=True, epochs=10, lr=3e-3)
+    out = decompose.run(model, settings, ctx)
+    assert isinstance(out.get_submodule("7"), nn.Sequential)  # structure built before training
+    m = records["metrics"]
+    assert m["accuracy_before"] < 0.3 and m["accuracy_decomposed"] < 0.3  # untrained digits_cnn, fresh layers
+    assert m["accuracy"] > 0.6  # and training from scratch learned the task

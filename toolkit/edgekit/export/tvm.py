@@ -138,7 +138,6 @@ def _compile(mod: Any, target: Any, tuning_dir: Path, trials: int) -> tuple[Any,
     has_record = (tuning_dir / "database_tuning_record.json").is_file()
     info: dict[str, Any] = {"trials": trials, "record": str(tuning_dir), "used_record": False}
     if trials > 0:
-        tuning_dir.mkdir(parents=True, exist_ok=True)
         error = _tune_in_child(mod, target, tuning_dir, trials)
         if error:
             info["tuning_error"] = error
@@ -176,6 +175,7 @@ def _tune_in_child(mod: Any, target: Any, tuning_dir: Path, trials: int) -> str 
         child.join()
         if child.exitcode != 0:
             return f"MetaSchedule tuning failed (exit code {child.exitcode}); compiled without tuning"
+        tuning_dir.mkdir(parents=True, exist_ok=True)
         for f in files:
             if (Path(work) / f).is_file():
                 with atomic_path(tuning_dir / f) as tmp:

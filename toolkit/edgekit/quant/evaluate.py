@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edgekit.errors import EdgekitError
 from edgekit.quant.policy import Layer, Policy
 from edgekit.runtimes import Runner, load_runner, time_interleaved
 from edgekit.train import accuracy, sqnr_db, top1_agreement
@@ -163,7 +164,11 @@ class Scorer:
             cand.latency_source = "measured"
             cand.extra["ratio_to_anchor"] = ratio
         elif self.latency == "predicted" and self.predictor is not None:
-            pred = self.predictor.predict(path, self.runtime, self.threads)
+            try:
+                pred = self.predictor.predict(path, self.runtime, self.threads)
+            except EdgekitError as e:  # the profile cannot cover this artifact: no figure rather than a guess
+                cand.extra["latency_reason"] = str(e)
+                return
             cand.p50_ms = float(pred["p50_ms"])
             cand.latency_source = "predicted"
             cand.extra["predicted_error_pct"] = pred.get("error_pct")

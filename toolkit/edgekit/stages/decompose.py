@@ -37,8 +37,11 @@ class Settings:
     epochs: int = field(default=10, metadata={"help": "fine-tuning epochs after decomposing (0: none)"})
     lr: float = field(default=1e-3, metadata={"help": "fine-tuning Adam learning rate"})
     batch_size: int = field(default=64, metadata={"help": "fine-tuning batch size"})
-    train_norm: bool = field(default=False, metadata={"help": "let BatchNorm re-estimate running statistics while "
-                                                              "fine-tuning (its affine parameters train either way)"})
+    min_params: int = field(default=1024, metadata={"help": "convs with fewer weights stay as they are (little "
+                                                            "to gain; e.g. a first conv on 1-3 input channels)"})
+    norms: str = field(default="auto", metadata={"help": "BatchNorm statistics while fine-tuning: auto (re-estimated "
+                                                         "when training on labels, frozen when distilling on "
+                                                         "unlabelled inputs), train or frozen"})
     seed: int = field(default=0, metadata={"help": "seed for factor initialisation and data order"})
 
     def __post_init__(self) -> None:
@@ -50,6 +53,10 @@ class Settings:
             raise SettingsError(f"decompose: ratio must be in (0, 1], got {self.ratio}")
         if self.rank < 0 or self.n_iter < 1 or self.epochs < 0 or self.lr <= 0 or self.batch_size < 1:
             raise SettingsError("decompose: rank and epochs must be >= 0, n_iter and batch_size >= 1, lr > 0")
+        if self.norms not in ("auto", "train", "frozen"):
+            raise SettingsError(f"decompose: norms must be auto, train or frozen, got '{self.norms}'")
+        if self.min_params < 0:
+            raise SettingsError(f"decompose: min_params must be >= 0, got {self.min_params}")
         if self.a_priori and self.epochs == 0:
             raise SettingsError("decompose: a_priori builds untrained layers; give epochs > 0 to train them")
 
@@ -59,7 +66,8 @@ def plan_layers(model: nn.Module, settings: Settings, example: Any = None, threa
     from edgekit.adapters import decomposition as dec
     from edgekit.adapters import select_layers
 
-    targets = [(n, m) for n, m in select_layers(model, settings.layers, settings.exclude) if dec.decomposable(m)]
+    targets = [(n, m) for n, m in select_layers(model, settings.layers, settings.exclude)
+               if dec.decomposable(m) and m.weight.numel() >= settings.min_params]
     shapes = {}
     if settings.budget == "latency" and settings.rank == 0:
         from edgekit.adapters.latency import input_shapes
@@ -131,8 +139,10 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     if settings.epochs:
         # Without labels the model learns the uncompressed model's top-1 decisions on the training inputs.
         y = data.y_train if data.labelled else ctx.reference_logits("train").reshape(len(data.x_train), -1).argmax(1)
-        # Frozen statistics by default: distilling on a few (possibly synthetic) inputs must not re-estimate them.
-        norms = contextlib.nullcontext() if settings.train_norm or settings.a_priori else frozen_norms(model)
+        # Distilling on a few (possibly synthetic) inputs must not re-estimate BN statistics; training on the task's
+        # labelled data should, since the decomposed convs change what each BN sees.
+        freeze = settings.norms == "frozen" or (settings.norms == "auto" and not data.labelled)
+        norms = frozen_norms(model) if freeze and not settings.a_priori else contextlib.nullcontext()
         with norms:
             steps = fit(model, data.x_train, np.asarray(y, np.int64), epochs=settings.epochs, lr=settings.lr,
                         batch_size=settings.batch_size, seed=settings.seed, progress=ctx.progress,
