@@ -35,10 +35,12 @@ def _ort_conv(w: np.ndarray, b: np.ndarray, s: int, d: Path):
 
     co, ci = w.shape
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w", "b"], ["y"])], "conv1x1",
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"])],
+        "conv1x1",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, ci, s, s])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, co, s, s])],
-        [numpy_helper.from_array(w.reshape(co, ci, 1, 1), "w"), numpy_helper.from_array(b, "b")])
+        [numpy_helper.from_array(w.reshape(co, ci, 1, 1), "w"), numpy_helper.from_array(b, "b")],
+    )
     path = d / f"conv_{ci}_{co}_{s}.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
     return OrtRunner(path, threads=1)
@@ -60,7 +62,11 @@ def kernel_bench(runs: int) -> dict:
             x = kernels.aligned_empty((ci, s, s))
             x[:] = rng.standard_normal((ci, s, s))
             ort = _ort_conv(dense, b, s, Path(d))
-            tw, tb, tx = torch.from_numpy(dense.reshape(co, ci, 1, 1)), torch.from_numpy(b), torch.from_numpy(x[None])
+            tw, tb, tx = (
+                torch.from_numpy(dense.reshape(co, ci, 1, 1)),
+                torch.from_numpy(b),
+                torch.from_numpy(x[None]),
+            )
 
             def torch_conv(_x, tw=tw, tb=tb, tx=tx):
                 with torch.no_grad():
@@ -77,26 +83,56 @@ def kernel_bench(runs: int) -> dict:
                 ref = np.einsum("oi,ihw->ohw", w, x) + b[:, None, None]
                 err = float(np.abs(kernels.spmm_chw(row_ptr, col_idx, vals, x, b, out=y) - ref).max())
                 # raw pointers, checked once above: the timed call is the kernel plus one ctypes call
-                fn, args = kernels.lib().ek_spmm_chw, (co, ci, s * s, row_ptr.ctypes.data, col_idx.ctypes.data,
-                                                       vals.ctypes.data, b.ctypes.data, x.ctypes.data, y.ctypes.data, 0)
+                fn, args = (
+                    kernels.lib().ek_spmm_chw,
+                    (
+                        co,
+                        ci,
+                        s * s,
+                        row_ptr.ctypes.data,
+                        col_idx.ctypes.data,
+                        vals.ctypes.data,
+                        b.ctypes.data,
+                        x.ctypes.data,
+                        y.ctypes.data,
+                        0,
+                    ),
+                )
 
                 def sparse(_x, fn=fn, args=args):
                     fn(*args)
 
-                t_sp, t_torch, t_ort = time_interleaved([sparse, torch_conv, ort_conv], x, warmup=10, runs=runs)
-                rows.append({"c_in": ci, "c_out": co, "hw": s, "zeros": sp, "sparse_p50_us": t_sp.p50_ms * 1e3,
-                             "torch_p50_us": t_torch.p50_ms * 1e3, "ort_p50_us": t_ort.p50_ms * 1e3,
-                             "speedup_vs_torch": t_torch.p50_ms / t_sp.p50_ms,
-                             "speedup_vs_ort": t_ort.p50_ms / t_sp.p50_ms,
-                             "speedup_vs_best_dense": min(t_torch.p50_ms, t_ort.p50_ms) / t_sp.p50_ms,
-                             "useful_gflops": 2 * len(vals) * s * s / (t_sp.p50_ms * 1e-3) / 1e9,
-                             "max_abs_err": err})
-                print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()}),
-                      flush=True)
+                t_sp, t_torch, t_ort = time_interleaved(
+                    [sparse, torch_conv, ort_conv], x, warmup=10, runs=runs
+                )
+                rows.append(
+                    {
+                        "c_in": ci,
+                        "c_out": co,
+                        "hw": s,
+                        "zeros": sp,
+                        "sparse_p50_us": t_sp.p50_ms * 1e3,
+                        "torch_p50_us": t_torch.p50_ms * 1e3,
+                        "ort_p50_us": t_ort.p50_ms * 1e3,
+                        "speedup_vs_torch": t_torch.p50_ms / t_sp.p50_ms,
+                        "speedup_vs_ort": t_ort.p50_ms / t_sp.p50_ms,
+                        "speedup_vs_best_dense": min(t_torch.p50_ms, t_ort.p50_ms) / t_sp.p50_ms,
+                        "useful_gflops": 2 * len(vals) * s * s / (t_sp.p50_ms * 1e-3) / 1e9,
+                        "max_abs_err": err,
+                    }
+                )
+                print(
+                    json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()}),
+                    flush=True,
+                )
     at90 = [r["speedup_vs_best_dense"] for r in rows if r["zeros"] == 0.9]
-    return {"isa": kernels.isa(), "rows": rows, "kernel_speedup_90_min": min(at90),
-            "kernel_speedup_90_min_vs_torch": min(r["speedup_vs_torch"] for r in rows if r["zeros"] == 0.9),
-            "kernel_speedup_90_min_vs_ort": min(r["speedup_vs_ort"] for r in rows if r["zeros"] == 0.9)}
+    return {
+        "isa": kernels.isa(),
+        "rows": rows,
+        "kernel_speedup_90_min": min(at90),
+        "kernel_speedup_90_min_vs_torch": min(r["speedup_vs_torch"] for r in rows if r["zeros"] == 0.9),
+        "kernel_speedup_90_min_vs_ort": min(r["speedup_vs_ort"] for r in rows if r["zeros"] == 0.9),
+    }
 
 
 def sparse_mobilenet_v2(zeros: float = 0.9):
@@ -156,20 +192,28 @@ def e2e_bench(trials: int, runs: int, tuning_dir: Path | None) -> dict:
         out["e2e_verified"] = rec["passed"]
         out["e2e_top1_agreement"] = rec["top1_agreement"]
         names = ["tvm", "onnxruntime", "litert"]
-        runners = [load_runner("tvm", tvm_path, 1), load_runner("onnxruntime", onnx_path, 1),
-                   load_runner("litert", tflite_path, 1)]
+        runners = [
+            load_runner("tvm", tvm_path, 1),
+            load_runner("onnxruntime", onnx_path, 1),
+            load_runner("litert", tflite_path, 1),
+        ]
         timings = time_interleaved(runners, x, warmup=5, runs=runs)
         out["e2e_p50_ms"] = {n: round(t.p50_ms, 3) for n, t in zip(names, timings, strict=True)}
         best = min(timings[1:], key=lambda t: t.p50_ms)
         out["best_dense"] = names[timings.index(best)]
         out["e2e_speedup_vs_best_dense"] = best.p50_ms / timings[0].p50_ms
-        out["e2e_speedup_vs"] = {n: round(t.p50_ms / timings[0].p50_ms, 3)
-                                 for n, t in zip(names[1:], timings[1:], strict=True)}
+        out["e2e_speedup_vs"] = {
+            n: round(t.p50_ms / timings[0].p50_ms, 3) for n, t in zip(names[1:], timings[1:], strict=True)
+        }
         # where the TVM artifact's time goes (instrumented, so slightly slower than the timing above)
         prof = tvm_runtime.profile(runners[0], x, runs=20)
         groups: dict[str, float] = {}
         for name, v in prof.items():
-            key = name if name.startswith("edgekit_") else ("vm builtins" if name.startswith("vm.") else "tvm ops")
+            key = (
+                name
+                if name.startswith("edgekit_")
+                else ("vm builtins" if name.startswith("vm.") else "tvm ops")
+            )
             groups[key] = round(groups.get(key, 0.0) + v["ms"], 3)
         out["tvm_time_ms_by_part"] = groups
         out["tvm_profile_top"] = dict(list(prof.items())[:12])
@@ -180,8 +224,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=200, help="interleaved rounds per kernel shape")
     ap.add_argument("--e2e-runs", type=int, default=60, help="interleaved rounds end to end")
-    ap.add_argument("--trials", type=int, default=64, help="MetaSchedule trial budget for the TVM-compiled part")
-    ap.add_argument("--tuning-dir", type=Path, default=None, help="tuning database (default kernels/tuning/host)")
+    ap.add_argument(
+        "--trials", type=int, default=64, help="MetaSchedule trial budget for the TVM-compiled part"
+    )
+    ap.add_argument(
+        "--tuning-dir", type=Path, default=None, help="tuning database (default kernels/tuning/host)"
+    )
     ap.add_argument("--skip-e2e", action="store_true")
     ap.add_argument("--skip-kernels", action="store_true")
     a = ap.parse_args()

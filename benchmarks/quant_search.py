@@ -73,18 +73,6 @@ def setup(name: str, work: Path, args: argparse.Namespace) -> dict:
             "note": metric_note}
 
 
-def noise_floor(scorer, x: np.ndarray, snr_db: float = 40.0) -> float:
-    """Quality drop of the FLOAT artifact when its input is perturbed by noise at `snr_db` (about the SQNR of one
-    INT8 tensor): how much of any INT8 drop this model's own sensitivity explains."""
-    from edgekit.quant.evaluate import run_all
-
-    rng = np.random.default_rng(3)
-    rms = float(np.sqrt(np.mean(x.astype(np.float64) ** 2)))
-    noisy = x + rng.standard_normal(x.shape).astype(np.float32) * rms * 10 ** (-snr_db / 20)
-    logits = run_all(scorer.float_runner, noisy)
-    return round(100.0 * (scorer.float_quality - scorer._quality(logits)), 3)
-
-
 def bench_model(name: str, args: argparse.Namespace, work: Path) -> tuple[dict, dict]:
     from edgekit.quant import nncf_backend, onnx_backend
     from edgekit.quant.driver import search_runtime
@@ -108,7 +96,6 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> tuple[dict, 
                        max_seconds=args.max_seconds, final_runs=10, shares=shares)
     search_s = time.perf_counter() - t0
     search_cpu = time.process_time() - c0
-    floor = noise_floor(scorer, d["x"], snr_db=40.0)
     nq = nncf_backend.NncfQuantizer(d["float"], d["calib"])
     nncf = scorer.score_file(nq.default_int8(wdir / "nncf-default.onnx"), "NNCF default INT8")
     r.extra["NNCF default INT8"] = nncf
@@ -124,7 +111,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> tuple[dict, 
             f"{name}_float_mb": round(d["float"].stat().st_size / 1e6, 4),
             f"{name}_int8_mb": round(r.int8.size_mb, 4), f"{name}_nncf_mb": round(nncf.size_mb, 4),
             f"{name}_policy_mb": round(r.chosen.size_mb, 4), f"{name}_search_seconds": round(search_s, 1),
-            f"{name}_search_cpu_seconds": round(search_cpu, 1), f"{name}_noise40db_drop": floor,
+            f"{name}_search_cpu_seconds": round(search_cpu, 1), f"{name}_noise40db_drop": r.noise_floor,
             f"{name}_candidates": r.evaluated, f"{name}_policy_speed_vs_int8": v["speed_vs_int8"],
             f"{name}_bar_met": v["met"], f"{name}_metric": r.metric}
     detail = {"model": name, "metric": d["note"], "max_quality_drop": max_drop, "result": r.as_dict(),

@@ -145,3 +145,14 @@ def test_search_without_latency_never_reports_host_timings(cnn, tmp_path):
     assert r.timings == {} and "latency unavailable" in r.reason
     assert len(r.sensitivity) == 5 and r.evaluated >= 6
     assert r.chosen.drop <= 5.0
+
+
+def test_latency_is_measured_only_for_the_host_target():
+    from types import SimpleNamespace
+
+    from edgekit.stages.quantize import _latency_mode
+    from edgekit.targets import load_target
+
+    assert _latency_mode(SimpleNamespace(target=load_target("host"), device=None))[0] == "measured"
+    mode, predictor = _latency_mode(SimpleNamespace(target=load_target("rpi4"), device=None))
+    assert mode in ("predicted", "none") and (predictor is None) == (mode == "none")

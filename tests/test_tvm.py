@@ -28,9 +28,15 @@ class Block(nn.Module):
         super().__init__()
         h = c * expand
         self.conv = nn.Sequential(
-            nn.Conv2d(c, h, 1, bias=False), nn.BatchNorm2d(h), nn.ReLU6(),
-            nn.Conv2d(h, h, 3, 1, 1, groups=h, bias=False), nn.BatchNorm2d(h), nn.ReLU6(),
-            nn.Conv2d(h, c, 1, bias=False), nn.BatchNorm2d(c))
+            nn.Conv2d(c, h, 1, bias=False),
+            nn.BatchNorm2d(h),
+            nn.ReLU6(),
+            nn.Conv2d(h, h, 3, 1, 1, groups=h, bias=False),
+            nn.BatchNorm2d(h),
+            nn.ReLU6(),
+            nn.Conv2d(h, c, 1, bias=False),
+            nn.BatchNorm2d(c),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv(x)
@@ -39,11 +45,18 @@ class Block(nn.Module):
 def tiny_mobilenet(zeros: float = 0.9) -> nn.Module:
     torch.manual_seed(0)
     m = nn.Sequential(
-        nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6(),
+        nn.Conv2d(3, 16, 3, 2, 1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU6(),
         Block(16, 4),
-        nn.Conv2d(16, 32, 1), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, 2, 1, groups=32), nn.ReLU6(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+        nn.Conv2d(16, 32, 1),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, 2, 1, groups=32),
+        nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    )
     with torch.no_grad():
         for mod in m.modules():
             if isinstance(mod, nn.BatchNorm2d):  # non-trivial statistics, so folding them is tested
@@ -102,13 +115,19 @@ def test_dense_1x1_layers_stay_with_tvm(tmp_path):
     """Below the zero-fraction threshold a 1x1 conv is not sparse-worthy: TVM compiles it, results still match."""
     model = tiny_mobilenet(zeros=0.2)
     x = np.random.default_rng(2).standard_normal((1, 3, 16, 16), dtype=np.float32)
-    path = tvm_export.export(model, x, tmp_path / "dense.tvm.so",
-                             policy=KernelPolicy(sparse_min_zeros=0.5, depthwise=False, dense=False))
+    path = tvm_export.export(
+        model,
+        x,
+        tmp_path / "dense.tvm.so",
+        policy=KernelPolicy(sparse_min_zeros=0.5, depthwise=False, dense=False),
+    )
     meta = json.loads(tvm_export.sidecar(path).read_text())
     assert meta["kernel_counts"] == {"spmm": 0, "dw3x3": 0, "conv3x3": 1, "dense": 0}
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(load_runner("tvm", path)(x), ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
+    np.testing.assert_allclose(
+        load_runner("tvm", path)(x), ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max())
+    )
 
 
 def test_runner_rejects_wrong_shape_and_foreign_files(tiny, tmp_path):

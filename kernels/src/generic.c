@@ -80,7 +80,7 @@ void EK_NAME(ek_dw3x3_chw)(int32_t c, int32_t h, int32_t w, int32_t stride, cons
     /* stride 1: one plane P[y][1 + x] = x[y-1][x]; stride 2: E[y][i] = P[y][2i], O[y][i] = P[y][2i+1] */
     const int32_t planes = stride == 1 ? 1 : 2;
     float *pad = (float *)calloc((size_t)planes * ph * ldp + 8, sizeof(float));
-    float *row = (float *)malloc(sizeof(float) * (size_t)owp);
+    float *row = (float *)malloc(sizeof(float) * (size_t)owp * 2);
     for (int32_t ch = 0; ch < c; ch++) {
         const float *xc = x + (size_t)ch * h * w;
         for (int32_t iy = 0; iy < h; iy++) {
@@ -97,25 +97,33 @@ void EK_NAME(ek_dw3x3_chw)(int32_t c, int32_t h, int32_t w, int32_t stride, cons
         const float *k = wt + (size_t)ch * 9;
         const float b = bias ? bias[ch] : 0.f;
         float *yc = y + (size_t)ch * oh * ow;
-        for (int32_t oy = 0; oy < oh; oy++) {
-            float *dst = (owp == ow) ? yc + (size_t)oy * ow : row;
+        /* two output rows per pass: they share two of their three input rows (stride 1) or one (stride 2) */
+        for (int32_t oy = 0; oy < oh; oy += 2) {
+            const int32_t two = oy + 1 < oh;
+            float *d0 = (owp == ow) ? yc + (size_t)oy * ow : row;
+            float *d1 = (owp == ow && two) ? yc + (size_t)(oy + 1) * ow : row + owp;
             for (int32_t ox = 0; ox < owp; ox += 8) {
-                vf8 acc = {b, b, b, b, b, b, b, b};
-                for (int32_t ky = 0; ky < 3; ky++) {
+                vf8 a0 = {b, b, b, b, b, b, b, b}, a1 = a0;
+                for (int32_t ky = 0; ky < 3 + stride; ky++) {
                     const int32_t py = oy * stride + ky;
+                    if (py >= ph) break;
+                    vf8 t0, t1, t2;
                     if (stride == 1) {
                         const float *r = pad + (size_t)py * ldp + ox;
-                        acc += k[ky * 3] * *(const vf8u *)r + k[ky * 3 + 1] * *(const vf8u *)(r + 1) +
-                               k[ky * 3 + 2] * *(const vf8u *)(r + 2);
+                        t0 = *(const vf8u *)r, t1 = *(const vf8u *)(r + 1), t2 = *(const vf8u *)(r + 2);
                     } else {
                         const float *e = pad + (size_t)py * ldp + ox, *o = pad + (size_t)(ph + py) * ldp + ox;
-                        acc += k[ky * 3] * *(const vf8u *)e + k[ky * 3 + 1] * *(const vf8u *)o +
-                               k[ky * 3 + 2] * *(const vf8u *)(e + 1);
+                        t0 = *(const vf8u *)e, t1 = *(const vf8u *)o, t2 = *(const vf8u *)(e + 1);
                     }
+                    if (ky < 3) a0 += k[ky * 3] * t0 + k[ky * 3 + 1] * t1 + k[ky * 3 + 2] * t2;
+                    const int32_t k1 = ky - stride; /* tap row of this input row for output row oy + 1 */
+                    if (k1 >= 0 && k1 < 3) a1 += k[k1 * 3] * t0 + k[k1 * 3 + 1] * t1 + k[k1 * 3 + 2] * t2;
                 }
-                *(vf8u *)(dst + ox) = act8(acc, act);
+                *(vf8u *)(d0 + ox) = act8(a0, act);
+                if (two) *(vf8u *)(d1 + ox) = act8(a1, act);
             }
-            if (dst == row) memcpy(yc + (size_t)oy * ow, row, sizeof(float) * ow);
+            if (d0 == row) memcpy(yc + (size_t)oy * ow, row, sizeof(float) * ow);
+            if (two && d1 == row + owp) memcpy(yc + (size_t)(oy + 1) * ow, row + owp, sizeof(float) * ow);
         }
     }
     free(row);

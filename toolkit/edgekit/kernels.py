@@ -100,7 +100,7 @@ def aligned_empty(shape: tuple[int, ...], align: int = 64) -> np.ndarray:
     n = int(np.prod(shape))
     raw = np.empty(n + align // 4, np.float32)
     off = (-raw.ctypes.data % align) // 4
-    return raw[off: off + n].reshape(shape)
+    return raw[off : off + n].reshape(shape)
 
 
 def csr(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -135,8 +135,15 @@ def _act(act: str) -> int:
     return ACTS[act]
 
 
-def spmm_chw(row_ptr: np.ndarray, col_idx: np.ndarray, values: np.ndarray, x: np.ndarray,
-             bias: np.ndarray | None = None, act: str = "none", out: np.ndarray | None = None) -> np.ndarray:
+def spmm_chw(
+    row_ptr: np.ndarray,
+    col_idx: np.ndarray,
+    values: np.ndarray,
+    x: np.ndarray,
+    bias: np.ndarray | None = None,
+    act: str = "none",
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """Sparse 1x1 convolution: y[C_out, H, W] = act(W_csr @ x[C_in, H, W] + bias).
 
     Args:
@@ -146,12 +153,20 @@ def spmm_chw(row_ptr: np.ndarray, col_idx: np.ndarray, values: np.ndarray, x: np
         act: "none", "relu" or "relu6".
         out: optional compact fp32 output buffer [C_out, ...] (e.g. from `aligned_empty`).
     """
-    rp, ci, val = (np.ascontiguousarray(row_ptr, np.int32), np.ascontiguousarray(col_idx, np.int32),
-                   _f32(values))
+    rp, ci, val = (
+        np.ascontiguousarray(row_ptr, np.int32),
+        np.ascontiguousarray(col_idx, np.int32),
+        _f32(values),
+    )
     x = _f32(x)
     k, hw, m = x.shape[0], int(np.prod(x.shape[1:])), len(rp) - 1
-    if rp[0] != 0 or rp[-1] != len(ci) or len(ci) != len(val) or np.any(np.diff(rp) < 0) or (
-            len(ci) and (ci.min() < 0 or ci.max() >= k)):
+    if (
+        rp[0] != 0
+        or rp[-1] != len(ci)
+        or len(ci) != len(val)
+        or np.any(np.diff(rp) < 0)
+        or (len(ci) and (ci.min() < 0 or ci.max() >= k))
+    ):
         raise EdgekitError("kernels: inconsistent CSR arrays for this input")
     y = out if out is not None else np.empty((m, *x.shape[1:]), np.float32)
     if y.dtype != np.float32 or not y.flags.c_contiguous or y.size != m * hw:
@@ -161,21 +176,25 @@ def spmm_chw(row_ptr: np.ndarray, col_idx: np.ndarray, values: np.ndarray, x: np
     return y
 
 
-def dw3x3_chw(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, stride: int = 1,
-              act: str = "none") -> np.ndarray:
+def dw3x3_chw(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, stride: int = 1, act: str = "none"
+) -> np.ndarray:
     """Depthwise 3x3 convolution, padding 1: x[C, H, W], weight [C, 1, 3, 3] (or [C, 9])."""
     x = _f32(x)
     c, h, w = x.shape
     if stride not in (1, 2) or np.size(weight) != c * 9:
-        raise EdgekitError(f"kernels: need stride 1 or 2 and {c * 9} weights, got {stride} and {np.shape(weight)}")
+        raise EdgekitError(
+            f"kernels: need stride 1 or 2 and {c * 9} weights, got {stride} and {np.shape(weight)}"
+        )
     y = np.empty((c, (h - 1) // stride + 1, (w - 1) // stride + 1), np.float32)
     wt, b = _f32(weight), _bias(bias, c)
     lib().ek_dw3x3_chw(c, h, w, stride, _ptr(x), _ptr(wt), _ptr(b), _ptr(y), _act(act))
     return y
 
 
-def conv3x3_chw(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, stride: int = 1,
-                act: str = "none") -> np.ndarray:
+def conv3x3_chw(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, stride: int = 1, act: str = "none"
+) -> np.ndarray:
     """Dense 3x3 convolution, padding 1 (a CNN's stem): x[C_in, H, W], weight [C_out, C_in, 3, 3]."""
     x = _f32(x)
     cin, h, w = x.shape

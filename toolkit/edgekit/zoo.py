@@ -331,12 +331,22 @@ def _drop_harmless_allowzero(proto: Any) -> None:
 def _load_pt2(path: Path) -> ModelBundle:
     if not path.is_file():
         raise InputError(f"model file not found: {path}")
+    import logging
+    import zipfile
+
     import torch
 
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path} is not a torch.export archive (not a zip file); is the file complete?")
+    export_log = logging.getLogger("torch.export")
+    level = export_log.level
+    export_log.setLevel(logging.CRITICAL)  # torch logs a traceback before raising; the user gets our one line
     try:
         ep = torch.export.load(str(path))
     except Exception as e:
         raise InputError(f"{path} is not a readable torch.export program ({_first_line(e)}); is the file complete?") from None
+    finally:
+        export_log.setLevel(level)
     user_inputs = [s for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
     shape: tuple[int, ...] = ()
     if len(user_inputs) == 1:

@@ -88,7 +88,9 @@ def rewrite(mod: Any, policy: KernelPolicy) -> tuple[Any, Replaced]:
         return rewriter
 
     def dense_rewriter(orig: Any, m: dict) -> Any:
-        call = _dense_call(relax, m[mm_p], m[mw_p].value.numpy(), m[mb_p].value.numpy(), orig.ty, policy, done)
+        call = _dense_call(
+            relax, m[mm_p], m[mw_p].value.numpy(), m[mb_p].value.numpy(), orig.ty, policy, done
+        )
         return orig if call is None else call
 
     mw_p, mb_p = is_const(), is_const()
@@ -96,15 +98,20 @@ def rewrite(mod: Any, policy: KernelPolicy) -> tuple[Any, Replaced]:
     func = mod["main"]
     for dense_p in (is_op("relax.add")(mm_p, mb_p), is_op("relax.add")(mb_p, mm_p)):
         func = rewrite_call(dense_p, dense_rewriter, func)
-    for pattern, with_bias, act_p, act in ((clip_p, True, clip_p, "relu6"), (relu_p, True, None, "relu"),
-                                           (add_p, True, None, None), (conv_p, False, None, None)):
+    for pattern, with_bias, act_p, act in (
+        (clip_p, True, clip_p, "relu6"),
+        (relu_p, True, None, "relu"),
+        (add_p, True, None, None),
+        (conv_p, False, None, None),
+    ):
         func = rewrite_call(pattern, make(with_bias, act_p, act), func)
     mod["main"] = func
     return mod, done
 
 
-def _dense_call(relax: Any, mm: Any, wt: np.ndarray, bias: np.ndarray, out_ty: Any, policy: KernelPolicy,
-                done: Replaced) -> Any:
+def _dense_call(
+    relax: Any, mm: Any, wt: np.ndarray, bias: np.ndarray, out_ty: Any, policy: KernelPolicy, done: Replaced
+) -> Any:
     """matmul(x[1, K], W[K, N]) + bias[N] -> edgekit_dense with W stored [N, K] (rows stream contiguously)."""
     shape = [int(d) for d in mm.args[0].ty.shape]
     if not policy.dense or len(shape) != 2 or shape[0] != 1 or wt.ndim != 2 or wt.shape[0] != shape[1]:
@@ -112,13 +119,25 @@ def _dense_call(relax: Any, mm: Any, wt: np.ndarray, bias: np.ndarray, out_ty: A
     if str(wt.dtype) != "float32" or bias.size != wt.shape[1]:
         return None
     done.layers.append({"kernel": "dense", "shape": [int(wt.shape[1]), int(wt.shape[0])], "act": "none"})
-    args = [mm.args[0], relax.const(np.ascontiguousarray(wt.T)), relax.const(bias.reshape(-1).astype(np.float32)),
-            relax.prim_value(0)]
+    args = [
+        mm.args[0],
+        relax.const(np.ascontiguousarray(wt.T)),
+        relax.const(bias.reshape(-1).astype(np.float32)),
+        relax.prim_value(0),
+    ]
     return relax.op.call_dps_packed("edgekit_dense", args, out_ty)
 
 
-def _kernel_call(relax: Any, conv: Any, wt: np.ndarray, bias: np.ndarray | None, act: str | None, out_ty: Any,
-                 policy: KernelPolicy, done: Replaced) -> Any:
+def _kernel_call(
+    relax: Any,
+    conv: Any,
+    wt: np.ndarray,
+    bias: np.ndarray | None,
+    act: str | None,
+    out_ty: Any,
+    policy: KernelPolicy,
+    done: Replaced,
+) -> Any:
     attrs = conv.attrs
     if str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW" or wt.ndim != 4:
         return None
@@ -149,8 +168,14 @@ def _kernel_call(relax: Any, conv: Any, wt: np.ndarray, bias: np.ndarray | None,
 
         row_ptr, col_idx, values = csr(wt.reshape(co, cin))
         done.layers.append({"kernel": "spmm", **info, "zero_fraction": round(float(zeros), 4)})
-        args = [conv.args[0], relax.const(row_ptr), relax.const(col_idx), relax.const(values), relax.const(bias),
-                act_code]
+        args = [
+            conv.args[0],
+            relax.const(row_ptr),
+            relax.const(col_idx),
+            relax.const(values),
+            relax.const(bias),
+            act_code,
+        ]
         return relax.op.call_dps_packed("edgekit_spmm", args, out_ty)
     if kh == kw == 3 and pad == [1, 1, 1, 1] and strides[0] == strides[1] and strides[0] in (1, 2):
         stride = relax.prim_value(strides[0])

@@ -34,8 +34,11 @@ TARGET_AWARE = True  # the export stage passes the run's target (the library is 
 TUNING_DIR = Path(__file__).resolve().parents[3] / "kernels" / "tuning"
 # Edge targets by architecture: the LLVM target TVM compiles for, the kernel build, and the C compiler that links.
 ARCHES = {
-    "aarch64": ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}, "aarch64",
-                "aarch64-linux-gnu-gcc"),
+    "aarch64": (
+        {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]},
+        "aarch64",
+        "aarch64-linux-gnu-gcc",
+    ),
 }
 
 
@@ -44,8 +47,15 @@ def sidecar(path: Path) -> Path:
     return Path(str(path).removesuffix(SUFFIX) + ".tvm.json")
 
 
-def export(model: nn.Module, example: np.ndarray, path: Path, target: str | Any = "host", tune_trials: int = 0,
-           policy: KernelPolicy | None = None, tuning_dir: Path | None = None) -> Path:
+def export(
+    model: nn.Module,
+    example: np.ndarray,
+    path: Path,
+    target: str | Any = "host",
+    tune_trials: int = 0,
+    policy: KernelPolicy | None = None,
+    tuning_dir: Path | None = None,
+) -> Path:
     """Compiles `model` at the example's shape into a TVM library with the kernels linked in.
 
     Args:
@@ -94,14 +104,24 @@ def export(model: nn.Module, example: np.ndarray, path: Path, target: str | Any 
             else:
                 ex.export_library(str(lib_tmp), options=objects)
         except Exception as e:
-            raise EdgekitError(f"TVM export_library failed: {str(e).strip().splitlines()[-1][:300]}") from None
+            raise EdgekitError(
+                f"TVM export_library failed: {str(e).strip().splitlines()[-1][:300]}"
+            ) from None
         lib_tmp.replace(tmp)
-    write_json(sidecar(path), {
-        "format": "tvm", "target": tname, "tvm_target": json.loads(json.dumps(_target_dict(tvm_target))),
-        "arch": arch, "input_shape": list(x.shape), "kernels": replaced.layers,
-        "kernel_counts": {k: replaced.count(k) for k in ("spmm", "dw3x3", "conv3x3", "dense")},
-        "tuning": tuning, "tvm_version": tvm.__version__,
-    })
+    write_json(
+        sidecar(path),
+        {
+            "format": "tvm",
+            "target": tname,
+            "tvm_target": json.loads(json.dumps(_target_dict(tvm_target))),
+            "arch": arch,
+            "input_shape": list(x.shape),
+            "kernels": replaced.layers,
+            "kernel_counts": {k: replaced.count(k) for k in ("spmm", "dw3x3", "conv3x3", "dense")},
+            "tuning": tuning,
+            "tvm_version": tvm.__version__,
+        },
+    )
     return path
 
 
@@ -167,8 +187,16 @@ def _tune_in_child(mod: Any, target: Any, tuning_dir: Path, trials: int) -> str 
                 shutil.copy(tuning_dir / f, Path(work) / f)
 
         def tune() -> None:
-            ms.relax_integration.tune_relax(_fused(mod, target), {}, target, work, max_trials_global=trials,
-                                            num_trials_per_iter=min(64, trials), cost_model=_cost_model(), seed=0)
+            ms.relax_integration.tune_relax(
+                _fused(mod, target),
+                {},
+                target,
+                work,
+                max_trials_global=trials,
+                num_trials_per_iter=min(64, trials),
+                cost_model=_cost_model(),
+                seed=0,
+            )
 
         child = mp.get_context("fork").Process(target=tune, daemon=True)
         child.start()
@@ -194,8 +222,14 @@ def _fused(mod: Any, target: Any) -> Any:
         dispatch = rp.library_dispatch_passes(target)
     except (ValueError, AttributeError):
         dispatch = []
-    seq = [*dispatch, relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
-           relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    seq = [
+        *dispatch,
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
     with target:
         return tvm.transform.Sequential(seq)(mod)
 
@@ -206,4 +240,6 @@ def _cost_model() -> str:
 
         return "xgb"
     except ImportError:
-        return "random"  # xgboost is not a dependency; random search still finds the good schedules of small ops
+        return (
+            "random"  # xgboost is not a dependency; random search still finds the good schedules of small ops
+        )

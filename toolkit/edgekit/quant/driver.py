@@ -42,6 +42,7 @@ class SearchResult:
     evaluated: int
     timings: dict[str, dict[str, float]] = field(default_factory=dict)  # final, interleaved
     extra: dict[str, Candidate] = field(default_factory=dict)  # e.g. NNCF default INT8
+    noise_floor: float | None = None  # drop of the float model under 40 dB input noise (points)
 
     def p50(self, name: str) -> float | None:
         return (self.timings.get(name) or {}).get("p50_ms")
@@ -63,7 +64,8 @@ class SearchResult:
                 "chosen_policy": self.chosen.policy.to_dict(), "reason": self.reason,
                 "constraints_met": self.constraints_met, "latency_source": self.latency_source,
                 "timings": self.timings, "search_seconds": round(self.search_seconds, 2),
-                "evaluated": self.evaluated, "front": [c.as_dict() for c in self.front],
+                "evaluated": self.evaluated, "noise40db_drop": self.noise_floor,
+                "front": [c.as_dict() for c in self.front],
                 "sensitivity": [s.as_dict() for s in self.sensitivity], "verdict": self.verdict(),
                 "extra": {k: c.as_dict() for k, c in self.extra.items()}}
 
@@ -112,7 +114,7 @@ def search_runtime(scorer: Scorer, *, fmt: str, backend_name: str, calibrations:
                         float_size=scorer.float_path.stat().st_size, int8=int8, chosen=chosen, reason=reason,
                         constraints_met=met, candidates=cands, front=pareto_front(cands), sensitivity=sensitivity,
                         latency_source=scorer.latency, search_seconds=seconds, evaluated=scorer.evaluated,
-                        timings=timings)
+                        timings=timings, noise_floor=round(scorer.noise_floor(), 3))
 
 
 def load_predictor(target_name: str) -> Any:

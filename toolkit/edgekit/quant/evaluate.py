@@ -143,6 +143,14 @@ class Scorer:
         self._cache[key] = cand
         return cand
 
+    def noise_floor(self, snr_db: float = 40.0, seed: int = 3) -> float:
+        """Quality drop (points) of the FLOAT artifact when its input gets Gaussian noise at `snr_db` (about the
+        SQNR of one INT8 tensor): how much drop this model's own sensitivity explains, before any quantisation."""
+        rng = np.random.default_rng(seed)
+        rms = float(np.sqrt(np.mean(self.x.astype(np.float64) ** 2))) or 1.0
+        noisy = self.x + rng.standard_normal(self.x.shape).astype(np.float32) * rms * 10 ** (-snr_db / 20)
+        return 100.0 * (self.float_quality - self._quality(run_all(self.float_runner, noisy)))
+
     def score_file(self, path: Path, label: str) -> Candidate:
         """Scores an artifact made outside the policy space (e.g. NNCF's default INT8) like any candidate."""
         runner = load_runner(self.runtime, path, self.threads)

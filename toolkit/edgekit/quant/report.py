@@ -103,6 +103,15 @@ def _no_policy_note(r: SearchResult) -> str:
     kept = sum(m == FLOAT for m in best.policy.layers.values()) if best else 0
     if best is None:
         return "No evaluated candidate is within 0.9x of full INT8's speed."
-    return (f"No evaluated policy meets the bar: of the {len(fast)} candidates at >= 0.9x full INT8's speed "
+    note = (f"No evaluated policy meets the bar: of the {len(fast)} candidates at >= 0.9x full INT8's speed "
             f"(p50 <= {fi / 0.9:.4g} ms in the search's scale), the lowest drop is {best.drop:.2f} points "
             f"({kept} layers float), above half of full INT8's {r.int8.drop:.2f}.")
+    alone = [s.drop for s in r.sensitivity]
+    if alone:
+        note += (f" Quantising any single layer alone already costs {min(alone):.2f} to {max(alone):.2f} points "
+                 f"(half of full INT8's drop: {r.int8.drop / 2:.2f}).")
+    if r.noise_floor is not None:
+        note += (f" The float model itself loses {r.noise_floor:.2f} points when its input gets noise at 40 dB SNR "
+                 "(about one INT8 tensor's quantisation noise): the drop comes from the model's sensitivity, "
+                 "so a policy under the bar would have to keep (nearly) every layer float, i.e. run at float speed.")
+    return note

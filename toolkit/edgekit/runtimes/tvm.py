@@ -27,8 +27,10 @@ class TvmRunner:
             raise InputError(f"{path} is not a TVM artifact of edgekit (needs {meta_path.name} beside it)")
         self.meta = json.loads(meta_path.read_text())
         if self.meta.get("arch", "host") != "host" and self.meta["arch"] != os.uname().machine:
-            raise RuntimeUnavailable(f"{Path(path).name} is built for {self.meta['arch']}; this machine is "
-                                     f"{os.uname().machine} (run it on the device)")
+            raise RuntimeUnavailable(
+                f"{Path(path).name} is built for {self.meta['arch']}; this machine is "
+                f"{os.uname().machine} (run it on the device)"
+            )
         try:
             self.lib = tvm.runtime.load_module(str(path))
             self.vm = relax.VirtualMachine(self.lib, tvm.cpu())
@@ -76,8 +78,10 @@ def profile(runner: TvmRunner, x: np.ndarray, runs: int = 20) -> dict[str, dict[
             runner(x)
     finally:
         runner.vm.set_instrument(lambda *a: 0)
-    return {k: {"ms": round(v / runs * 1e3, 4), "calls": calls[k] // runs}
-            for k, v in sorted(total.items(), key=lambda kv: -kv[1])}
+    return {
+        k: {"ms": round(v / runs * 1e3, 4), "calls": calls[k] // runs}
+        for k, v in sorted(total.items(), key=lambda kv: -kv[1])
+    }
 
 
 def load(path: Path, threads: int) -> TvmRunner:
