@@ -156,3 +156,23 @@ def test_latency_is_measured_only_for_the_host_target():
     assert _latency_mode(SimpleNamespace(target=load_target("host"), device=None))[0] == "measured"
     mode, predictor = _latency_mode(SimpleNamespace(target=load_target("rpi4"), device=None))
     assert mode in ("predicted", "none") and (predictor is None) == (mode == "none")
+
+
+def test_gates_read_the_summary_and_fail_on_missing_or_unmeasured_values():
+    from edgekit.gates import check_gates
+    from edgekit.report import summarize
+
+    report = {"data": {"quality_metric": "accuracy"},
+              "stages": [{"name": "baseline", "metrics": {"accuracy": 0.95}},
+                         {"name": "quantize", "metrics": {"quality_before": 0.95, "quality_after": 0.93,
+                                                          "quality_drop": 2.0}}],
+              "artifacts": [{"path": "a", "precision": "fp32", "size_bytes": 400, "latency": {"source": "none"}},
+                            {"path": "b", "precision": "int8", "size_bytes": 100, "latency": {"source": "none"}}]}
+    report["summary"] = summarize(report)
+    assert report["summary"]["size_after_bytes"] == 100 and report["summary"]["p50_ms"] is None
+    assert check_gates(report, ["quality_drop>2.5", "size_after_bytes>200"]) == []
+    assert check_gates(report, ["quality_drop>1.0"]) == ["quality_drop>1.0: summary.quality_drop = 2.0"]
+    assert "no value" in check_gates(report, ["p50_ms>20"])[0]  # unmeasured latency must not pass a gate
+    report["artifacts"][1]["latency"] = {"source": "measured", "p50_ms": 3.0}
+    report["summary"] = summarize(report)
+    assert report["summary"]["p50_ms"] == 3.0 and check_gates(report, ["p50_ms>20"]) == []

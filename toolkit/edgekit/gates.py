@@ -84,6 +84,10 @@ def check_gates(report: dict[str, Any], gates: list[str]) -> list[str]:
         if not hits:
             failures.append(f"{text}: the report has no field '{field}'")
             continue
+        if all(got is None for _, got in hits):
+            # e.g. p50_ms of a target whose latency was not measured: checking nothing must not pass
+            failures.append(f"{text}: {hits[0][0]} has no value (not measured or not available)")
+            continue
         for where, got in hits:
             if got is None:
                 continue
