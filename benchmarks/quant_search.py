@@ -99,8 +99,11 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> tuple[dict, 
     nq = nncf_backend.NncfQuantizer(d["float"], d["calib"])
     nncf = scorer.score_file(nq.default_int8(wdir / "nncf-default.onnx"), "NNCF default INT8")
     r.extra["NNCF default INT8"] = nncf
-    timing = final_timing({"float": d["float"], "int8": r.int8.path, "nncf": nncf.path, "policy": r.chosen.path},
-                          "onnxruntime", d["x"], 1, args.final_runs)
+    paths = {"float": d["float"], "int8": r.int8.path, "nncf": nncf.path}
+    if r.chosen is not r.int8:
+        paths["policy"] = r.chosen.path
+    timing = final_timing(paths, "onnxruntime", d["x"], 1, args.final_runs)
+    timing.setdefault("policy", timing["int8"])  # the search chose full INT8 itself
     r.timings = {"float": timing["float"], "int8": timing["int8"], "chosen": timing["policy"]}
     v = r.verdict()
     flat = {f"{name}_float_p50_ms": timing["float"]["p50_ms"], f"{name}_int8_p50_ms": timing["int8"]["p50_ms"],

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from conftest import run_cli
-
 from edgekit.fileio import sha256_file
 
 

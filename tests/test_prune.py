@@ -147,7 +147,8 @@ def test_target_rules_decide_which_layers_are_pruned(monkeypatch):
 
 
 def _tiny_mobilenet():
-    """Stem 3x3 stride 2 on 3 channels, depthwise 3x3 + 1x1 blocks, spatial mean: XNNPACK's sparse-group shape."""
+    """Stem 3x3 stride 2 on 3 channels, depthwise 3x3 + 1x1 blocks, spatial mean: XNNPACK's sparse-group shape
+    (small, because the rules export it to TFLite)."""
     nn = torch.nn
     torch.manual_seed(0)
     return nn.Sequential(
@@ -157,7 +158,6 @@ def _tiny_mobilenet():
         nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
 
 
-@pytest.mark.slow  # the rules export the model to TFLite (~40 s on the shared machine)
 def test_real_target_rules_prune_1x1_and_keep_stem_and_depthwise_dense():
     model = _tiny_mobilenet()
     plan = plan_layers(model, Settings(), load_target("rpi4"), (1, 3, 32, 32), parse_pattern("unstructured"))

@@ -169,7 +169,7 @@ def main() -> None:
         # Outside standalone mode click returns the code of a typer.Exit (e.g. a failed --fail-on gate) instead of
         # exiting with it.
         code = app(standalone_mode=False)
-        if isinstance(code, int) and code:
+        if type(code) is int and code:
             sys.exit(code)
     except EdgekitError as e:
         print(f"edgekit: error: {e}", file=sys.stderr)

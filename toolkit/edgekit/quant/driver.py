@@ -103,18 +103,27 @@ def search_runtime(scorer: Scorer, *, fmt: str, backend_name: str, calibrations:
     int8 = scorer.score(full, "full-int8")  # the cached candidate, now timed
     chosen, reason, met = choose(cands, constraints, latency_slack)
     seconds = time.perf_counter() - start
-    timings: dict[str, dict[str, float]] = {}
-    if scorer.latency == "measured":
-        timings = final_timing({"float": scorer.float_path, "int8": int8.path, "chosen": chosen.path},
-                               scorer.runtime, scorer.x, scorer.threads, final_runs)
-    elif scorer.latency == "predicted":
-        timings = {k: {"p50_ms": c.p50_ms} for k, c in (("int8", int8), ("chosen", chosen))}
+    timings = _final(scorer, int8, chosen, final_runs)
     return SearchResult(fmt=fmt, backend=backend_name, runtime=scorer.float_runner.runtime, metric=scorer.metric,
                         float_quality=scorer.float_quality, float_path=scorer.float_path,
                         float_size=scorer.float_path.stat().st_size, int8=int8, chosen=chosen, reason=reason,
                         constraints_met=met, candidates=cands, front=pareto_front(cands), sensitivity=sensitivity,
                         latency_source=scorer.latency, search_seconds=seconds, evaluated=scorer.evaluated,
                         timings=timings, noise_floor=round(scorer.noise_floor(), 3))
+
+
+def _final(scorer: Scorer, int8: Candidate, chosen: Candidate, runs: int) -> dict[str, dict[str, float]]:
+    """Final figures: float, full INT8 and the chosen artifact timed interleaved (the same file once)."""
+    if scorer.latency == "measured":
+        paths = {"float": scorer.float_path, "int8": int8.path}
+        if chosen is not int8:
+            paths["chosen"] = chosen.path
+        timings = final_timing(paths, scorer.runtime, scorer.x, scorer.threads, runs)
+        timings.setdefault("chosen", timings["int8"])
+        return timings
+    if scorer.latency == "predicted":
+        return {k: {"p50_ms": c.p50_ms} for k, c in (("int8", int8), ("chosen", chosen))}
+    return {}
 
 
 def load_predictor(target_name: str) -> Any:
@@ -156,12 +165,7 @@ def transfer_runtime(scorer: Scorer, policy: Policy, *, fmt: str, backend_name: 
     met = constraints.met(chosen)
     reason = (f"policy chosen by the {source} search, applied through {backend_name} (activation calibration "
               f"{cal}); not searched in this runtime")
-    timings: dict[str, dict[str, float]] = {}
-    if scorer.latency == "measured":
-        timings = final_timing({"float": scorer.float_path, "int8": int8.path, "chosen": chosen.path},
-                               scorer.runtime, scorer.x, scorer.threads, final_runs)
-    elif scorer.latency == "predicted":
-        timings = {k: {"p50_ms": c.p50_ms} for k, c in (("int8", int8), ("chosen", chosen))}
+    timings = _final(scorer, int8, chosen, final_runs)
     cands = [int8, chosen]
     return SearchResult(fmt=fmt, backend=backend_name, runtime=scorer.float_runner.runtime, metric=scorer.metric,
                         float_quality=scorer.float_quality, float_path=scorer.float_path,

@@ -89,7 +89,7 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     from edgekit.quant.evaluate import Scorer
     from edgekit.quant.report import markdown, plot_pareto
     from edgekit.quant.search import Constraints
-    from edgekit.quant.sensitivity import onnx_latency_shares
+    from edgekit.quant.sensitivity import onnx_latency_shares, ranking
 
     fmts = [f for f in (settings.formats or ctx.target.formats) if f in BACKENDS]
     if not fmts:
@@ -127,7 +127,7 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
         kw = {"fmt": "tflite", "backend_name": tflite_backend.NAME, "calibrations": tflite_backend.CALIBRATIONS,
               "constraints": constraints, "final_runs": settings.final_runs}
         if settings.tflite_trials or onnx_result is None:
-            ranked = [s.layer.name for s in onnx_result.sensitivity] if onnx_result else None
+            ranked = ranking(onnx_result.sensitivity) if onnx_result else None  # ONNX's, to skip a costly pass
             results.append(search_runtime(scorer, trials=max(settings.tflite_trials, 1), seed=settings.seed,
                                           max_seconds=settings.max_seconds, latency_slack=settings.latency_slack,
                                           ranked=ranked, progress=ctx.progress, **kw))
