@@ -50,3 +50,8 @@ def mnv2(tmp_path_factory):
     onnx_path = onnx_export.export(model, x, d / "mnv2.onnx")
     tflite_path = tflite_export.export(model, x, d / "mnv2.tflite")
     return {"model": model, "x": x, "onnx": onnx_path, "tflite": tflite_path, "dir": d}
+
+
+def stage_record(report: dict, name: str) -> dict:
+    """The record of the stage called `name` (compress puts a `check` stage first, so positions shift)."""
+    return next(s for s in report["stages"] if s["name"] == name)

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import stage_record
 from edgekit import adapters
 from edgekit.errors import InputError, SettingsError
 from edgekit.zoo import digits_cnn
@@ -205,7 +206,7 @@ def test_adapt_stage_new_head_merges_and_resumes(tmp_path):
     out = tmp_path / "run"
     rep = api.compress(None, "host", recipe={"stages": [{"adapt": adapt}, {"baseline": {"max_inputs": 50}}]},
                        data=str(npz), out=out)
-    rec = rep["stages"][0]
+    rec = stage_record(rep, "adapt")
     assert rec["metrics"]["merge_max_abs_err"] < 1e-5
     assert rec["metrics"]["adapter_params"] == sum(formula("cp-lora", s, 2) for s in CONVS.values())
     assert rec["metrics"]["head_params"] == 64 * 3 + 3
@@ -214,9 +215,9 @@ def test_adapt_stage_new_head_merges_and_resumes(tmp_path):
     # Resume: adapt is reused (restore rebuilds the 3-class head), then the changed baseline loads its checkpoint.
     rep2 = api.compress(None, "host", recipe={"stages": [{"adapt": adapt}, {"baseline": {"max_inputs": 40}}]},
                         data=str(npz), out=out)
-    assert rep2["stages"][0]["seconds"] == rec["seconds"]  # the same record: not trained again
-    assert rep2["stages"][1]["metrics"]["accuracy"] > 0.5
-    assert json.loads((out / "report.json").read_text())["stages"][1]["details"]["inputs"] == 40
+    assert stage_record(rep2, "adapt")["seconds"] == rec["seconds"]  # the same record: not trained again
+    assert stage_record(rep2, "baseline")["metrics"]["accuracy"] > 0.5
+    assert stage_record(json.loads((out / "report.json").read_text()), "baseline")["details"]["inputs"] == 40
 
 
 def test_cli_rejects_bad_settings_with_one_line():

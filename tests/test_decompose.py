@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import stage_record
 from edgekit.adapters import decomposition as dec
 from edgekit.errors import SettingsError
 from edgekit.zoo import digits_cnn
@@ -100,7 +101,7 @@ def test_decompose_stage_runs_exports_and_resumes(tmp_path):
     out = tmp_path / "run"
     stage = {"decompose": {"method": "cp", "ratio": 0.15, "epochs": 2, "n_iter": 20}}
     rep = api.compress(None, "host", recipe={"stages": [stage, {"export": {"formats": ["onnx"]}}]}, out=out)
-    rec = rep["stages"][0]
+    rec = stage_record(rep, "decompose")
     assert rec["metrics"]["conv_params_before"] / rec["metrics"]["conv_params_after"] >= 3
     assert 0 <= rec["metrics"]["accuracy"] <= 1
     graph = onnx.load(str(out / "artifacts" / "model_fp32.onnx")).graph
@@ -110,8 +111,8 @@ def test_decompose_stage_runs_exports_and_resumes(tmp_path):
     assert sum(n.op_type == "Conv" for n in graph.node) == 4 + 3 * len(ranks)  # 4 convs per decomposed one
     # Resume: decompose is reused, restore rebuilds its structure and the checkpoint loads into it.
     rep2 = api.compress(None, "host", recipe={"stages": [stage, {"baseline": {}}]}, out=out)
-    assert rep2["stages"][0]["seconds"] == rec["seconds"]
-    assert rep2["stages"][1]["metrics"]["accuracy"] == rec["metrics"]["accuracy"]
+    assert stage_record(rep2, "decompose")["seconds"] == rec["seconds"]
+    assert stage_record(rep2, "baseline")["metrics"]["accuracy"] == rec["metrics"]["accuracy"]
 
 
 def test_a_priori_builds_fresh_structure_and_trains_it():

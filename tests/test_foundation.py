@@ -27,8 +27,11 @@ def test_import_and_help_stay_light():
 def test_default_run_writes_verified_measured_artifacts(digits_run: Path):
     report = json.loads((digits_run / "report.json").read_text())
     assert report["schema"] == 1 and report["model"] == "edgekit:digits_cnn" and report["target"] == "host"
-    assert [s["name"] for s in report["stages"]] == ["baseline", "export", "verify", "measure"]
-    assert report["stages"][0]["metrics"]["accuracy"] > 0.9  # trained on real digits
+    assert [s["name"] for s in report["stages"]] == ["check", "baseline", "export", "verify", "measure"]
+    assert report["stages"][1]["metrics"]["accuracy"] > 0.9  # trained on real digits
+    check = report["stages"][0]["details"]["findings"]
+    assert {f["runtime"] for f in check} == {"litert", "onnxruntime"}
+    assert not any(f["sparse"] for f in check)  # the digits CNN's stem blocks XNNPACK's sparse path
     formats = {a["format"]: a for a in report["artifacts"]}
     assert {"onnx", "tflite"} <= set(formats)
     for art in formats.values():
@@ -64,8 +67,8 @@ def test_second_run_reuses_finished_stages(digits_run: Path, tmp_path: Path):
     r = run_cli("compress", "--target", "host", "--out", str(out), "--set", "measure.runs=25")
     assert r.returncode == 0, r.stderr
     changed = json.loads((out / "report.json").read_text())
-    assert changed["stages"][2]["seconds"] == before["stages"][2]["seconds"]
-    assert changed["stages"][3]["fingerprint"] != before["stages"][3]["fingerprint"]
+    assert changed["stages"][3]["seconds"] == before["stages"][3]["seconds"]
+    assert changed["stages"][4]["fingerprint"] != before["stages"][4]["fingerprint"]
     assert all(a["latency"]["runs"] == 25 for a in changed["artifacts"])
 
 

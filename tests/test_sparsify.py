@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import stage_record
 from edgekit.errors import SettingsError
 
 
@@ -169,7 +170,7 @@ def test_sparsify_without_eligible_layers_writes_no_sparse_artifact(tmp_path):
     recipe = {"stages": [{"sparsify": {"oneshot_sparsity": 0.9}}]}
     report = api.compress("edgekit:digits_mlp", "rpi4", recipe=recipe, out=tmp_path / "run")
     assert report["artifacts"] == [] and not list((tmp_path / "run" / "artifacts").glob("*.tflite"))
-    stage = report["stages"][0]
+    stage = stage_record(report, "sparsify")
     assert "no convolution" in stage["details"]["skipped"]
     assert stage["params_nonzero"] == stage["params_total"]  # nothing pruned where nothing can run sparse
 

@@ -56,11 +56,16 @@ def compress(model: str | None = None, target: str = "host", *, recipe: str | di
         resume: reuse finished stages of an identical earlier run in `out`.
         progress: rich Progress for the stages' bars.
     """
-    from edgekit.pipeline import RunContext, load_recipe, run_pipeline
+    from edgekit.pipeline import Recipe, RunContext, StageSpec, load_recipe, run_pipeline
     from edgekit.report import new_report
 
     tgt = load_target(target)
     rec = load_recipe(recipe or tgt.default_recipe, overrides)
+    if not any(s.name == "check" for s in rec.stages):
+        # "Will it be faster?" is answered before any stage trains or converts anything.
+        from edgekit.stages.check import Settings as CheckSettings
+
+        rec = Recipe((StageSpec("check", CheckSettings()), *rec.stages), rec.source)
     bundle = load_model(model, weights, input_shape, progress)
     ds = load_data(data, bundle.input_shape, bundle.default_data)
     if bundle.weights.startswith("initialisation") and calibrate_batchnorm(bundle.module, ds.calibration(64)):

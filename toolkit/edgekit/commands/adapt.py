@@ -3,6 +3,8 @@ merged model) into a run folder, without writing a recipe."""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,7 +15,7 @@ def _split(text: str | None) -> tuple[str, ...] | None:
     return tuple(p.strip() for p in text.split(",") if p.strip()) if text else None
 
 
-def _run(stage: str, values: dict[str, Any], model: str | None, target: str, data: str | None,
+def _run(stage: str, values: dict[str, Any], *, model: str | None, target: str, data: str | None,
          weights: str | None, input_shape: str | None, out: Path | None, export: bool, fresh: bool,
          set_: list[str] | None) -> None:
     from edgekit import api
@@ -48,49 +50,56 @@ Fresh = Annotated[bool, typer.Option(help="ignore finished stages of an earlier 
 Sets = Annotated[list[str] | None, typer.Option("--set", help="stage.field=value, repeatable")]
 
 
-def register(app: typer.Typer) -> None:
-    @app.command()
-    def adapt(
-        model: Model = None,
-        data: Data = None,
-        method: Annotated[str | None, typer.Option(help="lora, lora-c, cp-lora or dora")] = None,
-        rank: Annotated[int | None, typer.Option(help="adapter rank")] = None,
-        alpha: Annotated[float | None, typer.Option(help="update scale alpha / rank (0: alpha = rank)")] = None,
-        layers: Annotated[str | None, typer.Option(help="comma-separated: Conv2d, Linear, names or globs")] = None,
-        head: Annotated[str | None, typer.Option(help="keep, train or new (classifier head)")] = None,
-        epochs: Annotated[int | None, typer.Option(help="training epochs")] = None,
-        lr: Annotated[float | None, typer.Option(help="learning rate")] = None,
-        max_train: Annotated[int | None, typer.Option(help="labelled training examples to use (0: all)")] = None,
-        target: Target = "host",
-        weights: Weights = None,
-        input_shape: Shape = None,
-        out: Out = None,
-        export: Export = True,
-        fresh: Fresh = False,
-        set_: Sets = None,
-    ) -> None:
-        """Train adapters (LoRA / LoRA-C / CP-LoRA / DoRA) on a frozen model, merge them, export the plain model."""
-        _run("adapt", {"method": method, "rank": rank, "alpha": alpha, "layers": _split(layers), "head": head,
-                       "epochs": epochs, "lr": lr, "max_train": max_train},
-             model, target, data, weights, input_shape, out, export, fresh, set_)
+# Options every single-stage command takes: (name, annotated type, default), before and after the stage's own.
+_LEADING: tuple[tuple[str, Any, Any], ...] = (("model", Model, None), ("data", Data, None))
+_TRAILING: tuple[tuple[str, Any, Any], ...] = (
+    ("target", Target, "host"), ("weights", Weights, None), ("input_shape", Shape, None), ("out", Out, None),
+    ("export", Export, True), ("fresh", Fresh, False), ("set_", Sets, None))
 
-    @app.command()
-    def decompose(
-        model: Model = None,
-        data: Data = None,
-        method: Annotated[str | None, typer.Option(help="cp or tucker")] = None,
-        ratio: Annotated[float | None, typer.Option(help="fraction of each layer's params (or latency) kept")] = None,
-        budget: Annotated[str | None, typer.Option(help="params or latency")] = None,
-        rank: Annotated[int | None, typer.Option(help="fixed rank (0: from the budget)")] = None,
-        epochs: Annotated[int | None, typer.Option(help="fine-tuning epochs")] = None,
-        target: Target = "host",
-        weights: Weights = None,
-        input_shape: Shape = None,
-        out: Out = None,
-        export: Export = True,
-        fresh: Fresh = False,
-        set_: Sets = None,
-    ) -> None:
-        """Replace KxK convs by CP or Tucker-2 sequences, fine-tune, export the result."""
-        _run("decompose", {"method": method, "ratio": ratio, "budget": budget, "rank": rank, "epochs": epochs},
-             model, target, data, weights, input_shape, out, export, fresh, set_)
+
+def _stage_command(app: typer.Typer, stage: str, doc: str, options: dict[str, tuple[type, str]],
+                   convert: dict[str, Callable[[Any], Any]] | None = None) -> None:
+    """Adds `edgekit <stage>`: the shared model/data options, the stage's own, then the shared run options.
+
+    Args:
+        app: the typer app.
+        stage: stage module name; also the command's name.
+        doc: the command's help text.
+        options: the stage's own options in --help order: name -> (type, help). Each is optional (default None)
+            and becomes the stage setting of the same name; unset ones keep the stage's defaults.
+        convert: name -> function applied to that option's value before it becomes a setting.
+    """
+    convert = convert or {}
+
+    def command(**kwargs: Any) -> None:
+        common = {name: kwargs.pop(name) for name, _, _ in (*_LEADING, *_TRAILING)}
+        _run(stage, {k: convert[k](v) if k in convert else v for k, v in kwargs.items()}, **common)
+
+    # typer reads a command's options from its signature; building it here keeps the shared options in one place.
+    own = [(name, Annotated[tp | None, typer.Option(help=text)], None) for name, (tp, text) in options.items()]
+    command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=default)
+         for name, ann, default in (*_LEADING, *own, *_TRAILING)])
+    command.__doc__ = doc
+    app.command(name=stage)(command)
+
+
+def register(app: typer.Typer) -> None:
+    _stage_command(app, "adapt", "Train adapters (LoRA / LoRA-C / CP-LoRA / DoRA) on a frozen model, merge them, "
+                   "export the plain model.", {
+                       "method": (str, "lora, lora-c, cp-lora or dora"),
+                       "rank": (int, "adapter rank"),
+                       "alpha": (float, "update scale alpha / rank (0: alpha = rank)"),
+                       "layers": (str, "comma-separated: Conv2d, Linear, names or globs"),
+                       "head": (str, "keep, train or new (classifier head)"),
+                       "epochs": (int, "training epochs"),
+                       "lr": (float, "learning rate"),
+                       "max_train": (int, "labelled training examples to use (0: all)"),
+                   }, convert={"layers": _split})
+    _stage_command(app, "decompose", "Replace KxK convs by CP or Tucker-2 sequences, fine-tune, export the result.", {
+        "method": (str, "cp or tucker"),
+        "ratio": (float, "fraction of each layer's params (or latency) kept"),
+        "budget": (str, "params or latency"),
+        "rank": (int, "fixed rank (0: from the budget)"),
+        "epochs": (int, "fine-tuning epochs"),
+    })

@@ -3,29 +3,21 @@
 Node: the artifact is loaded into a kept-alive Node process (edgekit.runtimes.onnxruntime_web) and timed inside it.
 Chromium: the artifact's web bundle is served from 127.0.0.1 by a throw-away HTTP server, headless Chromium (fresh
 profile, no network services) opens its index.html with ?bench=1, and the page times warm-up + N runs of the same
-`run()` a web developer calls and POSTs the samples back. Both are real JavaScript engines running the target's
-runtime, so their figures are measured latencies of the browser target (on this machine's CPU, which the device
-name says).
+`run()` a web developer calls and POSTs the samples back (server and launch: measure/_web_server.py, shared with the
+TFLite page). Both are real JavaScript engines running the target's runtime, so their figures are measured latencies
+of the browser target (on this machine's CPU, which the device name says).
 """
 
 from __future__ import annotations
 
-import functools
-import http.server
-import json
-import os
-import re
-import shutil
-import subprocess
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit.errors import RuntimeUnavailable, SettingsError
+from edgekit.measure._web_server import INPUT_PATH, RESULT_PATH, chromium_binary, chromium_version, run_page
 from edgekit.runtimes import Timing
 from edgekit.targets import host_facts
 
@@ -33,95 +25,14 @@ if TYPE_CHECKING:
     from edgekit.pipeline import RunContext
 
 ENGINES = ("node", "chromium")
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--no-default-browser-check", "--mute-audio")
 MIN_WARMUP_MS = 1000.0  # both engines tier WebAssembly up from a baseline compiler; see ort_node_runner.js
 CHROMIUM_TIMEOUT_S = 300.0
 PROFILE_RUNS = 10  # runs of ORT's own profiler in Node for per-operator times (0: off)
 
 
-def chromium_binary() -> str | None:
-    """Chromium to run (EDGEKIT_CHROMIUM overrides), or None when none is installed."""
-    env = os.environ.get("EDGEKIT_CHROMIUM")
-    if env:
-        return env
-    if Path("/usr/bin/chromium").is_file():
-        return "/usr/bin/chromium"
-    return next((p for n in ("chromium", "chromium-browser", "google-chrome") if (p := shutil.which(n))), None)
-
-
-@functools.cache
-def chromium_version(binary: str) -> str:
-    try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    m = re.search(r"(\d+\.\d+\.\d+\.\d+)", out)
-    return m.group(1) if m else out.strip()[:40] or "unknown"
-
-
 def host_cpu() -> str:
     f = host_facts()
     return f"{f['cpu']} ({f['cores']} cores, {f['arch']})"
-
-
-class _BundleServer(http.server.ThreadingHTTPServer):
-    """Serves one bundle folder and the input tensor; receives the page's result on POST /__edgekit/result."""
-
-    daemon_threads = True
-
-    def __init__(self, folder: Path, input_bytes: bytes) -> None:
-        self.folder, self.input_bytes = folder, input_bytes
-        self.result: dict[str, Any] | None = None
-        self.done = threading.Event()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    server: _BundleServer
-    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".wasm": "application/wasm",
-                      ".mjs": "text/javascript", ".js": "text/javascript", ".onnx": "application/octet-stream"}
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, directory=str(args[2].folder), **kwargs)
-
-    def end_headers(self) -> None:
-        # Cross-origin isolation lets onnxruntime-web use threads when the target asks for more than one.
-        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
-        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
-        self.send_header("Cache-Control", "no-store")
-        super().end_headers()
-
-    def do_GET(self) -> None:
-        if self.path.startswith("/__edgekit/input.bin"):
-            self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(self.server.input_bytes)))
-            self.end_headers()
-            self.wfile.write(self.server.input_bytes)
-            return
-        super().do_GET()
-
-    def do_POST(self) -> None:
-        if not self.path.startswith("/__edgekit/result"):
-            self.send_error(404)
-            return
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        try:
-            self.server.result = json.loads(body)
-        except json.JSONDecodeError:
-            self.server.result = {"error": "the page posted invalid JSON"}
-        self.send_response(204)
-        self.end_headers()
-        self.server.done.set()
-
-    def log_message(self, *args: Any) -> None:  # the page's requests are not the user's business
-        pass
 
 
 def time_in_chromium(bundle: Path, x: np.ndarray, warmup: int, runs: int, threads: int = 1,
@@ -134,43 +45,16 @@ def time_in_chromium(bundle: Path, x: np.ndarray, warmup: int, runs: int, thread
     binary = chromium_binary()
     if binary is None:
         raise RuntimeUnavailable("headless Chromium is not installed (Debian package `chromium`; `make system-deps`)")
-    server = _BundleServer(Path(bundle), np.ascontiguousarray(x, "<f4").tobytes())
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    query = (f"bench=1&input=/__edgekit/input.bin&report=/__edgekit/result&warmup={warmup}&runs={runs}"
+    query = (f"bench=1&input={INPUT_PATH}&report={RESULT_PATH}&warmup={warmup}&runs={runs}"
              f"&min_warmup_ms={MIN_WARMUP_MS:g}&threads={threads}")
-    with tempfile.TemporaryDirectory(prefix="edgekit-chromium-") as profile:
-        cmd = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"{server.url}/index.html?{query}"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            finished = _wait(server.done, proc, timeout)
-        finally:
-            proc.terminate()
-            try:
-                _, err = proc.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                _, err = proc.communicate()
-            server.shutdown()
-            server.server_close()
-    if not finished:
-        tail = " | ".join(line for line in (err or "").splitlines() if "dbus" not in line.lower())[-300:]
-        raise RuntimeUnavailable(f"headless Chromium ({binary}) reported no result (exit code {proc.returncode}, "
-                                 f"limit {timeout:.0f} s): {tail or 'no output'}")
-    result = server.result or {}
+    page = run_page(binary, Path(bundle), query, x, timeout)
+    if not page.finished:
+        raise RuntimeUnavailable(f"headless Chromium ({binary}) reported no result (exit code {page.returncode}, "
+                                 f"limit {timeout:.0f} s): {page.stderr_tail or 'no output'}")
+    result = page.result or {}
     if result.get("error"):
         raise RuntimeUnavailable(f"the page failed in Chromium: {result['error']}")
     return {**result, "chromium": chromium_version(binary)}
-
-
-def _wait(done: threading.Event, proc: subprocess.Popen, timeout: float) -> bool:
-    """Waits for the page's result; gives up early when Chromium has exited without posting one."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if done.wait(0.25):
-            return True
-        if proc.poll() is not None:
-            return done.wait(1.0)  # a result posted just before exit still counts
-    return done.is_set()
 
 
 def time_in_node(model: Path, x: np.ndarray, warmup: int, runs: int, threads: int = 1) -> dict[str, Any]:
