@@ -70,3 +70,26 @@ def fingerprint(*parts: Any) -> str:
     """A short stable hash of JSON-serialisable parts (settings, upstream fingerprints)."""
     blob = json.dumps(parts, sort_keys=True, default=_json_default).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def load_state(path: str | os.PathLike, what: str, error: type[Exception]) -> dict:
+    """Reads a torch tensor file that a user may have handed us, with weights_only=True (nothing is unpickled).
+
+    Args:
+        path: the file.
+        what: what it should hold, for the message ("weights file", "mask file").
+        error: the exception raised, one line, when the file is missing, unreadable or not a mapping.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise error(f"{path} is not a readable {what} ({first}); is the file complete?") from None
+    if not isinstance(state, dict):
+        raise error(f"{path} does not hold a {what.removesuffix(' file')} (found {type(state).__name__})")
+    return state

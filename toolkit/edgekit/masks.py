@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgekit.errors import InputError
-from edgekit.fileio import atomic_path, write_json
+from edgekit.fileio import atomic_path, load_state, write_json
 
 if TYPE_CHECKING:
     import torch
@@ -159,17 +159,9 @@ class Mask(Mapping[str, "torch.Tensor"]):
     @classmethod
     def load(cls, path: str | Path, model: nn.Module | None = None) -> Mask:
         """Reads a mask written by `save` (weights_only=True); checks its shapes against `model` when given."""
-        import torch
 
         path = Path(path)
-        if not path.is_file():
-            raise MaskError(f"mask file not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise MaskError(f"{path} is not a readable mask file ({str(e).splitlines()[0][:200]})") from None
-        if not isinstance(state, dict):
-            raise MaskError(f"{path} does not hold a mask (found {type(state).__name__})")
+        state = load_state(path, "mask file", MaskError)
         mask = cls(state)
         if model is not None:
             mask.check_shapes(model)

@@ -360,18 +360,11 @@ def _load_pt2(path: Path) -> ModelBundle:
 
 
 def _load_weights(bundle: ModelBundle, path: Path) -> None:
-    import torch
+    from edgekit.fileio import load_state
 
-    if not path.is_file():
-        raise InputError(f"weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise InputError(f"{path} is not a readable weights file ({_first_line(e)}); is the file complete?") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+    state = load_state(path, "weights file", InputError)
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise InputError(f"{path} does not hold a state dict (found {type(state).__name__})")
     try:
         bundle.module.load_state_dict(state, strict=True)
     except RuntimeError as e:
