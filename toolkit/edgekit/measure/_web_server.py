@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.errors import RuntimeUnavailable
+
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage", "--no-default-browser-check", "--mute-audio")
@@ -39,6 +41,30 @@ def chromium_binary() -> str | None:
     if Path("/usr/bin/chromium").is_file():
         return "/usr/bin/chromium"
     return next((p for n in ("chromium", "chromium-browser", "google-chrome") if (p := shutil.which(n))), None)
+
+
+def require_chromium() -> str:
+    """chromium_binary(), or a one-line error saying how to install it."""
+    binary = chromium_binary()
+    if binary is None:
+        raise RuntimeUnavailable("headless Chromium is not installed (Debian package `chromium`; `make system-deps`)")
+    return binary
+
+
+def page_result(binary: str, folder: Path, query: str, x: np.ndarray, timeout: float, what: str) -> dict[str, Any]:
+    """run_page, then the page's posted result; a one-line error when it posted nothing or reported a failure.
+
+    Args:
+        what: what ran in the page, for the error ("page", "TFLite web runtime").
+    """
+    page = run_page(binary, folder, query, x, timeout)
+    if not page.finished:
+        raise RuntimeUnavailable(f"headless Chromium ({binary}) reported no result (exit code {page.returncode}, "
+                                 f"limit {timeout:.0f} s): {page.stderr_tail or 'no output'}")
+    result = page.result or {}
+    if result.get("error"):
+        raise RuntimeUnavailable(f"the {what} failed in Chromium: {result['error']}")
+    return result
 
 
 @functools.cache

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekit.errors import RuntimeUnavailable, SettingsError
-from edgekit.measure._web_server import INPUT_PATH, RESULT_PATH, chromium_binary, chromium_version, run_page
+from edgekit.measure._web_server import (
+    INPUT_PATH,
+    RESULT_PATH,
+    chromium_binary,
+    chromium_version,
+    page_result,
+    require_chromium,
+)
 from edgekit.runtimes import Timing
 from edgekit.targets import host_facts
 
@@ -42,18 +49,10 @@ def time_in_chromium(bundle: Path, x: np.ndarray, warmup: int, runs: int, thread
     Returns:
         {"samples_ms", "output", "user_agent", "onnxruntime_web", "warmup_runs", "chromium": version, ...}.
     """
-    binary = chromium_binary()
-    if binary is None:
-        raise RuntimeUnavailable("headless Chromium is not installed (Debian package `chromium`; `make system-deps`)")
+    binary = require_chromium()
     query = (f"bench=1&input={INPUT_PATH}&report={RESULT_PATH}&warmup={warmup}&runs={runs}"
              f"&min_warmup_ms={MIN_WARMUP_MS:g}&threads={threads}")
-    page = run_page(binary, Path(bundle), query, x, timeout)
-    if not page.finished:
-        raise RuntimeUnavailable(f"headless Chromium ({binary}) reported no result (exit code {page.returncode}, "
-                                 f"limit {timeout:.0f} s): {page.stderr_tail or 'no output'}")
-    result = page.result or {}
-    if result.get("error"):
-        raise RuntimeUnavailable(f"the page failed in Chromium: {result['error']}")
+    result = page_result(binary, Path(bundle), query, x, timeout, "page")
     return {**result, "chromium": chromium_version(binary)}
 
 

@@ -17,7 +17,13 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import RuntimeUnavailable
-from edgekit.measure._web_server import INPUT_PATH, RESULT_PATH, chromium_binary, chromium_version, run_page
+from edgekit.measure._web_server import (
+    INPUT_PATH,
+    RESULT_PATH,
+    chromium_version,
+    page_result,
+    require_chromium,
+)
 from edgekit.targets import project_root
 
 PAGE = Path(__file__).with_name("tflite_web.html")
@@ -76,19 +82,11 @@ def time_tflite_in_chromium(models: list[Path], x: np.ndarray, warmup: int = 5, 
     Returns:
         {"samples_ms": [[...] per model], "outputs": [[...] per model], "user_agent", "chromium", "runtime", ...}.
     """
-    binary = chromium_binary()
-    if binary is None:
-        raise RuntimeUnavailable("headless Chromium is not installed (Debian package `chromium`; `make system-deps`)")
+    binary = require_chromium()
     with tempfile.TemporaryDirectory(prefix="edgekit-tflite-web-") as d:
         folder = Path(d)
         names = _stage_page(folder, [Path(m) for m in models])
         query = (f"models={','.join(names)}&input={INPUT_PATH}&report={RESULT_PATH}&warmup={warmup}&runs={runs}"
                  f"&threads={threads}")
-        page = run_page(binary, folder, query, x, timeout)
-    if not page.finished:
-        raise RuntimeUnavailable(f"headless Chromium did not report a result within {timeout:.0f} s "
-                                 f"({page.stderr_tail})")
-    result = page.result or {}
-    if result.get("error"):
-        raise RuntimeUnavailable(f"the TFLite web runtime failed in Chromium: {result['error']}")
+        result = page_result(binary, folder, query, x, timeout, "TFLite web runtime")
     return {**result, "chromium": chromium_version(binary), "runtime": runtime_name()}
