@@ -111,12 +111,22 @@ def _npz(path: Path) -> DataBundle:
                 raise InputError(f"{path} has no array named 'x' (found {sorted(f.files)})")
             x = f["x"].astype(np.float32)
             y = f["y"].astype(np.int64) if "y" in f else None
+            # An explicit held-out split (x_test, y_test) is used as given instead of a split of x.
+            x_test = f["x_test"].astype(np.float32) if "x_test" in f else None
+            y_test = f["y_test"].astype(np.int64) if "y_test" in f else None
     except InputError:
         raise
     except Exception as e:
         raise InputError(f"{path} is not a readable .npz file ({e})") from None
     if y is not None and len(y) != len(x):
         raise InputError(f"{path}: x has {len(x)} rows but y has {len(y)}")
+    if x_test is not None:
+        if (y is None) != (y_test is None) or (y_test is not None and len(y_test) != len(x_test)):
+            raise InputError(f"{path}: x_test needs y_test of the same length exactly when x has labels y")
+        if x_test.shape[1:] != x.shape[1:]:
+            raise InputError(f"{path}: x_test has inputs of shape {list(x_test.shape[1:])}, x has {list(x.shape[1:])}")
+        desc = f"{path}: {len(x)} training and {len(x_test)} held-out arrays" + (" with labels" if y is not None else "")
+        return DataBundle(str(path), x, y, x_test, y_test, desc)
     return _split(str(path), x, y, f"{path}: {len(x)} arrays" + (" with labels" if y is not None else " (no labels)"))
 
 
