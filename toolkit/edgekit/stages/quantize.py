@@ -11,6 +11,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from edgekit.contract import Contract
 from edgekit.errors import SettingsError
 
 if TYPE_CHECKING:
@@ -18,7 +19,9 @@ if TYPE_CHECKING:
 
     from edgekit.pipeline import RunContext
 
-CHANGES_MODEL = False
+CONTRACT = Contract(changes=frozenset({"artifacts"}), stale="refuse",
+                    stale_note="whose INT8 policy was searched and calibrated for the model before that change",
+                    outputs=("quant", "quant_pareto.png"))
 BACKENDS = {"onnx": ("onnxruntime", "nncf"), "tflite": ("litert-pt2e",)}
 RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert"}
 
@@ -31,7 +34,11 @@ class Settings:
     trials: int = field(default=30, metadata={"help": "NSGA-II trials of the ONNX search"})
     tflite_trials: int = field(default=0, metadata={"help": "NSGA-II trials in LiteRT; 0: apply the policy chosen "
                                                             "by the ONNX search (each TFLite candidate is a conversion)"})
-    max_quality_drop: float = field(default=1.0, metadata={"help": "constraint: quality drop in points"})
+    max_quality_drop: float = field(default=1.0, metadata={"help": "constraint: quality drop in points (from the "
+                                                                   "float model it quantises)"})
+    chain_budget: bool = field(default=False, metadata={
+        "help": "take the run's quality budget (--max-quality-drop, counted from the model as loaded) minus what "
+                "earlier stages spent, when it is tighter than max_quality_drop"})
     latency_budget_ms: float = field(default=0.0, metadata={"help": "constraint: p50 latency in ms (0: none)"})
     max_size_mb: float = field(default=0.0, metadata={"help": "constraint: artifact size in MB (0: none)"})
     latency_slack: float = field(default=0.10, metadata={"help": "choose the lowest drop within this fraction "
@@ -62,16 +69,25 @@ class Settings:
 
 
 def _float_artifact(ctx: RunContext, model: nn.Module, fmt: str) -> Any:
-    """The float artifact of `fmt` written by export, or a fresh export in the work folder."""
+    """The float model it quantises, in `fmt`: a dense float artifact of the current model, else a fresh export."""
     from pathlib import Path
 
     from edgekit import export as exporters
 
-    for a in ctx.artifacts(format=fmt):
-        if a.get("precision") == "fp32":
-            return ctx.out / a["path"]
+    for a in ctx.artifacts(format=fmt, precision="fp32", sparse=False, model_version=ctx.model_version):
+        return ctx.out / a.path
     module = exporters.get(fmt)
     return module.export(model, ctx.example_input, Path(ctx.out / "quant" / f"float{module.SUFFIX}"))
+
+
+def _max_drop(settings: Settings, ctx: RunContext) -> tuple[float, str]:
+    """The quality constraint of this search in points, and where it comes from."""
+    if not settings.chain_budget or ctx.budget is None:
+        return settings.max_quality_drop, "quantize.max_quality_drop"
+    left = max(0.0, ctx.budget - ctx.spent_budget())
+    if left < settings.max_quality_drop:
+        return round(left, 4), f"the run's budget {ctx.budget} pts minus {ctx.spent_budget():.2f} spent before"
+    return settings.max_quality_drop, "quantize.max_quality_drop"
 
 
 def _latency_mode(ctx: RunContext) -> tuple[str, Any]:
@@ -100,8 +116,8 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     x_eval = ctx.data.x_test[: settings.eval_inputs].astype("float32")
     y_eval = None if ctx.data.y_test is None else ctx.data.y_test[: settings.eval_inputs]
     latency, predictor = _latency_mode(ctx)
-    constraints = Constraints(settings.max_quality_drop, settings.latency_budget_ms or None,
-                              settings.max_size_mb or None)
+    max_drop, drop_source = _max_drop(settings, ctx)
+    constraints = Constraints(max_drop, settings.latency_budget_ms or None, settings.max_size_mb or None)
     common = {"threads": ctx.threads, "latency": latency, "predictor": predictor, "timing_runs": settings.timing_runs}
     results = []
     onnx_result = None
@@ -141,9 +157,13 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     ctx.record(metrics={"quality_metric": main.metric, "quality_before": main.float_quality,
                         "quality_after": main.chosen.quality, "quality_drop": round(main.chosen.drop, 4),
                         "int8_quality_drop": round(main.int8.drop, 4), "constraints_met": main.constraints_met,
-                        "policy_met_bar": main.verdict()["met"]},
+                        "policy_met_bar": main.verdict()["met"], "max_quality_drop": max_drop},
                details={"searches": [r.as_dict() for r in results], "latency": latency,
-                        "plot": plot.name if plot else None})
+                        "plot": plot.name if plot else None, "max_quality_drop_from": drop_source})
+    from edgekit.report import ChainPoint
+
+    precision = "mixed" if any(a.precision == "mixed" for a in ctx.artifacts(stage_index=ctx._stage_index)) else "int8"
+    ctx.set_after(ChainPoint(quality=main.chosen.quality, precision=precision))
     shutil.rmtree(work / "onnx", ignore_errors=True)  # candidates; the kept artifacts were copied out
     shutil.rmtree(work / "tflite", ignore_errors=True)
     return model
@@ -172,4 +192,5 @@ def _write_outputs(ctx: RunContext, results: list[Any]) -> None:
                              policy=f"artifacts/quant_policy_{r.fmt}.json" if kind == "mixed" else None,
                              quant={"drop": round(cand.drop, 4), "quality": cand.quality,
                                     "sqnr_db": round(cand.sqnr_db, 2)})
-        r.chosen.policy.save(ctx.artifacts_dir / f"quant_policy_{r.fmt}.json")
+        policy = r.chosen.policy.save(ctx.artifacts_dir / f"quant_policy_{r.fmt}.json")
+        ctx.add_file(policy, "quant policy", format=r.fmt)
