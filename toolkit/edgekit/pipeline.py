@@ -222,7 +222,6 @@ def run_pipeline(ctx: RunContext, recipe: Recipe, base_fingerprint: str, resume:
             if contract.changes_model:
                 last_state = state_path
                 ctx.model_version = i
-                supersede(out, ctx.report, i, spec.name)
             if stage_task is not None:
                 ctx.progress.advance(stage_task)
             continue
@@ -230,7 +229,7 @@ def run_pipeline(ctx: RunContext, recipe: Recipe, base_fingerprint: str, resume:
             reusing = False
             if last_state is not None:
                 model = _load_state(ctx, model, last_state)
-            _drop_from(ctx, i)
+            _drop_from(ctx, old, i)
         if stage_task is not None:
             ctx.progress.update(stage_task, description=f"stage {spec.name}")
         model = _run_stage(ctx, model, module, spec, contract, fp, state_path)
@@ -300,9 +299,7 @@ def _reuse(ctx: RunContext, old: dict[str, Any], i: int) -> None:
     for key in ("artifacts", "files"):
         ctx.report[key] += [a for a in old[key] if a.stage_index == i]
     ctx.report["baseline"]["artifacts"] += [a for a in old["baseline"]["artifacts"] if a.stage_index == i]
-    # What this stage made and a later stage superseded comes back; the later stage, reused too, supersedes it again.
-    ctx.report["artifacts"] += restore_superseded(ctx.out, old.get("superseded", []), i, "artifacts")
-    ctx.report["files"] += restore_superseded(ctx.out, old.get("superseded", []), i, "files")
+    ctx.report["superseded"] += [e for e in old.get("superseded", []) if e.get("by_index") == i]
     ctx.report.setdefault("sections", []).extend(s for s in old.get("sections", []) if s.get("stage_index") == i)
 
 
@@ -353,13 +350,16 @@ def _finished(old: dict[str, Any], i: int, fp: str, out: Path, state_path: Path 
             p = out / a.path
             if not p.exists() or (a.sha256 and p.is_file() and sha256_file(p) != a.sha256):
                 return False
-    return all((out / s["path"]).exists() for s in old.get("superseded", []) if s.get("stage_index") == i)
+    return all((out / s["path"]).exists() for s in old.get("superseded", [])
+               if i in (s.get("stage_index"), s.get("by_index")))
 
 
-def _drop_from(ctx: RunContext, i: int) -> None:
-    """Stage i and the ones after it run again: their records and checkpoints are stale."""
+def _drop_from(ctx: RunContext, old: dict[str, Any], i: int) -> None:
+    """Stage i and the ones after it run again: their records and checkpoints are stale, and what a reused stage
+    made and one of them superseded comes back (a stage that changes the model supersedes it again)."""
     for key in ("artifacts", "files"):
         ctx.report[key] = [a for a in ctx.report[key] if a.stage_index < i]
+        ctx.report[key] += restore_superseded(ctx.out, old.get("superseded", []), i, key)
     base = ctx.report["baseline"]
     base["artifacts"] = [a for a in base.get("artifacts", []) if a.stage_index < i]
     state = ctx.out / "state"

@@ -41,31 +41,39 @@ def supersede(out: Path, report: dict[str, Any], by_index: int, by_name: str) ->
     return moved
 
 
-def restore_superseded(out: Path, entries: list[dict[str, Any]], stage_index: int, key: str) -> list[Any]:
-    """Moves back what stage `stage_index` made and a later stage superseded (a resumed run replays the chain)."""
+def restore_superseded(out: Path, entries: list[dict[str, Any]], first_rerun: int, key: str) -> list[Any]:
+    """Moves back what a reused stage (index < first_rerun) made and a re-running stage (index >= first_rerun)
+    superseded; returns the restored records. The re-running stages overwrite whatever they write, so a file of
+    theirs at the same path may be replaced."""
     restored = []
     for e in entries:
-        if e.get("stage_index") != stage_index or e.get("list") != key or "record" not in e:
+        if not (e.get("stage_index", -1) < first_rerun <= e.get("by_index", -1)) or e.get("list") != key:
             continue
-        for src, dest in [(e["path"], e["was"])] + list(zip(e.get("companions", []),
-                                                             e["record"].get("companions") or [], strict=False)):
+        pairs = [(e["path"], e["was"])] + list(zip(e.get("companions", []), e["record"].get("companions") or [],
+                                                   strict=False))
+        if not (out / e["path"]).exists():
+            continue
+        for src, dest in pairs:
             if (out / src).exists():
-                (out / dest).parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(out / src), str(out / dest))
+                _replace(out / src, out / dest)
         restored.append((Artifact if key == "artifacts" else FileRecord).from_dict(e["record"]))
     return restored
+
+
+def _replace(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_dir():
+        shutil.rmtree(dest)
+    elif dest.exists():
+        dest.unlink()
+    shutil.move(str(src), str(dest))
 
 
 def _move(out: Path, rel: str, folder: str) -> Path:
     """Moves run-folder path `rel` into `folder`/ (replacing what is there); returns the new path."""
     src, dest = out / rel, out / folder / Path(rel).name
     if src.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if dest.is_dir():
-            shutil.rmtree(dest)
-        elif dest.exists():
-            dest.unlink()
-        shutil.move(str(src), str(dest))
+        _replace(src, dest)
     return dest
 
 

@@ -164,8 +164,7 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
 
     precision = "mixed" if any(a.precision == "mixed" for a in ctx.artifacts(stage_index=ctx._stage_index)) else "int8"
     ctx.set_after(ChainPoint(quality=main.chosen.quality, precision=precision))
-    shutil.rmtree(work / "onnx", ignore_errors=True)  # candidates; the kept artifacts were copied out
-    shutil.rmtree(work / "tflite", ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)  # candidates and float exports; the kept artifacts were copied out
     return model
 
 
