@@ -141,7 +141,7 @@ def test_onnx_and_pt2_models_compress(tmp_path: Path):
     for name in ("user.onnx", "user.pt2"):
         out = tmp_path / f"run-{name}"
         r = run_cli("compress", str(tmp_path / name), "--target", "host", "--data", "digits", "--out", str(out),
-                    "--set", "export.formats=[onnx]")
+                    "--recipe", "basic", "--set", "export.formats=[onnx]")
         assert r.returncode == 0, r.stderr
         report = json.loads((out / "report.json").read_text())
         assert report["input_shape"] == [1, 1, 8, 8]

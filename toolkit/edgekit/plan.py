@@ -106,7 +106,7 @@ def _quantize(f: Facts) -> Decision:
     if not fmts:
         return Decision(False, f"no runtime of {f.target.name} has an INT8 backend in edgekit")
     settings = {"chain_budget": True, "max_quality_drop": f.budget, "trials": 16, "timing_runs": 10,
-                "final_runs": 60, "max_seconds": 300.0}
+                "final_runs": 60, "max_seconds": 300.0, "skip_failing_formats": True}
     metric = "accuracy" if f.labelled else "top-1 agreement with the loaded model"
     return Decision(True, f"per-layer INT8 policy search on latency measured in {', '.join(fmts)} runtimes "
                           f"(16 trials; {metric}; whatever the earlier stages left of the budget); a layer stays "
