@@ -41,7 +41,8 @@ def test_quant_run_writes_verified_int8_artifacts_and_sections(quant_run):
     assert (quant_run / "quant_pareto.png").stat().st_size > 1000
     s = report["summary"]  # anchored at the model as loaded; after = the recommended artifact's verified quality
     after = next(a for a in report["artifacts"] if a["path"] == s["artifact"])
-    assert s["quality_metric"] == "accuracy" and s["quality_before"] == stage["metrics"]["quality_before"]
+    baseline = next(st for st in report["stages"] if st["name"] == "baseline")
+    assert s["quality_metric"] == "accuracy" and s["quality_before"] == baseline["metrics"]["accuracy"]
     assert s["quality_drop"] == pytest.approx(100 * (s["quality_before"] - after["verification"]["quality"]["value"]))
     assert s["quality_drop"] <= 5 and s["budget"] == 5  # no --max-quality-drop: quantize's own constraint
     assert s["size_after_bytes"] == after["size_bytes"] and s["p50_ms"] > 0

@@ -84,8 +84,11 @@ class RunContext:
         if key not in self._cache:
             from edgekit.train import predict
 
-            x = self.data.x_test if split == "test" else self.data.x_train
-            self._cache[key] = predict(self.reference, x)
+            x, _ = self.quality_split()
+            if split == "test" and len(self.data.x_test) == len(x):  # the quality split is the whole test split
+                self._cache[key] = self.model_logits(self.reference, -1)
+            else:
+                self._cache[key] = predict(self.reference, self.data.x_test if split == "test" else self.data.x_train)
         return self._cache[key]
 
     def quality_of_logits(self, logits: np.ndarray) -> float:
@@ -98,14 +101,22 @@ class RunContext:
             return accuracy(logits, y[:n])
         return top1_agreement(logits, self.reference_logits()[:n])
 
-    def point(self, model: Any) -> ChainPoint:
-        """The chain point of a torch model: its quality, parameters and nonzeros."""
+    def model_logits(self, model: Any, version: int | None = None) -> np.ndarray:
+        """Logits of the model at `version` (default: the current one) on the quality split, computed once per
+        version. Only for a finished version: not inside a stage that is changing the model."""
         from edgekit.train import predict
 
-        x, _ = self.quality_split()
+        version = self.model_version if version is None else version
+        key = f"logits_v{version}"
+        if key not in self._cache:
+            self._cache[key] = predict(model, self.quality_split()[0])
+        return self._cache[key]
+
+    def point(self, model: Any, version: int | None = None) -> ChainPoint:
+        """The chain point of a torch model: its quality, parameters and nonzeros."""
         total, nonzero = count_params(model)
-        return ChainPoint(quality=self.quality_of_logits(predict(model, x)), params=total, nonzeros=nonzero,
-                          weights_bytes=sum(p.numel() * p.element_size() for p in model.parameters()))
+        return ChainPoint(quality=self.quality_of_logits(self.model_logits(model, version)), params=total,
+                          nonzeros=nonzero, weights_bytes=sum(p.numel() * p.element_size() for p in model.parameters()))
 
     def spent_budget(self) -> float:
         """Points of quality the chain has lost so far (torch model vs the loaded model), for a stage's budget."""
@@ -289,7 +300,7 @@ def _baseline_point(ctx: RunContext, old: dict[str, Any] | None, base_fp: str) -
     if prev.get("fingerprint") == base_fp and prev.get("point"):
         base["point"] = ChainPoint.from_dict(prev["point"]) if isinstance(prev["point"], dict) else prev["point"]
     else:
-        base["point"] = ctx.point(ctx.reference)
+        base["point"] = ctx.point(ctx.reference, -1)
     base["fingerprint"] = base_fp
     base.setdefault("artifacts", [])
 

@@ -31,7 +31,10 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     x = ctx.data.x_test[: settings.max_inputs]
     y = None if ctx.data.y_test is None else ctx.data.y_test[: settings.max_inputs]
     ref = None if y is not None or ctx.model_version < 0 else ctx.reference_logits()[: len(x)]
-    metrics = quality(predict(model, x), y, ref)
+    qx, _ = ctx.quality_split()
+    # The quality split's logits of this model version are usually computed already (the chain's first point).
+    logits = ctx.model_logits(model)[: len(x)] if len(x) <= len(qx) else predict(model, x)
+    metrics = quality(logits, y, ref)
     note = ("task accuracy on the labelled test split" if y is not None else
             "no labelled data: quality is top-1 agreement with the model as loaded (1.0 for the loaded model)")
     written = _baseline_artifacts(ctx) if settings.artifacts else []

@@ -45,7 +45,8 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
             raise VerificationError(f"{art.path} was made before stage {ctx.model_version + 1} changed the model and "
                                     "was not superseded; this is an edgekit bug, please report it")
         if version not in refs:
-            refs[version] = predict(model if version == ctx.model_version else ctx.reference, x)
+            ref_model = model if version == ctx.model_version else ctx.reference
+            refs[version] = ctx.model_logits(ref_model, version)[: len(x)] if scored else predict(ref_model, x)
         got, runtime = run_artifact(ctx.out / art.path, art.runtime, x, ctx.threads)
         art.verification = compare(got, refs[version], runtime, art.tolerance, reference=_reference_name(ctx, version))
         if scored:
