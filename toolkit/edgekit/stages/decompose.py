@@ -138,7 +138,7 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     if settings.a_priori and not data.labelled:
         raise InputError("decompose a_priori trains from scratch and needs labelled data (--data)")
     plan = plan_layers(model, settings, ctx.example_input, ctx.threads)
-    masks = ctx.masks
+    masks = getattr(ctx, "masks", None)  # pruning masks of an earlier stage
     if masks is not None and settings.masks == "skip":
         plan = [p for p in plan if f"{p.name}.weight" not in masks]
     if not plan:
