@@ -243,3 +243,28 @@ def test_python_api_takes_dataloaders(tmp_path: Path):
     with pytest.raises(SettingsError, match="needs labelled data"):
         edgekit.compress(None, "host", data=bare, recipe="lottery", out=tmp_path / "never")
     assert not (tmp_path / "never").exists()
+
+
+def test_verify_never_compares_a_stale_artifact(tmp_path: Path):
+    """An artifact made from an older model that reached verify (a bug: it should have been superseded) is an error,
+    not a comparison with the wrong model."""
+    from types import SimpleNamespace
+
+    from edgekit.data import digits
+    from edgekit.errors import VerificationError
+    from edgekit.pipeline import RunContext
+    from edgekit.report import new_report
+    from edgekit.stages import verify
+    from edgekit.targets import load_target
+    from edgekit.zoo import digits_cnn
+
+    out = tmp_path / "run"
+    (out / "artifacts").mkdir(parents=True)
+    (out / "artifacts" / "m.onnx").write_bytes(b"never run")
+    ctx = RunContext(out=out, target=load_target("host"), bundle=SimpleNamespace(), data=digits(), threads=1,
+                     report={**new_report(), "baseline": {"artifacts": []}})
+    ctx.model_version = 0
+    ctx.add_artifact(out / "artifacts" / "m.onnx", "onnx", "onnxruntime")
+    ctx.model_version = 2
+    with pytest.raises(VerificationError, match="made before stage 3 changed the model"):
+        verify.run(digits_cnn(), verify.Settings(), ctx)
