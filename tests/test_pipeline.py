@@ -20,7 +20,7 @@ CHAIN = {"stages": [
     {"sparsify": {"oneshot_sparsity": 0.0}},
     {"decompose": {"method": "tucker", "ratio": 0.3, "epochs": 2}},
     {"quantize": {"trials": 3, "timing_runs": 5, "final_runs": 20, "max_quality_drop": 5.0}},
-    {"export": {}}, {"verify": {}}, {"measure": {"runs": 20}}]}
+    {"export": {"formats": ["onnx"]}}, {"verify": {}}, {"measure": {"runs": 20}}]}  # ONNX keeps the test quick
 
 
 def _one_line_error(r, *needles: str) -> None:
@@ -99,7 +99,7 @@ def test_chain_verifies_every_artifact_against_the_model_it_was_made_from(chain_
     assert names == ["check", "baseline", "export", "prune", "sparsify", "decompose", "quantize", "export", "verify",
                      "measure"]
     arts = report["artifacts"]
-    assert {(a["format"], a["precision"]) for a in arts} >= {("onnx", "fp32"), ("tflite", "fp32"), ("onnx", "int8")}
+    assert {(a["format"], a["precision"]) for a in arts} >= {("onnx", "fp32"), ("onnx", "int8")}
     for a in arts:  # every final artifact is of the decomposed model (stage 6) and verified against it
         assert a["model_version"] == names.index("decompose") and a["verification"]["passed"], a["path"]
         assert "after decompose" in a["verification"]["reference"]
@@ -215,7 +215,8 @@ def test_python_api_takes_a_module_and_arrays(tmp_path: Path):
     original = {k: v.clone() for k, v in net.state_dict().items()}
     ds = digits()
     result = edgekit.compress(net, "host", data=(ds.x_train, ds.y_train), example_input=ds.x_train[:1],
-                              recipe="auto", overrides={"quantize": {"trials": 2, "final_runs": 20}},
+                              recipe="auto", overrides={"quantize": {"trials": 2, "final_runs": 20},
+                                                        "export": {"formats": ["onnx"]}},
                               out=tmp_path / "api")
     assert isinstance(result.model, torch.nn.Module) and result.model is not net
     assert all(torch.equal(v, original[k]) for k, v in net.state_dict().items())  # the caller's model is untouched
