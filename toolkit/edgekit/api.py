@@ -119,7 +119,7 @@ def compress(model: Any = None, target: str = "host", *, data: Any = None, recip
     """
     from edgekit.contract import check_facts
     from edgekit.pipeline import RunContext, load_recipe, run_pipeline
-    from edgekit.report import load_report, new_report
+    from edgekit.report import load_report
 
     tgt = load_target(target)
     recipe = recipe or tgt.default_recipe
@@ -146,18 +146,24 @@ def compress(model: Any = None, target: str = "host", *, data: Any = None, recip
     out = Path(out) if out else default_out_dir(model, tgt.name)
     base_fp = fingerprint(bundle.name, weights_id, bundle.input_shape, ds.name, ds.description, tgt.name, threads,
                           device, budget)
-    report = new_report(model=bundle.name, target=tgt.name, weights=bundle.weights,
-                        input_shape=list(bundle.input_shape),
-                        target_facts={k: v for k, v in asdict(tgt).items() if k != "runtimes"},
-                        data={"name": ds.name, "description": ds.description, "quality_metric": ds.quality_metric,
-                              "labelled": ds.labelled},
-                        recipe=rec.as_dict(), threads=threads, device=device,
-                        budget=None if budget is None else {"max_quality_drop": budget, "metric": ds.quality_metric},
-                        plan=plan)
+    report = _new_report(bundle, ds, tgt, rec, threads, device, budget, plan)
     ctx = RunContext(out=out, target=tgt, bundle=bundle, data=ds, threads=threads, report=report, progress=progress,
                      device=device, console=console, budget=budget)
     run_pipeline(ctx, rec, base_fp, resume=resume)
     return CompressResult(model=bundle.module, report=load_report(out), out=out)
+
+
+def _new_report(bundle: ModelBundle, ds: DataBundle, tgt: Any, rec: Any, threads: int, device: str | None,
+                budget: float | None, plan: dict | None) -> dict[str, Any]:
+    from edgekit.report import new_report
+
+    return new_report(model=bundle.name, target=tgt.name, weights=bundle.weights, input_shape=list(bundle.input_shape),
+                      target_facts={k: v for k, v in asdict(tgt).items() if k != "runtimes"},
+                      data={"name": ds.name, "description": ds.description, "quality_metric": ds.quality_metric,
+                            "labelled": ds.labelled},
+                      recipe=rec.as_dict(), threads=threads, device=device,
+                      budget=None if budget is None else {"max_quality_drop": budget, "metric": ds.quality_metric},
+                      plan=plan)
 
 
 def _plan(bundle: ModelBundle, ds: DataBundle, tgt: Any, budget: float, overrides: dict | None) -> tuple[Any, dict]:

@@ -125,14 +125,10 @@ def _ranks_for_latency(conv: nn.Conv2d, settings: Settings, input_shape: tuple[i
 
 
 def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
-    import contextlib
-
-    import numpy as np
     import torch
 
     from edgekit.adapters import decomposition as dec
-    from edgekit.adapters import frozen_norms
-    from edgekit.train import fit, predict, quality
+    from edgekit.train import predict, quality
 
     data = ctx.data
     if settings.a_priori and not data.labelled:
@@ -157,19 +153,7 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
         masks.apply(model)
         ctx.masks = masks
     decomposed = quality(predict(model, data.x_test), data.y_test, ref)
-    steps = 0
-    if settings.epochs:
-        # Without labels the model learns the uncompressed model's top-1 decisions on the training inputs.
-        y = data.y_train if data.labelled else ctx.reference_logits("train").reshape(len(data.x_train), -1).argmax(1)
-        # Distilling on a few (possibly synthetic) inputs must not re-estimate BN statistics; training on the task's
-        # labelled data should, since the decomposed convs change what each BN sees.
-        freeze = settings.norms == "frozen" or (settings.norms == "auto" and not data.labelled)
-        norms = frozen_norms(model) if freeze and not settings.a_priori else contextlib.nullcontext()
-        with norms:
-            steps = fit(model, data.x_train, np.asarray(y, np.int64), epochs=settings.epochs, lr=settings.lr,
-                        batch_size=settings.batch_size, seed=settings.seed, progress=ctx.progress,
-                        description=f"fine-tune ({settings.method})",
-                        after_step=(lambda m, _: masks.apply(m)) if masks is not None else None)
+    steps = _fine_tune(model, settings, ctx, masks) if settings.epochs else 0
     after = quality(predict(model, data.x_test), data.y_test, ref)
     p_before = sum(p.params_before for p in plan)
     p_after = sum(p.params_after for p in plan)
@@ -193,6 +177,29 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
                     f"{decomposed[metric]:.4f} (decomposed) -> {after[metric]:.4f} (fine-tuned).\n\n"
                     f"| layer | kernel | ranks | params | after |\n|---|---|---|---|---|\n{rows}\n")
     return model
+
+
+def _fine_tune(model: nn.Module, settings: Settings, ctx: RunContext, masks: Any) -> int:
+    """Fine-tunes the decomposed model (masks re-applied after every step); returns the optimiser steps."""
+    import contextlib
+
+    import numpy as np
+
+    from edgekit.adapters import frozen_norms
+    from edgekit.train import fit
+
+    data = ctx.data
+    # Without labels the model learns the uncompressed model's top-1 decisions on the training inputs.
+    y = data.y_train if data.labelled else ctx.reference_logits("train").reshape(len(data.x_train), -1).argmax(1)
+    # Distilling on a few (possibly synthetic) inputs must not re-estimate BN statistics; training on the task's
+    # labelled data should, since the decomposed convs change what each BN sees.
+    freeze = settings.norms == "frozen" or (settings.norms == "auto" and not data.labelled)
+    norms = frozen_norms(model) if freeze and not settings.a_priori else contextlib.nullcontext()
+    with norms:
+        return fit(model, data.x_train, np.asarray(y, np.int64), epochs=settings.epochs, lr=settings.lr,
+                   batch_size=settings.batch_size, seed=settings.seed, progress=ctx.progress,
+                   description=f"fine-tune ({settings.method})",
+                   after_step=(lambda m, _: masks.apply(m)) if masks is not None else None)
 
 
 def carry_masks(model: nn.Module, plan: list, masks: Any, mode: str) -> Any:
