@@ -53,11 +53,15 @@ def _summary(report: dict[str, Any]) -> list[str]:
     s = report.get("summary") or summarize(report)
     drop = f"(drop {_fmt(s.get('quality_drop'))} pts)" if s.get("quality_drop") is not None else ""
     budget = s.get("budget")
-    lines = ["## Summary", "",
-             "Before: the model as loaded. After: "
-             + (f"`{s['artifact']}`, the fastest verified artifact" + (f" within the {budget}-point quality budget"
-                                                                        if budget is not None else "")
-                if s.get("artifact") else "the model after the last stage (no verified artifact)") + ".", "",
+    if report.get("schema", 2) < 2:
+        intro = ("A schema-1 report: the summary as it was written (before = quantize's input, or the final model "
+                 "without quantize).")
+    else:
+        intro = "Before: the model as loaded. After: " + (
+            f"`{s['artifact']}`, the fastest verified artifact" + (f" within the {budget}-point quality budget"
+                                                                    if budget is not None else "")
+            if s.get("artifact") else "the model after the last stage (no verified artifact)") + "."
+    lines = ["## Summary", "", intro, "",
              "| | before | after |", "|---|---:|---:|",
              f"| quality ({s.get('quality_metric')}) | {_fmt(s.get('quality_before'))} | "
              f"{_fmt(s.get('quality_after'))} {drop} |",
