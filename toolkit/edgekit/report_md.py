@@ -68,10 +68,25 @@ def _summary(report: dict[str, Any]) -> list[str]:
              f"| size | {_size(s.get('size_before_bytes'))} | {_size(s.get('size_after_bytes'))} |",
              f"| best p50 ms ({', '.join(s.get('latency_sources') or [])}) | {_fmt(s.get('p50_ms_before'))} | "
              f"{_fmt(s.get('p50_ms_after'))}" + (f" ({s['speedup']:.2f}x)" if s.get("speedup") else "") + " |", ""]
+    lines += _precision_note(report, s)
     if s.get("budget_met") is False:
         lines += [f"**No verified artifact is within the {budget}-point budget**: the one with the best quality is "
                   "shown.", ""]
     return lines
+
+
+def _precision_note(report: dict[str, Any], s: dict[str, Any]) -> list[str]:
+    """Says so when INT8 artifacts exist but a float one is recommended because none of them was faster."""
+    arts = [a for a in report.get("artifacts", []) if (a.get("latency") or {}).get("p50_ms") is not None]
+    quant = [a for a in arts if a.get("precision") in ("int8", "mixed")]
+    rec = next((a for a in arts if a["path"] == s.get("artifact")), None)
+    if not quant or rec is None or rec.get("precision") != "fp32":
+        return []
+    q = min(quant, key=lambda a: a["latency"]["p50_ms"])
+    if q["latency"]["p50_ms"] < rec["latency"]["p50_ms"]:
+        return []
+    return [f"No INT8 artifact is faster than float here: the fastest, `{q['path']}`, takes "
+            f"{_fmt(q['latency']['p50_ms'])} ms against {_fmt(rec['latency']['p50_ms'])} ms for `{rec['path']}`.", ""]
 
 
 def _chain(report: dict[str, Any], plot: str | None) -> list[str]:
