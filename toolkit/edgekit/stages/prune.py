@@ -104,7 +104,7 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     from edgekit.prune.imp import run_imp
     from edgekit.prune.layers import plan_layers
     from edgekit.prune.patterns import parse_pattern
-    from edgekit.train import predict
+    from edgekit.train import accuracy, predict
 
     data = ctx.data
     if not data.labelled:
@@ -113,7 +113,7 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     pattern = parse_pattern(settings.pattern)
     plan = plan_layers(model, settings, ctx.target, ctx.bundle.input_shape, pattern)
     folder = ctx.out / "prune"
-    before = ctx.quality_of_logits(predict(model, ctx.quality_split()[0]))
+    before = accuracy(predict(model, data.x_test), data.y_test)  # on the split run_imp scores every round on
     result = run_imp(model, data.x_train, data.y_train, data.x_test, data.y_test, settings, plan.rates, folder,
                      progress=ctx.progress)
     kept = _within_budget(result, folder, settings, before)
