@@ -1,0 +1,22 @@
+"""Importers: model files written by other tools, made ready for the pipeline (ONNX from any exporter)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def check_import(bundle: Any, x: np.ndarray, data: str = "calibration") -> dict[str, Any] | None:
+    """Checks an imported model against its original file in that file's own runtime; None for other models.
+
+    See edgekit.importers.onnx.check_import.
+    """
+    info = getattr(bundle, "import_info", None)
+    if not info:
+        return None
+    if info.get("format") == "onnx":
+        from edgekit.importers.onnx import check_import as check_onnx
+
+        return check_onnx(bundle, x, data)
+    return None

@@ -1,0 +1,149 @@
+"""Small graph rewrites the simplifier does not make, but onnx2torch needs.
+
+Each function changes the ModelProto in place (or returns a new one) and returns a short description of what it did,
+or "" when there was nothing to do, so the importer can record exactly which passes applied.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The newest opset every onnx2torch converter we rely on understands (e.g. ReduceMean-18 moved axes to an input).
+MAX_OPSET = 17
+# Old graphs (Caffe2, early tf2onnx) are moved up to this opset when an operator lacks a converter at its own opset
+# (Dropout-7, BatchNormalization-7, Upsample ...).
+UPGRADE_OPSET = 13
+
+
+def default_opset(proto: Any) -> int:
+    return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def fix_input_shape(proto: Any, name: str, shape: tuple[int, ...]) -> str:
+    """Writes a static shape onto graph input `name` (the simplifier folds shape arithmetic from it)."""
+    dims = next(i for i in proto.graph.input if i.name == name).type.tensor_type.shape.dim
+    before = [d.dim_value if d.dim_value > 0 else (d.dim_param or "?") for d in dims]
+    if before == list(shape):
+        return ""
+    del dims[:]
+    for s in shape:
+        dims.add().dim_value = int(s)
+    return f"input '{name}' {before} -> {list(shape)}"
+
+
+def _constant_value(node: Any) -> Any:
+    """The value of a Constant node as a numpy array, or None (not a Constant, or a string/sparse constant)."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.attribute) != 1:
+        return None
+    attr = node.attribute[0]
+    if attr.name == "value":
+        return numpy_helper.to_array(attr.t)
+    dtypes = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64, "value_ints": np.int64}
+    if attr.name in dtypes:
+        return np.asarray(helper.get_attribute_value(attr), dtypes[attr.name])
+    return None
+
+
+def constants_to_initializers(proto: Any) -> str:
+    """Moves every Constant node's value into an initializer (Paddle's exporter stores weights as Constant nodes;
+    onnx2torch looks weights up among the initializers only)."""
+    from onnx import numpy_helper
+
+    keep, moved = [], 0
+    for node in proto.graph.node:
+        value = _constant_value(node)
+        if value is None:
+            keep.append(node)
+            continue
+        proto.graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+        moved += 1
+    if not moved:
+        return ""
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
+    return f"{moved} Constant nodes -> initializers"
+
+
+def drop_harmless_allowzero(proto: Any) -> str:
+    """Reshape(allowzero=1) equals allowzero=0 when the target shape has no zeros; onnx2torch only knows 0."""
+    from onnx import numpy_helper
+
+    consts = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    changed = 0
+    for node in proto.graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2:
+            continue
+        shape = consts.get(node.input[1])
+        if shape is not None and (shape != 0).all() and any(a.name == "allowzero" and a.i for a in node.attribute):
+            keep = [a for a in node.attribute if not (a.name == "allowzero" and a.i == 1)]
+            del node.attribute[:]
+            node.attribute.extend(keep)
+            changed += 1
+    return f"{changed} Reshape allowzero=1 -> 0 (no zero in the target shape)" if changed else ""
+
+
+def drop_initializer_inputs(proto: Any) -> str:
+    """IR < 4 lists every initializer as a graph input too; such inputs are constants, not model inputs."""
+    inits = {t.name for t in proto.graph.initializer}
+    keep = [i for i in proto.graph.input if i.name not in inits]
+    dropped = len(proto.graph.input) - len(keep)
+    if not dropped:
+        return ""
+    del proto.graph.input[:]
+    proto.graph.input.extend(keep)
+    return f"{dropped} initializers no longer listed as graph inputs"
+
+
+def missing_converters(proto: Any) -> list[Any]:
+    """Nodes onnx2torch has no converter for at the graph's opset (domain, op_type, version)."""
+    from onnx2torch.node_converters.registry import get_converter
+
+    opsets = {o.domain or "": o.version for o in proto.opset_import}
+    missing = []
+    for node in proto.graph.node:
+        domain = node.domain if node.domain != "ai.onnx" else ""
+        try:
+            get_converter(operation_type=node.op_type, version=opsets.get(domain, 0), domain=domain)
+        except NotImplementedError:
+            missing.append(node)
+    return missing
+
+
+def convert_opset(proto: Any, target: int) -> Any:
+    """onnx's version converter to `target` (default domain); raises what the converter raises."""
+    from onnx import version_converter
+
+    return version_converter.convert_version(proto, target)
+
+
+def static_reshapes(module: Any) -> int:
+    """onnx2torch reshapes read their target shape from a tensor at run time (data-dependent for torch.export);
+    where that shape is a constant without zeros, bake it in so the model exports to ONNX and TFLite again.
+    Returns how many reshapes were made static."""
+    import torch
+
+    class StaticReshape(torch.nn.Module):
+        def __init__(self, shape: tuple[int, ...]) -> None:
+            super().__init__()
+            self.shape = shape
+
+        def forward(self, x: torch.Tensor, _shape: torch.Tensor | None = None) -> torch.Tensor:
+            return torch.reshape(x, self.shape)
+
+    changed = 0
+    for node in list(module.graph.nodes):
+        if node.op != "call_module" or type(module.get_submodule(node.target)).__name__ != "OnnxReshape":
+            continue
+        arg = node.args[1] if len(node.args) > 1 else None
+        if getattr(arg, "op", None) != "get_attr":
+            continue
+        owner = module.get_submodule(arg.target.rpartition(".")[0]) if "." in arg.target else module
+        tensor = getattr(owner, arg.target.rpartition(".")[2])
+        if (tensor != 0).all():
+            module.add_submodule(node.target, StaticReshape(tuple(int(v) for v in tensor.tolist())))
+            changed += 1
+    module.recompile()
+    return changed
