@@ -18,6 +18,7 @@ import collections
 import contextlib
 import io
 import logging
+import warnings as warnings_module
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,10 @@ def import_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None) ->
     applied("constants", rw.constants_to_initializers(proto))
     proto = _fit_opset(proto, path, applied)
     applied("allowzero", rw.drop_harmless_allowzero(proto))
-    module = _convert(proto, path)
+    with warnings_module.catch_warnings(record=True) as caught:
+        warnings_module.simplefilter("always")
+        module = _convert(proto, path).eval()  # eval before any forward: a training-mode BatchNorm updates its stats
+    warnings += sorted({f"onnx2torch: {w.message}" for w in caught})
     baked = rw.static_reshapes(module)
     applied("static-reshapes", f"{_plural(baked, 'Reshape')} with a constant target shape baked in" if baked else "")
     _smoke_run(module, proto, path, (1, *shape[1:]))
@@ -102,7 +106,7 @@ def import_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None) ->
     info.update(passes=passes, warnings=warnings, nodes_converted=len(proto.graph.node), ops_converted=_op_counts(proto),
                 opset_converted=rw.default_opset(proto), converter=f"onnx2torch {version('onnx2torch')}",
                 onnx=onnx.__version__)
-    return OnnxImport(module.eval(), proto, tuple(shape), info)
+    return OnnxImport(module, proto, tuple(shape), info)
 
 
 def _read(path: Path) -> tuple[Any, list[str]]:
