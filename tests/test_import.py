@@ -295,7 +295,7 @@ def test_check_fails_when_the_conversion_disagrees(cnn_onnx: Path, digits_x: np.
     bundle = load_model(str(cnn_onnx))
     with torch.no_grad():
         next(p for p in bundle.module.parameters() if p.dim() == 4).mul_(1.05)
-    with pytest.raises(ImportCheckError, match="disagrees with ONNX Runtime"):
+    with pytest.raises(ImportCheckError, match="disagrees with onnxruntime"):
         check_import(bundle, digits_x)
     assert bundle.import_info["check"]["passed"] is False
 

@@ -13,6 +13,10 @@ MAX_OPSET = 17
 # Old graphs (Caffe2, early tf2onnx) are moved up to this opset when an operator lacks a converter at its own opset
 # (Dropout-7, BatchNormalization-7, Upsample ...).
 UPGRADE_OPSET = 13
+# onnx2torch converters of old opset versions that convert without error but compute something else:
+# op_type -> the first opset whose converter is right. Pad-2 reads an attribute 'constant_value'; the spec's is
+# 'value', so a non-zero pad value is lost.
+UNRELIABLE_BEFORE = {"Pad": 11}
 
 
 def default_opset(proto: Any) -> int:
@@ -45,6 +49,20 @@ def _constant_value(node: Any) -> Any:
     if attr.name in dtypes:
         return np.asarray(helper.get_attribute_value(attr), dtypes[attr.name])
     return None
+
+
+def release_batch(proto: Any, batch: int) -> str:
+    """A file fixed at batch N is imported at batch 1: stored shapes that carry N are dropped for re-inference.
+
+    A Reshape that bakes N into a constant is not rewritten; the check against ONNX Runtime running the original
+    file at batch N says whether the batch-1 graph computes the same thing per sample.
+    """
+    for out in proto.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        if dims and dims[0].dim_value == batch:
+            dims[0].dim_param = "batch"
+    del proto.graph.value_info[:]
+    return f"fixed batch {batch} -> 1 (the check runs the original file at batch {batch})"
 
 
 def constants_to_initializers(proto: Any) -> str:
@@ -94,7 +112,9 @@ def drop_initializer_inputs(proto: Any) -> str:
         return ""
     del proto.graph.input[:]
     proto.graph.input.extend(keep)
-    return f"{dropped} initializers no longer listed as graph inputs"
+    # IR 4 is the version that lets initializers stand outside the inputs; nothing else about the graph changes.
+    proto.ir_version = max(proto.ir_version, 4)
+    return f"{dropped} initializers no longer listed as graph inputs (IR version {proto.ir_version})"
 
 
 def missing_converters(proto: Any) -> list[Any]:
@@ -110,6 +130,12 @@ def missing_converters(proto: Any) -> list[Any]:
         except NotImplementedError:
             missing.append(node)
     return missing
+
+
+def unreliable_converters(proto: Any) -> list[Any]:
+    """Nodes whose onnx2torch converter at the graph's opset is known to be wrong (UNRELIABLE_BEFORE)."""
+    opset = default_opset(proto)
+    return [n for n in proto.graph.node if n.domain in ("", "ai.onnx") and opset < UNRELIABLE_BEFORE.get(n.op_type, 0)]
 
 
 def convert_opset(proto: Any, target: int) -> Any:
