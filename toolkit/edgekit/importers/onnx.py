@@ -27,6 +27,7 @@ import numpy as np
 
 from edgekit.errors import InputError
 from edgekit.importers import onnx_rewrites as rw
+from edgekit.importers.torch_static import bake_constant_shapes
 
 # Converted-vs-ORT tolerance: float32 kernels differ in summation order, nothing more is expected.
 ATOL = 1e-4
@@ -102,8 +103,8 @@ def import_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None) ->
         warnings_module.simplefilter("always")
         module = _convert(proto, path).eval()  # eval before any forward: a training-mode BatchNorm updates its stats
     warnings += sorted({f"onnx2torch: {w.message}" for w in caught})
-    baked = rw.static_reshapes(module)
-    applied("static-reshapes", f"{_plural(baked, 'Reshape')} with a constant target shape baked in" if baked else "")
+    baked = bake_constant_shapes(module)
+    applied("static-shapes", f"constant shape arguments baked into {_counts_text(baked)}" if baked else "")
     _smoke_run(module, proto, path, (1, *shape[1:]))
     from importlib.metadata import version
 
@@ -332,8 +333,10 @@ def check_import(bundle: Any, x: np.ndarray, data: str = "calibration") -> dict[
     err = float(np.max(np.nan_to_num(diff, nan=np.inf))) if ref.size else 0.0
     scale = float(np.max(np.abs(ref), initial=0.0, where=~np.isnan(ref))) if ref.size else 0.0
     tol = ATOL + RTOL * scale
-    flat_ref, flat_got = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
-    agreement = top1_agreement(flat_got, flat_ref) if flat_ref.shape[1] > 1 else None
+    # Top-1 per sample for (N, classes) outputs, per position for (N, steps, classes) sequence outputs (OCR
+    # recognisers); other outputs (maps, embeddings) have no top-1 and rely on the error alone.
+    agreement = (top1_agreement(got.reshape(-1, got.shape[-1]), ref.reshape(-1, ref.shape[-1]))
+                 if ref.ndim in (2, 3) and ref.shape[-1] > 1 else None)
     record = {"reference": reference, "inputs": len(x), "data": data,
               "max_abs_err": err, "max_abs_ref": scale, "tolerance": tol,
               "top1_agreement": agreement, "passed": bool(err <= tol)}
@@ -387,10 +390,6 @@ def _op_counts(proto: Any) -> dict[str, int]:
 
 def _counts_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {op}" for op, n in sorted(counts.items(), key=lambda t: -t[1]))
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 @contextlib.contextmanager

@@ -143,33 +143,3 @@ def convert_opset(proto: Any, target: int) -> Any:
     from onnx import version_converter
 
     return version_converter.convert_version(proto, target)
-
-
-def static_reshapes(module: Any) -> int:
-    """onnx2torch reshapes read their target shape from a tensor at run time (data-dependent for torch.export);
-    where that shape is a constant without zeros, bake it in so the model exports to ONNX and TFLite again.
-    Returns how many reshapes were made static."""
-    import torch
-
-    class StaticReshape(torch.nn.Module):
-        def __init__(self, shape: tuple[int, ...]) -> None:
-            super().__init__()
-            self.shape = shape
-
-        def forward(self, x: torch.Tensor, _shape: torch.Tensor | None = None) -> torch.Tensor:
-            return torch.reshape(x, self.shape)
-
-    changed = 0
-    for node in list(module.graph.nodes):
-        if node.op != "call_module" or type(module.get_submodule(node.target)).__name__ != "OnnxReshape":
-            continue
-        arg = node.args[1] if len(node.args) > 1 else None
-        if getattr(arg, "op", None) != "get_attr":
-            continue
-        owner = module.get_submodule(arg.target.rpartition(".")[0]) if "." in arg.target else module
-        tensor = getattr(owner, arg.target.rpartition(".")[2])
-        if (tensor != 0).all():
-            module.add_submodule(node.target, StaticReshape(tuple(int(v) for v in tensor.tolist())))
-            changed += 1
-    module.recompile()
-    return changed
