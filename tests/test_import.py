@@ -322,3 +322,50 @@ def test_imported_file_compresses_through_the_cli(cnn_onnx: Path, tmp_path: Path
     ort_acc = float((_ort(path, ds.x_test).argmax(1) == ds.y_test).mean())
     base = next(s for s in report["stages"] if s["name"] == "baseline")["metrics"]["accuracy"]
     assert abs(base - ort_acc) <= 0.005, (base, ort_acc)
+
+
+def test_constant_shape_arguments_are_baked_for_export(cnn_onnx: Path, digits_x: np.ndarray, tmp_path: Path):
+    """Slice, Resize, Tile, Expand and Reshape on activations with constant shape arguments (PP-OCR's det/rec
+    graphs): the converted model must export again, which onnx2torch's run-time shape reading would prevent."""
+    import onnx
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    src = onnx.load(str(cnn_onnx))
+    w = {t.name: numpy_helper.to_array(t) for t in src.graph.initializer}
+    w0 = w[next(n for n in src.graph.node if n.op_type == "Conv").input[1]]
+    c = numpy_helper.from_array
+    inits = [c(w0, "w0"), c(np.array([8], np.int64), "s_start"), c(np.array([0], np.int64), "s_end"),
+             c(np.array([1], np.int64), "s_axes"), c(np.array([-1], np.int64), "s_steps"),
+             c(np.array([1, 1, 2, 2], np.float32), "scales"), c(np.array([], np.float32), "roi"),
+             c(np.array([1, 1, 1, 2], np.int64), "reps"), c(np.array([2, 8, 1, 1], np.int64), "exp"),
+             c(np.array([0, -1], np.int64), "flat"), c(np.ones((10, 8 * 16 * 32), np.float32) * 1e-3, "head")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
+        helper.make_node("Slice", ["c0", "s_start", "s_end", "s_axes", "s_steps"], ["sl"]),  # channels 8..1, reversed
+        helper.make_node("Resize", ["sl", "roi", "scales"], ["rs"], mode="nearest", nearest_mode="floor",
+                         coordinate_transformation_mode="asymmetric"),
+        helper.make_node("Tile", ["rs", "reps"], ["tl"]),
+        helper.make_node("Expand", ["tl", "exp"], ["ex"]),
+        helper.make_node("Reshape", ["ex", "flat"], ["fl"]),
+        helper.make_node("Gemm", ["fl", "head"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(nodes, "shapes", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(X_SHAPE))],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 10])], inits)
+    path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "shapes.onnx")
+    from edgekit.importers import check_import
+    from edgekit.importers.onnx import import_onnx
+
+    imported = import_onnx(path)
+    baked = next(p["detail"] for p in imported.info["passes"] if p["pass"] == "static-shapes")
+    for op in ("Slice", "Resize", "Tile", "Expand", "Reshape"):
+        assert op in baked, baked
+    x = torch.as_tensor(digits_x[:1])
+    program = torch.export.export(imported.module, (x,))  # raises on a data-dependent shape
+    ref = _ort(path, digits_x[:1])
+    np.testing.assert_allclose(program.module()(x).detach().numpy(), ref, atol=1e-5, rtol=1e-4)
+
+    class Bundle:
+        module, import_info = imported.module, imported.info
+
+    assert check_import(Bundle(), digits_x[:4])["passed"]
