@@ -221,8 +221,9 @@ def _fit_opset(proto: Any, path: Path, applied: Any) -> Any:
     missing = rw.missing_converters(proto)
     if missing:
         node = missing[0]
+        opsets = {o.domain or "": o.version for o in proto.opset_import}
         raise UnsupportedOperator(path, node.op_type, node.name or node.output[0], domain=node.domain,
-                                  opset=rw.default_opset(proto))
+                                  opset=opsets.get(node.domain if node.domain != "ai.onnx" else "", 0))
     return proto
 
 
@@ -343,9 +344,12 @@ def check_import(bundle: Any, x: np.ndarray, data: str = "calibration") -> dict[
     info["check"] = record
     if not record["passed"]:
         agree = "" if agreement is None else f", top-1 agreement {agreement:.3f}"
+        batch = info["input"].get("batch_in_file")
+        hint = (f"; the file fixes batch {batch} and its graph may depend on it (edgekit runs graphs at batch 1)"
+                if batch not in (None, 1) else "")
         raise ImportCheckError(f"{info['file']}: the torch conversion disagrees with {reference.split(' on ')[0]} "
                                f"running the original file (max abs error {err:.3g} > tolerance {tol:.3g}{agree}, "
-                               f"{len(x)} {data} inputs)")
+                               f"{len(x)} {data} inputs){hint}")
     return record
 
 
