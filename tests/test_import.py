@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
+from edgekit.quant.policy import Policy
 
 X_SHAPE = (1, 1, 8, 8)
 
@@ -369,3 +370,82 @@ def test_constant_shape_arguments_are_baked_for_export(cnn_onnx: Path, digits_x:
         module, import_info = imported.module, imported.info
 
     assert check_import(Bundle(), digits_x[:4])["passed"]
+
+
+@pytest.fixture(scope="module")
+def cnn_tflite(tmp_path_factory) -> Path:
+    """The trained digits CNN as edgekit's TFLite exporter writes it (float)."""
+    from edgekit.export import tflite as tflite_export
+    from edgekit.zoo import trained_digits_cnn
+
+    path = tmp_path_factory.mktemp("tflite") / "cnn.tflite"
+    return tflite_export.export(trained_digits_cnn(), np.zeros(X_SHAPE, np.float32), path)
+
+
+def _litert(path: Path, x: np.ndarray) -> np.ndarray:
+    from edgekit.runtimes.litert import LiteRTRunner
+
+    runner = LiteRTRunner(path, 1)
+    return np.concatenate([runner(x[i:i + 1]) for i in range(len(x))])
+
+
+def _weights(path: Path) -> dict[str, tuple[str, int]]:
+    """Per weighted op (in order): (weight dtype, number of weight scales)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    out = {}
+    for i, op in enumerate(it._get_ops_details()):
+        if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            w = tensors[op["inputs"][1]]
+            out[f"{i}:{op['op_name']}"] = (w["dtype"].__name__, len(w["quantization_parameters"]["scales"]))
+    return out
+
+
+def test_litert_quantizer_backend_quantises_a_float_tflite(cnn_tflite: Path, tmp_path: Path):
+    """A float .tflite file (no torch model) through the LiteRT Quantizer, per layer, verified in LiteRT."""
+    from edgekit.data import digits
+    from edgekit.errors import InputError
+    from edgekit.quant.aeq_backend import AeqQuantizer
+
+    ds = digits()
+    q = AeqQuantizer(cnn_tflite, ds.x_train[:64])
+    names = [la.name for la in q.layers]
+    assert len(names) == 5 and [la.op_type for la in q.layers] == ["Conv"] * 4 + ["Gemm"]
+    full = q.apply(Policy.uniform(names, "int8_channel"), tmp_path / "int8.tflite")
+    assert all(dtype == "int8" and scales > 1 for dtype, scales in _weights(full).values())
+    x = ds.x_test[:200]
+    ref, got = _litert(cnn_tflite, x), _litert(full, x)
+    assert (ref.argmax(1) == got.argmax(1)).mean() >= 0.97
+    assert full.stat().st_size < 0.5 * cnn_tflite.stat().st_size
+    # Per layer: the first conv and the classifier float, one conv per-tensor, the rest per-channel.
+    modes = {n: "int8_channel" for n in names} | {names[0]: "float", names[2]: "int8_tensor", names[4]: "float"}
+    mixed = _weights(q.apply(Policy(layers=modes), tmp_path / "mixed.tflite"))
+    assert [v for v in mixed.values()] == [("float32", 0), ("int8", 32), ("int8", 1), ("int8", 64), ("float32", 0)]
+    with pytest.raises(InputError, match="already quantised"):
+        AeqQuantizer(full, ds.x_train[:8])
+    truncated = tmp_path / "cut.tflite"
+    truncated.write_bytes(cnn_tflite.read_bytes()[:2000])
+    with pytest.raises(InputError, match="cut.tflite"):
+        AeqQuantizer(truncated, ds.x_train[:8])
+
+
+def test_policy_search_runs_on_the_litert_quantizer(cnn_tflite: Path, tmp_path: Path):
+    from edgekit.data import digits
+    from edgekit.quant import aeq_backend
+    from edgekit.quant.driver import search_runtime
+    from edgekit.quant.evaluate import Scorer
+    from edgekit.quant.search import Constraints
+
+    ds = digits()
+    backend = aeq_backend.AeqQuantizer(cnn_tflite, ds.x_train[:64])
+    scorer = Scorer(backend, "litert", cnn_tflite, ds.x_test[:150], ds.y_test[:150], tmp_path, latency="measured",
+                    timing_runs=5, suffix=".tflite")
+    result = search_runtime(scorer, fmt="tflite", backend_name=aeq_backend.NAME, calibrations=aeq_backend.CALIBRATIONS,
+                            trials=3, constraints=Constraints(max_quality_drop=2.0), final_runs=10)
+    assert result.evaluated >= 3 and result.backend == "ai-edge-quantizer" and result.runtime.startswith("litert")
+    assert result.chosen.path.is_file() and result.chosen.drop <= 2.0 and result.constraints_met
+    assert len(result.sensitivity) == 5 and result.timings["chosen"]["p50_ms"] > 0
+    got = _litert(result.chosen.path, ds.x_test[:150])
+    assert (got.argmax(1) == ds.y_test[:150]).mean() == pytest.approx(result.chosen.quality)
