@@ -449,3 +449,21 @@ def test_policy_search_runs_on_the_litert_quantizer(cnn_tflite: Path, tmp_path: 
     assert len(result.sensitivity) == 5 and result.timings["chosen"]["p50_ms"] > 0
     got = _litert(result.chosen.path, ds.x_test[:150])
     assert (got.argmax(1) == ds.y_test[:150]).mean() == pytest.approx(result.chosen.quality)
+
+
+def test_bad_model_files_are_one_line_errors(cnn_onnx: Path, cnn_tflite: Path, tmp_path: Path):
+    """A text file named .onnx, an ONNX file with dynamic H/W and no --input-shape, a .tflite given as MODEL."""
+    import onnx
+
+    text = tmp_path / "notes.onnx"
+    text.write_text("these are my notes, not a model\n")
+    model = onnx.load(str(cnn_onnx))
+    _dynamic_hw_with_shape_arithmetic(model)
+    dynamic = _save(model, tmp_path / "dynamic.onnx")
+    cases = [(text, "notes.onnx"), (dynamic, "--input-shape"), (cnn_tflite, ".onnx and .pt2")]
+    for path, needle in cases:
+        out = tmp_path / f"run-{path.stem}"
+        r = run_cli("compress", str(path), "--out", str(out))
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], (path, r.stderr)
+        assert "Traceback" not in r.stderr and not out.exists()

@@ -22,6 +22,7 @@ DIGITS_SHAPE = (1, 1, 8, 8)
 _DIGITS_SEED = 0
 _DIGITS_EPOCHS = 40
 _DIGITS_CACHE_VERSION = "v1"
+_OTHER_MODEL_FILES = {".tflite", ".pb", ".h5", ".keras", ".pth", ".pt", ".caffemodel", ".mlmodel", ".engine"}
 
 
 @dataclass
@@ -133,6 +134,10 @@ def load_model(spec: str | None, weights: str | None = None, input_shape: tuple[
         bundle = _load_builtin(spec, weights, progress)
     elif spec.startswith("timm:"):
         bundle = _load_timm(spec[5:])
+    elif Path(spec).is_file() or Path(spec).suffix.lower() in _OTHER_MODEL_FILES:
+        # A file is never a zoo name: say what it is rather than suggest torchvision names.
+        raise InputError(f"cannot read model '{spec}': edgekit compress takes .onnx and .pt2 model files, zoo names "
+                         "or module:factory")
     elif spec.startswith("torchvision:") or (":" not in spec and "/" not in spec):
         bundle = _load_torchvision(spec.removeprefix("torchvision:"))
     elif ":" in spec:
