@@ -16,7 +16,7 @@ def check_import(bundle: Any, x: np.ndarray, data: str = "calibration") -> dict[
     if not info:
         return None
     if info.get("format") == "onnx":
-        from edgekit.importers.onnx import check_import as check_onnx
+        from edgekit.importers.onnx_check import check_import as check_onnx
 
         return check_onnx(bundle, x, data)
     return None
