@@ -16,6 +16,7 @@ from typing import Any
 from edgekit.data import DataBundle, from_arrays, load_data
 from edgekit.errors import InputError, SettingsError
 from edgekit.fileio import fingerprint, sha256_file
+from edgekit.importers import check_import
 from edgekit.targets import load_target
 from edgekit.zoo import ModelBundle, calibrate_batchnorm, load_model
 
@@ -129,6 +130,8 @@ def compress(model: Any = None, target: str = "host", *, data: Any = None, recip
         raise SettingsError(f"--max-quality-drop must be >= 0, got {max_quality_drop}")
     bundle, weights_id = _bundle(model, weights, input_shape, example_input, progress)
     ds = _data(data, bundle)
+    # A model imported from another tool's file is checked against that file's runtime before any stage runs.
+    check_import(bundle, ds.calibration(64), f"calibration inputs of {ds.name}")
     if bundle.weights.startswith("initialisation") and calibrate_batchnorm(bundle.module, ds.calibration(64)):
         bundle.weights += "; BatchNorm statistics set from 64 calibration inputs"
     budget = DEFAULT_BUDGET if auto and max_quality_drop is None else max_quality_drop
@@ -163,7 +166,7 @@ def _new_report(bundle: ModelBundle, ds: DataBundle, tgt: Any, rec: Any, threads
                             "labelled": ds.labelled},
                       recipe=rec.as_dict(), threads=threads, device=device,
                       budget=None if budget is None else {"max_quality_drop": budget, "metric": ds.quality_metric},
-                      plan=plan)
+                      plan=plan, **({"import": bundle.import_info} if bundle.import_info else {}))
 
 
 def _plan(bundle: ModelBundle, ds: DataBundle, tgt: Any, budget: float, overrides: dict | None) -> tuple[Any, dict]:

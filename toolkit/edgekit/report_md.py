@@ -32,6 +32,10 @@ def _header(report: dict[str, Any]) -> list[str]:
              f"- weights: {report.get('weights', '–')}",
              f"- data: {data.get('description', '–')}; quality metric: **{data.get('quality_metric', '–')}**",
              f"- threads: {report.get('threads')}", ""]
+    if report.get("import"):
+        from edgekit.importers import describe_import
+
+        lines.insert(-1, f"- import: {describe_import(report['import'])}")
     target = report.get("target_facts", {})
     if target:
         lines += [f"Target **{report.get('target')}**: {target.get('description', '')} ({target.get('cpu')}, "
