@@ -126,6 +126,8 @@ def cls(work: Path, runs: int, preslim: bool) -> dict[str, Any]:
             "cls_auto_p50_ms": auto_p50, "cls_auto_artifact": best,
             "cls_speedup": round(float_p50[float_best["path"]] / auto_p50, 3),
             "cls_float_p50_ms": float_p50,
+            # auto may recommend one of the float files: then the ratio only shows the timing noise of one file
+            "cls_auto_is_float_file": best in float_p50,
             "cls_all_p50_ms": {a["path"]: (a.get("latency") or {}).get("p50_ms") for a in report["artifacts"]},
             "cls_plan": [s["name"] for s in report["stages"]],
             "cls_plan_used": [t["name"] for t in report["plan"]["techniques"] if t["used"]],
