@@ -177,7 +177,6 @@ def record_browser_results(results: list[tuple[Artifact, list[Latency]]], ctx: R
         raws = [e.extra.pop("raw", None) for e in entries]
         measured = [e for e in entries if e.source == "measured"]
         primary = next((e for e in measured if e.engine == "chromium"), measured[0] if measured else entries[0])
-        a.latency = dataclasses.replace(primary, extra=dict(primary.extra))
         a.latencies = entries
         for e, raw in zip(entries, raws, strict=True):
             rows.append(f"| `{a.path}` | {e.engine} | "
@@ -198,6 +197,7 @@ def record_browser_results(results: list[tuple[Artifact, list[Latency]]], ctx: R
                             "runs": e.runs, "warmup": e.extra.get("warmup_runs")}, raw.get("per_op") or [],
                            sha256=a.sha256 or _bundle_model_sha(ctx.out / a.path), via=e.engine,
                            extra={"device": e.device, "samples_ms": [round(s, 4) for s in raw["samples_ms"]]})
+        a.latency = dataclasses.replace(primary, extra=dict(primary.extra))  # after the profile named the device
     written = [str(prof.save_profile(p, root=ctx.out / "profiles").relative_to(ctx.out)) for p in profiles.values()]
     if rows:
         ctx.add_section("Browser latency (onnxruntime-web)", "\n".join([
