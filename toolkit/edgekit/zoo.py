@@ -222,8 +222,8 @@ def _load_onnx(path: Path, input_shape: tuple[int, ...] | None) -> ModelBundle:
     from edgekit.importers.onnx import import_onnx
 
     imported = import_onnx(path, input_shape)
-    return ModelBundle(_per_sample(imported.module), str(path), imported.input_shape, f"file:{path}",
-                       import_info=imported.info)
+    module = imported.module if imported.batched else _per_sample(imported.module)
+    return ModelBundle(module, str(path), imported.input_shape, f"file:{path}", import_info=imported.info)
 
 
 def _per_sample(module: nn.Module) -> nn.Module:

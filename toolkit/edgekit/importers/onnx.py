@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import io
 import logging
 import warnings as warnings_module
@@ -26,7 +27,8 @@ from typing import Any
 from edgekit.errors import InputError
 from edgekit.importers import onnx_rewrites as rw
 from edgekit.importers.onnx_check import ATOL, RTOL, ImportCheckError, check_import  # noqa: F401 - public here too
-from edgekit.importers.torch_static import bake_constant_shapes
+from edgekit.importers.torch_standard import standardize
+from edgekit.importers.torch_static import bake_constant_shapes, keep_batch_symbolic
 
 
 class UnsupportedOperator(InputError):
@@ -36,6 +38,8 @@ class UnsupportedOperator(InputError):
                  reason: str = "") -> None:
         self.path, self.op_type, self.node, self.domain, self.opset, self.reason = (
             str(path), op_type, node, domain, opset, reason)
+        self.cleaned: Any = None  # set by import_onnx: the cleaned graph, for the ONNX-native route
+        self.info: dict[str, Any] = {}
         op = f"{domain}.{op_type}" if domain and domain != "ai.onnx" else op_type
         why = f": {reason}" if reason else ""
         super().__init__(f"{path}: cannot convert to torch: operator {op} (node '{node}', opset {opset}) is not "
@@ -46,26 +50,45 @@ class UnsupportedOperator(InputError):
 class OnnxImport:
     """A converted ONNX file: the torch module, the graph it was converted from, and what the import did."""
 
-    module: Any  # torch.fx.GraphModule, batch 1
+    module: Any  # torch.fx.GraphModule, imported at batch 1
     proto: Any  # the rewritten onnx.ModelProto that onnx2torch converted
     input_shape: tuple[int, ...]
     info: dict[str, Any] = field(default_factory=dict)
+    cleaned: Any = None  # the graph after the cleaning passes only (what the ONNX-native route deploys)
+    batched: bool = False  # the module runs whole batches (else one sample at a time)
 
 
-def import_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None) -> OnnxImport:
-    """Reads, rewrites and converts an ONNX file to a torch module (batch 1).
+def import_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None, standard: bool = True) -> OnnxImport:
+    """Reads, rewrites and converts an ONNX file to a torch module.
 
     Args:
         path: the .onnx file.
         input_shape: N,C,H,W; needed when the file leaves dimensions other than the batch dynamic.
+        standard: rewrite onnx2torch's modules into standard torch ops and let the graph run whole batches
+            (False: the module as onnx2torch writes it, with static shapes only, e.g. to compare against).
 
     Raises:
         InputError: the file is missing, not an ONNX model, truncated, has several inputs or needs a shape.
-        UnsupportedOperator: a node cannot be converted (names the operator and the node).
+        UnsupportedOperator: a node cannot be converted (names the operator and the node); its `cleaned` holds the
+            cleaned graph (before the onnx2torch-only rewrites) and `info` the import record, for the ONNX-native
+            route.
     """
+    path = Path(path)
+    proto, info, shape, applied = _prepare(path, input_shape)
+    cleaned = copy.deepcopy(proto)  # what ONNX Runtime runs on the native route: cleaned, not fitted to onnx2torch
+    try:
+        module, proto = _to_torch(proto, path, shape, info, applied, standard)
+    except UnsupportedOperator as e:
+        info.update(nodes_converted=len(proto.graph.node), ops_converted=_op_counts(proto))
+        e.cleaned, e.info = cleaned, info
+        raise
+    return OnnxImport(module, proto, tuple(shape), info, cleaned=cleaned, batched=info["batch"]["whole_batches"])
+
+
+def _prepare(path: Path, input_shape: tuple[int, ...] | None) -> tuple[Any, dict[str, Any], tuple[int, ...], Any]:
+    """Reads the file and runs the cleaning passes (input shape, batch, onnxslim, constants)."""
     import onnx
 
-    path = Path(path)
     proto, warnings = _read(path)
     passes: list[dict[str, str]] = []
 
@@ -80,7 +103,8 @@ def import_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None) ->
         "format": "onnx", "file": str(path), "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
         "ir_version": proto.ir_version, "opset": rw.default_opset(proto),
         "input": {"name": name, "shape_in_file": file_shape, "shape": list(shape)},
-        "nodes_in_file": len(proto.graph.node), "ops_in_file": _op_counts(proto)}
+        "nodes_in_file": len(proto.graph.node), "ops_in_file": _op_counts(proto), "passes": passes,
+        "warnings": warnings, "onnx": onnx.__version__}
     file_batch = file_shape[0] if file_shape and isinstance(file_shape[0], int) else None
     info["input"]["batch_in_file"] = file_batch
     applied("input-shape", rw.fix_input_shape(proto, name, (1, *shape[1:])))
@@ -88,21 +112,32 @@ def import_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None) ->
         applied("batch", rw.release_batch(proto, file_batch))
     proto = _simplify(proto, applied)
     applied("constants", rw.constants_to_initializers(proto))
+    return proto, info, tuple(shape), applied
+
+
+def _to_torch(proto: Any, path: Path, shape: tuple[int, ...], info: dict[str, Any], applied: Any,
+              standard: bool = True) -> tuple[Any, Any]:
+    """The onnx2torch-specific rewrites, the conversion, and the torch-side passes; (module, converted proto)."""
     proto = _fit_opset(proto, path, applied)
     applied("allowzero", rw.drop_harmless_allowzero(proto))
     with warnings_module.catch_warnings(record=True) as caught:
         warnings_module.simplefilter("always")
         module = _convert(proto, path).eval()  # eval before any forward: a training-mode BatchNorm updates its stats
-    warnings += sorted({f"onnx2torch: {w.message}" for w in caught})
+    info["warnings"] += sorted({f"onnx2torch: {w.message}" for w in caught})
     baked = bake_constant_shapes(module)
     applied("static-shapes", f"constant shape arguments baked into {_counts_text(baked)}" if baked else "")
-    _smoke_run(module, proto, path, (1, *shape[1:]))
+    one = (1, *shape[1:])
+    _smoke_run(module, proto, path, one)
+    rewritten = standardize(module, one) if standard else {}
+    applied("standard-ops", f"onnx2torch modules as standard torch ops: {_counts_text(rewritten)}" if rewritten else "")
+    whole, reshapes, why = keep_batch_symbolic(module, one) if standard else (False, 0, "not asked for")
+    info["batch"] = {"whole_batches": whole, **({"why_not": why} if why else {})}
+    applied("batch-symbolic", f"{reshapes} Reshape targets keep the batch dimension symbolic" if reshapes else "")
     from importlib.metadata import version
 
-    info.update(passes=passes, warnings=warnings, nodes_converted=len(proto.graph.node), ops_converted=_op_counts(proto),
-                opset_converted=rw.default_opset(proto), converter=f"onnx2torch {version('onnx2torch')}",
-                onnx=onnx.__version__)
-    return OnnxImport(module, proto, tuple(shape), info)
+    info.update(nodes_converted=len(proto.graph.node), ops_converted=_op_counts(proto),
+                opset_converted=rw.default_opset(proto), converter=f"onnx2torch {version('onnx2torch')}")
+    return module, proto
 
 
 def _read(path: Path) -> tuple[Any, list[str]]:

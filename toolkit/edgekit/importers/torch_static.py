@@ -18,11 +18,19 @@ def _static_reshape(_: Any, shape: Any) -> Any:
     target = [int(v) for v in shape.tolist()]
 
     class StaticReshape(torch.nn.Module):
+        # Set by keep_batch_symbolic: dimension 0 of the target is the batch (1 at import) and follows the input's.
+        batch_leading = False
+
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             # 0 copies the input's dimension (allowzero=0, the only form onnx2torch converts).
-            return torch.reshape(x, [x.shape[i] if s == 0 else s for i, s in enumerate(target)])
+            shape = [x.shape[i] if s == 0 else s for i, s in enumerate(target)]
+            if self.batch_leading:
+                shape[0] = x.shape[0]
+            return torch.reshape(x, shape)
 
-    return StaticReshape()
+    module = StaticReshape()
+    module.target = target
+    return module
 
 
 def _static_slice(_: Any, starts: Any, ends: Any, axes: Any = None, steps: Any = None) -> Any:
@@ -131,3 +139,39 @@ def _constant(module: Any, arg: Any) -> Any:
         return _NOT_CONSTANT
     owner, _, name = arg.target.rpartition(".")
     return getattr(module.get_submodule(owner) if owner else module, name)
+
+
+def keep_batch_symbolic(module: Any, input_shape: tuple[int, ...], batch: int = 2) -> tuple[bool, int, str]:
+    """Lets a graph imported at batch 1 run whole batches: Reshape targets whose first entry is the import's batch
+    (1) take the input's batch instead. Kept only when a batch of random inputs gives what the same inputs give one
+    at a time (a graph that mixes samples, or fixes batch 1 elsewhere, fails that and stays per sample).
+
+    Returns:
+        (whether the module now runs batches, how many Reshape targets were changed, why not).
+    """
+    import torch
+
+    reshapes = [m for m in module.modules() if type(m).__name__ == "StaticReshape" and m.target[:1] == [1]]
+    for m in reshapes:
+        m.batch_leading = True
+    x = torch.randn((batch, *input_shape[1:]), generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            whole = _first(module(x))
+            alone = torch.cat([_first(module(x[i:i + 1])) for i in range(batch)])
+        agree = whole.shape == alone.shape and bool(
+            ((whole - alone).abs().max() <= 1e-5 + 1e-4 * alone.abs().max()).item())
+        why = "" if agree else f"a batch of {batch} differs from its inputs run one at a time"
+    except Exception as e:  # noqa: BLE001 - any failure at batch > 1 means: run one sample at a time
+        agree, why = False, f"fails at batch {batch}: {str(e).strip().splitlines()[0][:120] if str(e).strip() else e}"
+    if not agree:
+        for m in reshapes:
+            m.batch_leading = False
+        return False, 0, why
+    return True, len(reshapes), ""
+
+
+def _first(out: Any) -> Any:
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    return out
