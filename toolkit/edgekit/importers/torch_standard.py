@@ -1,14 +1,14 @@
 """Standard torch forms of onnx2torch's modules, so that exports of an imported model look like torch-native ones.
 
 onnx2torch keeps every ONNX constant as a tensor attribute: `x + 3` in a Paddle hard-swish becomes
-`OnnxBinaryMathOperation(Add)(x, initializer_of_shape_[1])`. In torch.export that constant is a second, non-4-D graph
-input of the add, so litert-torch's layout pass (which keeps NHWC only through ops whose every input is 4-D) wraps
-each such op in TRANSPOSEs: PP-OCR's classifier exported with 37 of them, torchvision's MobileNetV3 with 1. Here:
+`OnnxBinaryMathOperation(Add)(x, initializer_of_shape_[1])`. In torch.export that constant is a second, 1-D tensor
+input of the add, and litert-torch's layout pass (whose default rule moves an op to NHWC only when all its inputs
+are 4-D) leaves those ops in NCHW with a TRANSPOSE on each side: PP-OCR's classifier exported with 37 TRANSPOSEs,
+torchvision's MobileNetV3 with 1. Here:
 
-- a one-element float constant operand of Add/Sub/Mul/Div becomes a Python number (`x + 3.0`): exactly the same
-  float32 arithmetic, and no tensor input left for the layout pass to stop at;
-- a lower-rank constant operand (a per-channel `[C, 1, 1]` scale) is stored at the other operand's rank
-  (`[1, C, 1, 1]`): the same broadcast, and every input 4-D;
+- a one-element float constant operand of Add/Sub/Mul/Div becomes a Python number (`x + 3.0`): the same float32
+  arithmetic, and no tensor input left for the layout pass to stop at (PP-OCR's classifier: 37 -> 1 TRANSPOSE);
+  a per-channel `[C, 1, 1]` constant exported without extra TRANSPOSEs in a test graph, so it is left alone;
 - `x * relu6(x + 3) / 6` and `x * hardsigmoid(x)` (alpha 1/6) become `F.hardswish(x)`, and HardSigmoid with
   alpha 1/6, beta 0.5 becomes `F.hardsigmoid`, as torchvision writes them.
 
@@ -56,7 +56,7 @@ def _rank(node: Any) -> int | None:
 
 def _binary_math(module: Any) -> int:
     """onnx2torch's Add/Sub/Mul/Div modules -> torch's operators; a one-element float constant operand -> a Python
-    number, a lower-rank constant operand -> stored at the other operand's rank. Returns the constants changed."""
+    number. Returns how many constants became numbers."""
     changed = 0
     for node in list(module.graph.nodes):
         if node.op != "call_module" or node.kwargs or len(node.args) != 2:
@@ -70,16 +70,11 @@ def _binary_math(module: Any) -> int:
         if sum(c is not None for c in consts) == 1:
             k = 0 if consts[0] is not None else 1
             const, rank = consts[k], _rank(args[1 - k])
-            if const.is_floating_point() and rank is not None and const.dim() <= rank and _float(args[1 - k]):
-                if const.numel() == 1:
-                    args[k] = float(const.reshape(()))
-                    changed += 1
-                elif const.dim() < rank:
-                    name = f"_full_rank_{node.name}"
-                    module.register_buffer(name, const.reshape((1,) * (rank - const.dim()) + tuple(const.shape)))
-                    with module.graph.inserting_before(node):
-                        args[k] = module.graph.get_attr(name)
-                    changed += 1
+            # A one-element constant whose rank does not exceed the other operand's broadcasts like a number.
+            if (const.is_floating_point() and const.numel() == 1 and rank is not None and const.dim() <= rank
+                    and _float(args[1 - k])):
+                args[k] = float(const.reshape(()))
+                changed += 1
         with module.graph.inserting_after(node):
             new = module.graph.call_function(fn, tuple(args))
         new.meta = dict(node.meta)
