@@ -130,8 +130,7 @@ def compress(model: Any = None, target: str = "host", *, data: Any = None, recip
         raise SettingsError(f"--max-quality-drop must be >= 0, got {max_quality_drop}")
     bundle, weights_id = _bundle(model, weights, input_shape, example_input, progress)
     ds = _data(data, bundle)
-    # A model imported from another tool's file is checked against that file's runtime before any stage runs.
-    check_import(bundle, ds.calibration(64), f"calibration inputs of {ds.name}")
+    _check_import(bundle, ds)
     if bundle.weights.startswith("initialisation") and calibrate_batchnorm(bundle.module, ds.calibration(64)):
         bundle.weights += "; BatchNorm statistics set from 64 calibration inputs"
     budget = DEFAULT_BUDGET if auto and max_quality_drop is None else max_quality_drop
@@ -139,7 +138,10 @@ def compress(model: Any = None, target: str = "host", *, data: Any = None, recip
     if auto:
         rec, plan = _plan(bundle, ds, tgt, budget, overrides)
     assert rec is not None
-    check_facts([(s.name, s.contract) for s in rec.stages], labelled=ds.labelled, data_name=ds.name)
+    native = bundle.native if bundle.module is bundle.native else None
+    check_facts([(s.name, s.contract) for s in rec.stages], labelled=ds.labelled, data_name=ds.name,
+                torch_model=native is None, model_format=native.format if native else "",
+                torch_blocker=native.blocker if native else "")
     if budget is None:
         quant = next((s for s in rec.stages if s.name == "quantize"), None)
         budget = quant.settings.max_quality_drop if quant else None
@@ -158,6 +160,7 @@ def compress(model: Any = None, target: str = "host", *, data: Any = None, recip
 
 def _new_report(bundle: ModelBundle, ds: DataBundle, tgt: Any, rec: Any, threads: int, device: str | None,
                 budget: float | None, plan: dict | None) -> dict[str, Any]:
+    from edgekit.importers.native import route
     from edgekit.report import new_report
 
     return new_report(model=bundle.name, target=tgt.name, weights=bundle.weights, input_shape=list(bundle.input_shape),
@@ -166,14 +169,16 @@ def _new_report(bundle: ModelBundle, ds: DataBundle, tgt: Any, rec: Any, threads
                             "labelled": ds.labelled},
                       recipe=rec.as_dict(), threads=threads, device=device,
                       budget=None if budget is None else {"max_quality_drop": budget, "metric": ds.quality_metric},
-                      plan=plan, **({"import": bundle.import_info} if bundle.import_info else {}))
+                      plan=plan, route=route(bundle),
+                      **({"import": bundle.import_info} if bundle.import_info else {}))
 
 
 def _plan(bundle: ModelBundle, ds: DataBundle, tgt: Any, budget: float, overrides: dict | None) -> tuple[Any, dict]:
     from edgekit import plan as planner
     from edgekit.pipeline import load_recipe
 
-    facts = planner.gather(bundle.module, bundle.input_shape, ds, tgt, budget)
+    native = bundle.native if bundle.module is bundle.native else None
+    facts = planner.gather(bundle.module, bundle.input_shape, ds, tgt, budget, native=native)
     spec, decisions = planner.plan(facts)
     planned = {next(iter(s)) for s in spec["stages"]}
     for name in overrides or {}:
@@ -186,11 +191,25 @@ def _plan(bundle: ModelBundle, ds: DataBundle, tgt: Any, budget: float, override
     return rec, {"summary": planner.describe(decisions, facts), "techniques": decisions}
 
 
+def _check_import(bundle: ModelBundle, ds: DataBundle) -> None:
+    """A model imported from another tool's file is checked against that file's runtime before any stage runs;
+    when the torch conversion disagrees, the file itself is compressed (the ONNX-native route) instead."""
+    from edgekit.importers.native import use_native
+    from edgekit.importers.onnx_check import ImportCheckError
+
+    try:
+        check_import(bundle, ds.calibration(64), f"calibration inputs of {ds.name}")
+    except ImportCheckError as e:
+        if bundle.native is None:
+            raise
+        use_native(bundle, str(e))
+
+
 def _bundle(model: Any, weights: str | None, input_shape: tuple[int, ...] | None, example_input: Any,
             progress: Any) -> tuple[ModelBundle, str]:
     """(the model bundle, an id of its weights for the fingerprint)."""
     if model is None or isinstance(model, (str, Path)):
-        bundle = load_model(None if model is None else str(model), weights, input_shape, progress)
+        bundle = load_model(None if model is None else str(model), weights, input_shape, progress, native=True)
         return bundle, sha256_file(weights) if weights else bundle.weights
     import copy
 

@@ -42,6 +42,8 @@ class Contract:
         outputs: paths under the run folder that the stage owns (removed when a recipe no longer has the stage).
         labels_note: added to the error when labels are missing.
         verifies: the stage checks artifacts (what "verified" needs).
+        native: model-file formats ("onnx", "tflite") on which a stage that needs "torch" runs all the same when
+            the model has no torch form (the native routes of edgekit.importers.native): it works on the file.
     """
 
     needs: frozenset[str] = frozenset()
@@ -53,6 +55,7 @@ class Contract:
     outputs: tuple[str, ...] = ()
     labels_note: str = ""
     verifies: bool = False
+    native: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         bad = (set(self.needs) - set(NEEDS)) | (set(self.changes) - set(CHANGES))
@@ -138,16 +141,27 @@ def _check_model_change(i: int, name: str, c: Contract, seen: _Seen) -> None:
 
 
 def check_facts(stages: Sequence[tuple[str, Contract]], *, labelled: bool, torch_model: bool = True,
-                data_name: str = "") -> None:
-    """Raises a one-line error when the data or model cannot give a stage what it needs."""
+                data_name: str = "", model_format: str = "", torch_blocker: str = "") -> None:
+    """Raises a one-line error when the data or model cannot give a stage what it needs.
+
+    Args:
+        stages: (stage name, contract) in recipe order.
+        labelled: the data has labels.
+        torch_model: the model has a torch form (False on the native routes).
+        data_name: the data's name, for the error.
+        model_format: without a torch model, the model file's format ("onnx", "tflite").
+        torch_blocker: without a torch model, why (one line; names the operator and node that blocked it).
+    """
     for i, (name, c) in enumerate(stages):
+        if "torch" in c.needs and not torch_model and model_format not in c.native:
+            instead = (f"with these settings it works on {' and '.join(sorted(c.native))} model files only"
+                       if c.native else f"use a recipe without {name} (e.g. --recipe auto)")
+            raise SettingsError(f"{name} (stage {i + 1}) needs a torch model, and this model has none: "
+                                f"{torch_blocker or 'it could not be converted to torch'}; {instead}")
         if "labels" in c.needs and not labelled:
             raise SettingsError(f"{name} (stage {i + 1}) trains the model and needs labelled data; "
                                 f"'{data_name or 'the data'}' has none (pass --data digits, an image folder or an "
                                 f".npz with x and y{c.labels_note})")
-        if "torch" in c.needs and not torch_model:
-            raise SettingsError(f"{name} (stage {i + 1}) needs a torch model, and this model could not be converted "
-                                "to torch; use a recipe without it (e.g. --recipe auto)")
 
 
 def superseded_reason(producer: str, by: str) -> str:

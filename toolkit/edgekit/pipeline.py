@@ -66,6 +66,13 @@ class RunContext:
         return d
 
     @property
+    def native(self) -> Any:
+        """The model as a file (importers.native.NativeModel) when it has no torch form and the native route runs;
+        None when the stages get a torch model."""
+        native = self.bundle.native
+        return native if native is not None and self.bundle.module is native else None
+
+    @property
     def example_input(self) -> np.ndarray:
         return self.data.x_test[:1].astype(np.float32)
 
@@ -114,9 +121,9 @@ class RunContext:
 
     def point(self, model: Any, version: int | None = None) -> ChainPoint:
         """The chain point of a torch model: its quality, parameters and nonzeros."""
-        total, nonzero = count_params(model)
+        total, nonzero, nbytes = _weight_counts(model)
         return ChainPoint(quality=self.quality_of_logits(self.model_logits(model, version)), params=total,
-                          nonzeros=nonzero, weights_bytes=sum(p.numel() * p.element_size() for p in model.parameters()))
+                          nonzeros=nonzero, weights_bytes=nbytes)
 
     def spent_budget(self) -> float:
         """Points of quality the chain has lost so far (torch model vs the loaded model), for a stage's budget."""
@@ -200,11 +207,19 @@ def _size_of(path: Path) -> int:
 
 
 def count_params(model: Any) -> tuple[int, int]:
-    total = nonzero = 0
+    return _weight_counts(model)[:2]
+
+
+def _weight_counts(model: Any) -> tuple[int, int, int]:
+    """(parameters, nonzero parameters, bytes stored dense) of a torch model or a native model file."""
+    if hasattr(model, "weight_counts"):  # importers.native.NativeModel: the weights stored in the file
+        return model.weight_counts()
+    total = nonzero = nbytes = 0
     for p in model.parameters():
         total += p.numel()
         nonzero += int((p != 0).sum())
-    return total, nonzero
+        nbytes += p.numel() * p.element_size()
+    return total, nonzero, nbytes
 
 
 def run_pipeline(ctx: RunContext, recipe: Recipe, base_fingerprint: str, resume: bool = True) -> dict[str, Any]:

@@ -37,6 +37,15 @@ class Facts:
     prunable: dict[str, str]  # layers a runtime of the target runs sparse (rules.prunable_layers)
     sparse_blocker: str  # why none is, when prunable is empty
     chosen: list[str] = field(default_factory=list)
+    # The native routes (edgekit.importers.native): no torch model, only what works on the model file.
+    torch_model: bool = True
+    model_format: str = ""  # without a torch model: the model file's format ("onnx", "tflite")
+    torch_blocker: str = ""  # without a torch model: why, in one line (the operator and node that blocked it)
+    file_formats: tuple[str, ...] = ()  # without a torch model: the target's formats that the file gives
+
+    def no_torch(self, what: str) -> Decision:
+        """The decision of a technique that needs a torch model, on a native route."""
+        return Decision(False, f"{what} needs a torch model, and this model has none: {self.torch_blocker}")
 
 
 @dataclass
@@ -68,6 +77,8 @@ def technique(name: str, order: int) -> Callable[[Callable[[Facts], Decision]], 
 
 @technique("prune", order=20)
 def _prune(f: Facts) -> Decision:
+    if not f.torch_model:
+        return f.no_torch("lottery-ticket pruning retrains the model, so it")
     if not f.labelled:
         return Decision(False, f"needs labelled data to retrain ('{f.data_name}' has none): post-training "
                                "techniques only")
@@ -86,6 +97,8 @@ def _prune(f: Facts) -> Decision:
 
 @technique("sparsify", order=30)
 def _sparsify(f: Facts) -> Decision:
+    if not f.torch_model:
+        return f.no_torch("sparse conversion")
     if "prune" not in f.chosen:
         return Decision(False, "nothing pruned for a sparse runtime")
     return Decision(True, "stores the pruned layers as sparse TFLite tensors for XNNPACK's sparse path",
@@ -94,6 +107,8 @@ def _sparsify(f: Facts) -> Decision:
 
 @technique("decompose", order=40)
 def _decompose(f: Facts) -> Decision:
+    if not f.torch_model:
+        return f.no_torch("decomposition")
     return Decision(False, "low-rank decomposition trades accuracy for fewer multiply-adds, which is not faster on "
                            "every runtime; auto does not plan it yet (use --recipe decompose with budget: latency)")
 
@@ -102,11 +117,15 @@ def _decompose(f: Facts) -> Decision:
 def _quantize(f: Facts) -> Decision:
     from edgekit.stages.quantize import BACKENDS
 
-    fmts = [r.format for r in f.target.runtimes if r.int8 and r.format in BACKENDS]
+    fmts = [r.format for r in f.target.runtimes if r.int8 and r.format in BACKENDS
+            and (f.torch_model or r.format in f.file_formats)]
     if not fmts:
-        return Decision(False, f"no runtime of {f.target.name} has an INT8 backend in edgekit")
+        return Decision(False, f"no runtime of {f.target.name} has an INT8 backend in edgekit"
+                               + ("" if f.torch_model else " that works on the model file"))
     settings = {"chain_budget": True, "max_quality_drop": f.budget, "trials": 16, "timing_runs": 10,
                 "final_runs": 60, "max_seconds": 300.0, "skip_failing_formats": True}
+    if not f.torch_model:
+        settings["formats"] = fmts
     metric = "accuracy" if f.labelled else "top-1 agreement with the loaded model"
     return Decision(True, f"per-layer INT8 policy search on latency measured in {', '.join(fmts)} runtimes "
                           f"(16 trials; {metric}; whatever the earlier stages left of the budget); a layer stays "
@@ -118,23 +137,32 @@ def plan(facts: Facts) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     stages: list[dict[str, Any]] = [{"check": {}}, {"baseline": {}}]
     decisions = []
     exported = False
+    # Without a torch model, export writes the target's formats the model file gives, and says so in the plan.
+    export = {} if facts.torch_model else {"formats": list(facts.file_formats)}
     for t in sorted(TECHNIQUES.values(), key=lambda t: t.order):
         if t.order > EXPORT_ORDER and not exported:
-            stages.append({"export": {}})
+            stages.append({"export": export})
             exported = True
         d = t.decide(facts)
         if d.used:
             facts.chosen.append(t.name)
             stages += [{name: settings} for name, settings in d.stages]
         decisions.append({"name": t.name, "used": d.used, "why": d.why, "stages": [n for n, _ in d.stages]})
-    stages += ([] if exported else [{"export": {}}]) + [{"verify": {}}, {"measure": {}}]
+    stages += ([] if exported else [{"export": export}]) + [{"verify": {}}, {"measure": {}}]
     return {"stages": stages}, decisions
 
 
-def gather(model: Any, input_shape: tuple[int, ...], data: Any, target: Target, budget: float) -> Facts:
-    """The facts the planner needs: the sparse-capable layers cost one TFLite conversion on ARM / WASM targets."""
+def gather(model: Any, input_shape: tuple[int, ...], data: Any, target: Target, budget: float,
+           native: Any = None) -> Facts:
+    """The facts the planner needs: the sparse-capable layers cost one TFLite conversion on ARM / WASM targets.
+
+    Args:
+        native: the model file (importers.native.NativeModel) when the model has no torch form.
+    """
     from edgekit import rules
 
+    if native is not None:
+        return _native_facts(native, data, target, budget)
     prunable: dict[str, str] = {}
     blocker = ""
     sparse_rts = [r for r in target.runtimes if r.sparse_rules not in ("", "none")]
@@ -149,9 +177,27 @@ def gather(model: Any, input_shape: tuple[int, ...], data: Any, target: Target, 
                  n_train=len(data.x_train), prunable=prunable, sparse_blocker=blocker)
 
 
+def _native_facts(native: Any, data: Any, target: Target, budget: float) -> Facts:
+    from edgekit import export as exporters
+    from edgekit.errors import SettingsError
+
+    makeable = exporters.file_formats(native.format)
+    fmts = tuple(f for f in target.formats if f in makeable)
+    if not fmts:
+        raise SettingsError(f"--recipe auto: no format of target {target.name} ({', '.join(target.formats)}) can be "
+                            f"written from this .{native.format} model without a torch model ({native.blocker})")
+    return Facts(target=target, labelled=data.labelled, data_name=data.name, budget=budget,
+                 n_train=len(data.x_train), prunable={}, sparse_blocker="no torch model", torch_model=False,
+                 model_format=native.format, torch_blocker=native.blocker, file_formats=fmts)
+
+
 def describe(decisions: list[dict[str, Any]], facts: Facts) -> str:
     used = [d["name"] for d in decisions if d["used"]]
     data = ("labelled data: training techniques allowed" if facts.labelled else
             "no labelled data: post-training techniques only (quality is top-1 agreement with the loaded model)")
+    route = "" if facts.torch_model else (
+        f" The model has no torch form ({facts.torch_blocker}): the {facts.model_format.upper()}-native route "
+        f"works on the file ({', '.join(facts.file_formats)} artifacts; reference: the original file in its own "
+        "runtime).")
     return (f"Planned for {facts.target.name} under a {facts.budget}-point quality budget from the model as loaded; "
-            f"{data}. Chosen: {', '.join(used) or 'export only'}.")
+            f"{data}. Chosen: {', '.join(used) or 'export only'}.{route}")

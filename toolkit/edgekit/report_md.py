@@ -36,6 +36,10 @@ def _header(report: dict[str, Any]) -> list[str]:
         from edgekit.importers import describe_import
 
         lines.insert(-1, f"- import: {describe_import(report['import'])}")
+    route = report.get("route") or {}
+    if route.get("name") not in (None, "torch"):
+        lines.insert(-1, f"- route: **{route['name']}** (no torch model: {route.get('why')}); stages that need a "
+                         f"torch model are refused; every artifact is verified against {route.get('reference')}")
     target = report.get("target_facts", {})
     if target:
         lines += [f"Target **{report.get('target')}**: {target.get('description', '')} ({target.get('cpu')}, "

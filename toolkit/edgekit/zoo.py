@@ -22,7 +22,7 @@ DIGITS_SHAPE = (1, 1, 8, 8)
 _DIGITS_SEED = 0
 _DIGITS_EPOCHS = 40
 _DIGITS_CACHE_VERSION = "v1"
-_OTHER_MODEL_FILES = {".tflite", ".pb", ".h5", ".keras", ".pth", ".pt", ".caffemodel", ".mlmodel", ".engine"}
+_OTHER_MODEL_FILES = {".pb", ".h5", ".keras", ".pth", ".pt", ".caffemodel", ".mlmodel", ".engine"}
 
 
 @dataclass
@@ -36,6 +36,9 @@ class ModelBundle:
     default_data: str | None = None  # data spec the model was made for, e.g. "digits"
     num_classes: int | None = None
     import_info: dict[str, Any] | None = None  # how a file from another tool was imported (importers/), if it was
+    # The model as a file its own runtime runs (importers.native.NativeModel), for .onnx and .tflite models. When
+    # `module` is this object, there is no torch model and the native route runs (importers.native.route).
+    native: Any = None
 
 
 def cache_dir() -> Path:
@@ -116,18 +119,22 @@ def list_zoo(filter_text: str = "") -> list[str]:
 
 
 def load_model(spec: str | None, weights: str | None = None, input_shape: tuple[int, ...] | None = None,
-               progress: Any = None) -> ModelBundle:
+               progress: Any = None, native: bool = False) -> ModelBundle:
     """Resolves MODEL as the CLI takes it.
 
     Args:
-        spec: None (built-in default), a zoo name, a .onnx or .pt2 path, or `package.module:factory`.
+        spec: None (built-in default), a zoo name, a .onnx, .tflite or .pt2 path, or `package.module:factory`.
         weights: optional state-dict file, loaded with weights_only=True.
         input_shape: overrides the inferred input shape (N,C,H,W).
         progress: a rich Progress for long steps.
+        native: accept a model that has no torch form (a .tflite file, an ONNX file with an operator onnx2torch
+            lacks): its `module` is then an importers.native.NativeModel. Without it, such models are errors.
     """
     spec = spec or DEFAULT_MODEL
     if spec.endswith(".onnx"):
-        bundle = _load_onnx(Path(spec), input_shape)
+        bundle = _load_onnx(Path(spec), input_shape, native)
+    elif spec.lower().endswith(".tflite"):
+        bundle = _load_tflite(Path(spec), input_shape, native)
     elif spec.endswith(".pt2"):
         bundle = _load_pt2(Path(spec))
     elif spec.startswith("edgekit:"):
@@ -136,14 +143,16 @@ def load_model(spec: str | None, weights: str | None = None, input_shape: tuple[
         bundle = _load_timm(spec[5:])
     elif Path(spec).is_file() or Path(spec).suffix.lower() in _OTHER_MODEL_FILES:
         # A file is never a zoo name: say what it is rather than suggest torchvision names.
-        raise InputError(f"cannot read model '{spec}': edgekit compress takes .onnx and .pt2 model files, zoo names "
-                         "or module:factory")
+        raise InputError(f"cannot read model '{spec}': edgekit compress takes .onnx, .tflite and .pt2 model files, "
+                         "zoo names or module:factory")
     elif spec.startswith("torchvision:") or (":" not in spec and "/" not in spec):
         bundle = _load_torchvision(spec.removeprefix("torchvision:"))
     elif ":" in spec:
         bundle = _load_factory(spec, input_shape)
     else:
         raise InputError(f"cannot read model '{spec}': expected a zoo name, a .onnx or .pt2 file, or module:factory")
+    if weights and bundle.module is bundle.native is not None:
+        raise InputError(f"--weights: {spec} has no torch model to load a state dict into")
     if weights and not spec.startswith("edgekit:digits_cnn"):
         _load_weights(bundle, Path(weights))
     if input_shape:
@@ -216,14 +225,38 @@ def _load_factory(spec: str, input_shape: tuple[int, ...] | None) -> ModelBundle
     return ModelBundle(module.eval(), spec, tuple(shape), "as built by the factory")
 
 
-def _load_onnx(path: Path, input_shape: tuple[int, ...] | None) -> ModelBundle:
+def _load_onnx(path: Path, input_shape: tuple[int, ...] | None, native: bool) -> ModelBundle:
     """An ONNX file from any exporter, through the import pass (edgekit.importers.onnx); the check against ONNX
-    Runtime runs later, on calibration inputs (importers.check_import)."""
-    from edgekit.importers.onnx import import_onnx
+    Runtime runs later, on calibration inputs (importers.check_import). With `native`, a file onnx2torch cannot
+    convert becomes a native model (importers.native) instead of an error."""
+    from edgekit.importers import native as native_models
+    from edgekit.importers.onnx import UnsupportedOperator, import_onnx
 
-    imported = import_onnx(path, input_shape)
+    try:
+        imported = import_onnx(path, input_shape)
+    except UnsupportedOperator as e:
+        if not native or e.cleaned is None:
+            raise
+        model = native_models.from_onnx(path, e.cleaned, e.info)
+        bundle = ModelBundle(model, str(path), model.input_shape, f"file:{path}", import_info=e.info, native=model)
+        native_models.use_native(bundle, str(e), native_models.blocked_by(e))
+        return bundle
     module = imported.module if imported.batched else _per_sample(imported.module)
-    return ModelBundle(module, str(path), imported.input_shape, f"file:{path}", import_info=imported.info)
+    return ModelBundle(module, str(path), imported.input_shape, f"file:{path}", import_info=imported.info,
+                       native=native_models.from_onnx(path, imported.cleaned, imported.info))
+
+
+def _load_tflite(path: Path, input_shape: tuple[int, ...] | None, native: bool) -> ModelBundle:
+    """A float .tflite file: always a native model (edgekit does not convert TFLite to torch)."""
+    from edgekit.importers import native as native_models
+
+    if not native:
+        raise InputError(f"{path}: a .tflite model has no torch form; `edgekit compress` and `edgekit quantize` "
+                         "take it")
+    model, info = native_models.load_tflite(path, input_shape)
+    bundle = ModelBundle(model, str(path), model.input_shape, f"file:{path}", import_info=info, native=model)
+    native_models.use_native(bundle, f"{path.name} is a TFLite file: edgekit does not convert TFLite to torch")
+    return bundle
 
 
 def _per_sample(module: nn.Module) -> nn.Module:

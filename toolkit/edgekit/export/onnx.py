@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 RUNTIME = "onnxruntime"
 SUFFIX = ".onnx"
 OPSET = 18
+FROM_FILE = ("onnx",)  # model-file formats this format is made from without torch (importers.native)
 
 
 def export(model: nn.Module, example: np.ndarray, path: Path, opset: int = OPSET) -> Path:
@@ -35,6 +36,13 @@ def export(model: nn.Module, example: np.ndarray, path: Path, opset: int = OPSET
         except Exception as e:
             raise EdgekitError(f"ONNX export failed: {str(e).strip().splitlines()[0][:300]}") from None
         tmp_onnx.replace(tmp)
+    return path
+
+
+def from_file(src: Path, path: Path) -> Path:
+    """The artifact of a model that is an ONNX file already (the ONNX-native route): the file itself."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(Path(src).read_bytes())
     return path
 
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 RUNTIME = "litert"
 SUFFIX = ".tflite"
+FROM_FILE = ("tflite",)  # model-file formats this format is made from without torch (importers.native)
 
 
 def export(model: nn.Module, example: np.ndarray, path: Path, **convert_kwargs: Any) -> Path:
@@ -35,6 +36,13 @@ def export(model: nn.Module, example: np.ndarray, path: Path, **convert_kwargs: 
                 edge.export(str(tmp))
             except Exception as e:
                 raise EdgekitError(f"TFLite export failed: {str(e).strip().splitlines()[0][:300]}") from None
+    return path
+
+
+def from_file(src: Path, path: Path) -> Path:
+    """The artifact of a model that is a .tflite file already (the TFLite-native route): the file itself."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(Path(src).read_bytes())
     return path
 
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 RUNTIME = "onnxruntime-web"
 SUFFIX = "_web"
+FROM_FILE = ("onnx",)  # model-file formats this format is made from without torch (importers.native)
 RUNTIME_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 _TEMPLATES = Path(__file__).resolve().parents[1] / "measure"  # web_model.js, web_index.html (package data)
 
@@ -42,6 +43,11 @@ def export(model: nn.Module, example: np.ndarray, path: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="edgekit-web-") as tmp:
         onnx_file = onnx_export.export(model, example, Path(tmp) / "model.onnx")
         return write_bundle(onnx_file, path)
+
+
+def from_file(src: Path, path: Path) -> Path:
+    """The browser bundle of a model that is an ONNX file already (the ONNX-native route)."""
+    return write_bundle(src, path)
 
 
 def write_bundle(onnx_file: Path, folder: Path, threads: int = 1) -> Path:

@@ -13,8 +13,8 @@ def check_import(bundle: Any, x: np.ndarray, data: str = "calibration") -> dict[
     See edgekit.importers.onnx.check_import.
     """
     info = getattr(bundle, "import_info", None)
-    if not info:
-        return None
+    if not info or (bundle.native is not None and bundle.module is bundle.native):
+        return None  # no torch model (the native routes): the file itself is what runs
     if info.get("format") == "onnx":
         from edgekit.importers.onnx_check import check_import as check_onnx
 
@@ -24,6 +24,9 @@ def check_import(bundle: Any, x: np.ndarray, data: str = "calibration") -> dict[
 
 def describe_import(info: dict[str, Any]) -> str:
     """One Markdown line for the report: what the file was, which passes applied, how the check came out."""
+    if info.get("format") == "tflite":
+        return (f"TFLite file{' (' + info['producer'] + ')' if info.get('producer') else ''}, "
+                f"{info.get('nodes_in_file')} ops, input {info.get('input', {}).get('shape')}: used as it is")
     passes = ", ".join(p["pass"] for p in info.get("passes", [])) or "none"
     line = (f"{info.get('format', '?').upper()} file from {info.get('producer') or 'an unnamed exporter'} (opset "
             f"{info.get('opset')}), {info.get('nodes_in_file')} -> {info.get('nodes_converted')} nodes; passes: {passes}")

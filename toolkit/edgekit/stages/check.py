@@ -1,12 +1,14 @@
 """check: "will it be faster?" before any training. Which layers the target's runtimes will run sparse and/or in
 INT8, and what blocks the rest (the rules live in edgekit.rules). `compress` runs it first unless the recipe
-already has it or sets `enabled: false`."""
+already has it or sets `enabled: false`. On a native route (edgekit.importers.native) a .tflite model is judged
+from the file itself, and a runtime whose format cannot be made from the model file says so."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from edgekit import export as exporters
 from edgekit.contract import Contract
 
 if TYPE_CHECKING:
@@ -24,20 +26,10 @@ class Settings:
 
 
 def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
-    from edgekit import rules
-
     if not settings.enabled:
         ctx.record(details={"skipped": "disabled by the recipe"})
         return model
-    if any(rt.sparse_rules != "none" for rt in ctx.target.runtimes):
-        verdicts = [v.as_dict() for v in rules.check_model(model, ctx.target, tuple(ctx.bundle.input_shape))]
-    else:
-        # No rule set needs the graph: every runtime of the target is dense for a stated reason.
-        verdicts = []
-        for rt in ctx.target.runtimes:
-            why = rules.get(rt.sparse_rules).reason(rt.name)
-            verdicts.append({"runtime": rt.name, "format": rt.format, "sparse": False, "summary":
-                             f"{rt.name}: dense ({why})", "blockers": [{"layer": "runtime", "why": why}]})
+    verdicts = _verdicts(model, ctx) if ctx.native is None else _native_verdicts(ctx.native, ctx)
     findings = [{"runtime": v["runtime"], "format": v["format"], "sparse": v["sparse"], "summary": v["summary"],
                  "blockers": v["blockers"][:_MAX_BLOCKERS]} for v in verdicts]
     lines = ["Checked before any training (`edgekit check MODEL --target T` prints every layer).", ""]
@@ -47,3 +39,45 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     ctx.add_section("Will it be faster? (edgekit check)", "\n".join(lines))
     ctx.record(metrics={"sparse_runtimes": sum(f["sparse"] for f in findings)}, details={"findings": findings})
     return model
+
+
+def _verdicts(model: nn.Module, ctx: RunContext) -> list[dict[str, Any]]:
+    from edgekit import rules
+
+    if any(rt.sparse_rules != "none" for rt in ctx.target.runtimes):
+        return [v.as_dict() for v in rules.check_model(model, ctx.target, tuple(ctx.bundle.input_shape))]
+    # No rule set needs the graph: every runtime of the target is dense for a stated reason.
+    return [_dense(rt) for rt in ctx.target.runtimes]
+
+
+def _dense(rt: Any) -> dict[str, Any]:
+    from edgekit import rules
+
+    why = rules.get(rt.sparse_rules).reason(rt.name)
+    return {"runtime": rt.name, "format": rt.format, "sparse": False, "summary": f"{rt.name}: dense ({why})",
+            "blockers": [{"layer": "runtime", "why": why}]}
+
+
+def _native_verdicts(native: Any, ctx: RunContext) -> list[dict[str, Any]]:
+    """Without a torch model: a .tflite model's graph is judged from the file itself; a runtime whose format the
+    model file cannot give says so."""
+    import tempfile
+    from pathlib import Path
+
+    from edgekit import rules
+
+    makeable = exporters.file_formats(native.format)
+    graph = {}
+    if native.format == "tflite" and any(rt.sparse_rules != "none" for rt in ctx.target.runtimes):
+        with tempfile.TemporaryDirectory(prefix="edgekit-check-") as d:
+            verdicts = rules.check_graph(rules.read_tflite(native.write(Path(d) / "model.tflite")), ctx.target)
+        graph = {v.runtime: v.as_dict() for v in verdicts}
+    out = []
+    for rt in ctx.target.runtimes:
+        if rt.format not in makeable:
+            why = f"no {rt.format} artifact: it needs a torch model ({native.blocker})"
+            out.append({"runtime": rt.name, "format": rt.format, "sparse": False, "summary": f"{rt.name}: {why}",
+                        "blockers": [{"layer": "model", "why": why}]})
+        else:
+            out.append(graph.get(rt.name) or _dense(rt))
+    return out

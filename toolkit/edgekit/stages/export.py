@@ -1,4 +1,8 @@
-"""export: write the model in every format the target's runtimes use (ONNX, TFLite, ...)."""
+"""export: write the model in every format the target's runtimes use (ONNX, TFLite, ...).
+
+On a native route (edgekit.importers.native: an ONNX file onnx2torch cannot convert, a .tflite file) the formats
+that can be made from the file are written from it (ONNX and the browser bundle from an ONNX file, TFLite from a
+.tflite file), and the others are skipped with the reason."""
 
 from __future__ import annotations
 
@@ -14,7 +18,14 @@ if TYPE_CHECKING:
 
     from edgekit.pipeline import RunContext
 
-CONTRACT = Contract(needs=frozenset({"torch"}), changes=frozenset({"artifacts"}))
+
+def contract(settings: Settings) -> Contract:
+    # Without a torch model, the formats asked for must all be writable from the model file (any, when none are
+    # asked for: the target's formats that can be are written, the others skipped with the reason).
+    sources = [set(getattr(exporters.get(f), "FROM_FILE", ())) for f in settings.formats]
+    native = set.intersection(*sources) if sources else {m for f in exporters.formats()
+                                                         for m in getattr(exporters.get(f), "FROM_FILE", ())}
+    return Contract(needs=frozenset({"torch"}), changes=frozenset({"artifacts"}), native=frozenset(native))
 
 
 @dataclass(frozen=True)
@@ -29,7 +40,16 @@ class Settings:
 
 
 def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
-    fmts = settings.formats or ctx.target.formats
+    fmts = list(settings.formats or ctx.target.formats)
+    native = ctx.native
+    skipped: dict[str, str] = {}
+    if native is not None:
+        makeable = exporters.file_formats(native.format)
+        skipped = {f: f"needs a torch model ({native.blocker})" for f in fmts if f not in makeable}
+        fmts = [f for f in fmts if f in makeable]
+        if not fmts:
+            raise SettingsError(f"export: none of the formats {sorted(skipped)} can be written from a .{native.format}"
+                                f" model without a torch model ({native.blocker})")
     task = ctx.progress.add_task("export", total=len(fmts)) if ctx.progress else None
     written = []
     for fmt in fmts:
@@ -37,16 +57,22 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
             ctx.progress.update(task, description=f"export {fmt}")
         module = exporters.get(fmt)
         path = ctx.artifacts_dir / f"{settings.name}{module.SUFFIX}"
-        # formats that compile for a CPU (tvm) are told the target; portable formats are not
-        kwargs = {"target": ctx.target} if getattr(module, "TARGET_AWARE", False) else {}
-        module.export(model, ctx.example_input, path, **kwargs)
+        if native is not None:
+            exporters.export_file(fmt, native, path)
+        else:
+            # formats that compile for a CPU (tvm) are told the target; portable formats are not
+            kwargs = {"target": ctx.target} if getattr(module, "TARGET_AWARE", False) else {}
+            module.export(model, ctx.example_input, path, **kwargs)
         # files an exporter writes beside the artifact (e.g. the TVM library's JSON) belong to it
         companions = [module.sidecar(path).relative_to(ctx.out).as_posix()] if hasattr(module, "sidecar") else None
-        ctx.add_artifact(path, fmt, module.RUNTIME, precision="fp32", sparse=False, companions=companions)
+        ctx.add_artifact(path, fmt, module.RUNTIME, precision="fp32", sparse=False, companions=companions,
+                         **({"from_file": native.format} if native is not None else {}))
         written.append(path.name)
         if task is not None:
             ctx.progress.advance(task)
     if task is not None:
         ctx.progress.remove_task(task)
-    ctx.record(details={"formats": list(fmts), "files": written})
+    ctx.record(details={"formats": list(fmts), "files": written, **({"skipped": skipped} if skipped else {})})
+    if skipped:
+        ctx.add_section("Export", "Not written:\n\n" + "\n".join(f"- {f}: {why}" for f, why in skipped.items()))
     return model

@@ -1,8 +1,10 @@
 """quantize: search per-layer INT8 policies scored on latency in the artifact's own runtime, write the chosen ones.
 
-For each format (ONNX via onnxruntime.quantization, TFLite via litert-torch's PT2E quantizer) it writes the full
-INT8 artifact and the chosen policy's artifact (precision "int8" / "mixed", verified against the float model),
-the policy as JSON, a Pareto plot and a per-layer table in report.md. See docs/quantization.md.
+For each format (ONNX via onnxruntime.quantization or NNCF, TFLite via litert-torch's PT2E quantizer or the LiteRT
+Quantizer) it writes the full INT8 artifact and the chosen policy's artifact (precision "int8" / "mixed", verified
+against the float model), the policy as JSON, a Pareto plot and a per-layer table in report.md. Every backend but
+PT2E works on the float FILE, so the native routes (edgekit.importers.native: an ONNX file onnx2torch cannot
+convert, a .tflite model) quantise without a torch model. See docs/quantization.md.
 """
 
 from __future__ import annotations
@@ -19,11 +21,25 @@ if TYPE_CHECKING:
 
     from edgekit.pipeline import RunContext
 
-CONTRACT = Contract(changes=frozenset({"artifacts"}), stale="refuse",
-                    stale_note="whose INT8 policy was searched and calibrated for the model before that change",
-                    outputs=("quant", "quant_pareto.png"))
-BACKENDS = {"onnx": ("onnxruntime", "nncf"), "tflite": ("litert-pt2e",)}
+BACKENDS = {"onnx": ("onnxruntime", "nncf"), "tflite": ("litert-pt2e", "ai-edge-quantizer")}
+TFLITE_BACKENDS = ("auto", *BACKENDS["tflite"])
 RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert"}
+# Backends that quantise the torch model (the others take the float file, so they run on the native routes).
+TORCH_BACKENDS = {"litert-pt2e"}
+
+
+def contract(settings: Settings) -> Contract:
+    return Contract(needs=frozenset({"torch"}), changes=frozenset({"artifacts"}), stale="refuse",
+                    stale_note="whose INT8 policy was searched and calibrated for the model before that change",
+                    outputs=("quant", "quant_pareto.png"), native=frozenset(_native_sources(settings)))
+
+
+def _native_sources(settings: Settings) -> set[str]:
+    """Model-file formats it quantises without a torch model: all formats asked for (any, when none are)."""
+    sources = {m: set(_native_sources_of(m, settings)) for m in ("onnx", "tflite")}
+    if settings.formats:
+        return {m for m, ok in sources.items() if set(settings.formats) <= ok}
+    return {m for m, ok in sources.items() if ok}
 
 
 @dataclass(frozen=True)
@@ -31,9 +47,13 @@ class Settings:
     formats: tuple[str, ...] = field(default=(), metadata={"help": "formats to quantise (onnx, tflite); empty: the "
                                                                    "target's formats that have a backend"})
     onnx_backend: str = field(default="onnxruntime", metadata={"help": "onnxruntime (QDQ) or nncf (PTQ)"})
+    tflite_backend: str = field(default="auto", metadata={
+        "help": "litert-pt2e (quantises the torch model), ai-edge-quantizer (the LiteRT Quantizer on the float "
+                ".tflite file), or auto: litert-pt2e with a torch model, ai-edge-quantizer without one"})
     trials: int = field(default=30, metadata={"help": "NSGA-II trials of the ONNX search"})
     tflite_trials: int = field(default=0, metadata={"help": "NSGA-II trials in LiteRT; 0: apply the policy chosen "
-                                                            "by the ONNX search (each TFLite candidate is a conversion)"})
+                                                            "by the ONNX search (each PT2E candidate is a conversion), "
+                                                            "or `trials` with the LiteRT Quantizer"})
     max_quality_drop: float = field(default=1.0, metadata={"help": "constraint: quality drop in points (from the "
                                                                    "float model it quantises)"})
     chain_budget: bool = field(default=False, metadata={
@@ -59,6 +79,9 @@ class Settings:
             raise SettingsError(f"quantize: no INT8 backend for formats {bad}; available: {sorted(BACKENDS)}")
         if self.onnx_backend not in BACKENDS["onnx"]:
             raise SettingsError(f"quantize: onnx_backend must be one of {BACKENDS['onnx']}, got {self.onnx_backend}")
+        if self.tflite_backend not in TFLITE_BACKENDS:
+            raise SettingsError(f"quantize: tflite_backend must be one of {TFLITE_BACKENDS}, got "
+                                f"{self.tflite_backend}")
         if self.trials < 1 or self.tflite_trials < 0:
             raise SettingsError("quantize: trials must be >= 1 and tflite_trials >= 0")
         if self.max_quality_drop < 0 or self.latency_budget_ms < 0 or self.max_size_mb < 0:
@@ -79,7 +102,10 @@ def _float_artifact(ctx: RunContext, model: nn.Module, fmt: str) -> Any:
     for a in ctx.artifacts(format=fmt, precision="fp32", sparse=False, model_version=ctx.model_version):
         return ctx.out / a.path
     module = exporters.get(fmt)
-    return module.export(model, ctx.example_input, Path(ctx.out / "quant" / f"float{module.SUFFIX}"))
+    path = Path(ctx.out / "quant" / f"float{module.SUFFIX}")
+    if ctx.native is not None:
+        return exporters.export_file(fmt, ctx.native, path)
+    return module.export(model, ctx.example_input, path)
 
 
 def _max_drop(settings: Settings, ctx: RunContext) -> tuple[float, str]:
@@ -141,44 +167,70 @@ def _search_onnx(job: _Job) -> Any:
 
 
 def _search_tflite(job: _Job) -> Any:
-    from edgekit.quant import tflite_backend
+    from edgekit.quant import aeq_backend, tflite_backend
     from edgekit.quant.driver import search_runtime, transfer_runtime
     from edgekit.quant.evaluate import Scorer
     from edgekit.quant.sensitivity import ranking
 
     settings, ctx, onnx_result = job.settings, job.ctx, job.onnx_result
     float_tfl = _float_artifact(ctx, job.model, "tflite")
-    backend = tflite_backend.TFLiteQuantizer(job.model, ctx.example_input, job.calib)
+    on_file = _tflite_backend(settings, ctx) == aeq_backend.NAME
+    if on_file:  # the LiteRT Quantizer on the float file: no torch model in the loop
+        mod, backend = aeq_backend, aeq_backend.AeqQuantizer(float_tfl, job.calib)
+    else:
+        mod, backend = tflite_backend, tflite_backend.TFLiteQuantizer(job.model, ctx.example_input, job.calib)
     scorer = Scorer(backend, "litert", float_tfl, job.x_eval, job.y_eval, ctx.out / "quant" / "tflite",
                     suffix=".tflite", **job.common)
-    kw = {"fmt": "tflite", "backend_name": tflite_backend.NAME, "calibrations": tflite_backend.CALIBRATIONS,
+    kw = {"fmt": "tflite", "backend_name": mod.NAME, "calibrations": mod.CALIBRATIONS,
           "constraints": job.constraints, "final_runs": settings.final_runs}
-    if settings.tflite_trials or onnx_result is None:
-        ranked = ranking(onnx_result.sensitivity) if onnx_result else None  # ONNX's, to skip a costly pass
-        return search_runtime(scorer, trials=max(settings.tflite_trials, 1), seed=settings.seed,
-                              max_seconds=settings.max_seconds, latency_slack=settings.latency_slack,
-                              ranked=ranked, progress=ctx.progress, **kw)
+    if on_file or settings.tflite_trials or onnx_result is None:
+        # The ONNX search's layer names are torch module names; a .tflite file's layers are its weight tensors.
+        ranked = ranking(onnx_result.sensitivity) if onnx_result and not on_file else None
+        trials = settings.tflite_trials or (settings.trials if on_file else 1)
+        return search_runtime(scorer, trials=trials, seed=settings.seed, max_seconds=settings.max_seconds,
+                              latency_slack=settings.latency_slack, ranked=ranked, progress=ctx.progress, **kw)
     return transfer_runtime(scorer, onnx_result.chosen.policy, source="onnxruntime", **kw)
+
+
+def _tflite_backend(settings: Settings, ctx: RunContext) -> str:
+    if settings.tflite_backend != "auto":
+        return settings.tflite_backend
+    return "ai-edge-quantizer" if ctx.native is not None else "litert-pt2e"
 
 
 SEARCHES = {"onnx": _search_onnx, "tflite": _search_tflite}  # format -> search (ONNX first: TFLite reuses it)
 
 
-def _formats(settings: Settings, ctx: RunContext) -> list[str]:
-    """The formats to quantise: the setting, else those the recipe's export stage writes, else the target's."""
+def _formats(settings: Settings, ctx: RunContext) -> tuple[list[str], dict[str, str]]:
+    """(the formats to quantise: the setting, else those the recipe's export stage writes, else the target's;
+    those left out on a native route, with why)."""
     exported = next((s.settings.formats for s in (ctx.recipe.stages if ctx.recipe else ())
                      if s.name == "export" and getattr(s.settings, "formats", ())), ())
-    return [f for f in BACKENDS if f in (settings.formats or exported or ctx.target.formats)]
+    fmts = [f for f in BACKENDS if f in (settings.formats or exported or ctx.target.formats)]
+    native = ctx.native
+    if native is None:
+        return fmts, {}
+    makeable = [f for f in fmts if f in _native_sources_of(native.format, settings)]
+    return makeable, {f: f"needs a torch model ({native.blocker})" for f in fmts if f not in makeable}
+
+
+def _native_sources_of(model_format: str, settings: Settings) -> list[str]:
+    """Formats quantised without a torch model from a model file of `model_format`."""
+    from edgekit import export as exporters
+
+    return [f for f in BACKENDS if f in exporters.file_formats(model_format)
+            and (f != "tflite" or settings.tflite_backend not in TORCH_BACKENDS)]
 
 
 def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     from edgekit.quant.report import markdown, plot_pareto
     from edgekit.quant.search import Constraints
 
-    fmts = _formats(settings, ctx)
+    fmts, failed = _formats(settings, ctx)
     if not fmts:
+        why = f" ({'; '.join(f'{k}: {v}' for k, v in failed.items())})" if failed else ""
         raise SettingsError(f"quantize: target {ctx.target.name} has no format with an INT8 backend "
-                            f"({sorted(BACKENDS)})")
+                            f"({sorted(BACKENDS)}) for this model{why}")
     latency, predictor = _latency_mode(ctx)
     max_drop, drop_source = _max_drop(settings, ctx)
     job = _Job(model, settings, ctx, ctx.data.calibration(settings.calibration_inputs).astype("float32"),
@@ -187,7 +239,7 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
                Constraints(max_drop, settings.latency_budget_ms or None, settings.max_size_mb or None),
                {"threads": ctx.threads, "latency": latency, "predictor": predictor,
                 "timing_runs": settings.timing_runs})
-    results, failed = [], {}
+    results = []
     for fmt in fmts:
         try:
             results.append(SEARCHES[fmt](job))
@@ -240,6 +292,6 @@ def _write_outputs(ctx: RunContext, results: list[Any]) -> None:
                              reference="float", tolerance={"max_abs_err": None, "min_top1": round(min_top1, 3)},
                              policy=f"artifacts/quant_policy_{r.fmt}.json" if kind == "mixed" else None,
                              quant={"drop": round(cand.drop, 4), "quality": cand.quality,
-                                    "sqnr_db": round(cand.sqnr_db, 2)})
+                                    "sqnr_db": round(cand.sqnr_db, 2), "backend": r.backend})
         policy = r.chosen.policy.save(ctx.artifacts_dir / f"quant_policy_{r.fmt}.json")
         ctx.add_file(policy, "quant policy", format=r.fmt)

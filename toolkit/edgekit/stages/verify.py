@@ -66,6 +66,8 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
 
 
 def _reference_name(ctx: RunContext, version: int) -> str:
+    if ctx.native is not None:  # the native routes: the original file in its own runtime is the model as loaded
+        return ctx.native.reference_name
     if version < 0:
         return "torch: the model as loaded"
     return f"torch: the model after {ctx.recipe.stages[version].name} (stage {version + 1})"

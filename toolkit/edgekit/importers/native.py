@@ -1,0 +1,256 @@
+"""Models that stay in their own file format: the ONNX-native and TFLite-native routes.
+
+An ONNX file that cannot become a torch model (an operator onnx2torch lacks, or a conversion that the check against
+ONNX Runtime refuses) and any `.tflite` file are still compressed: the stages that need no torch model (check,
+baseline, INT8 policy search, export of the file's own format, verify, measure) run on the file, and the stages
+that need one (prune, sparsify, adapt, decompose, TFLite export of an ONNX file ...) are refused before anything runs,
+in one line that says what blocked the torch route.
+
+A `NativeModel` is what those stages see in place of a torch module. Calling it runs the ORIGINAL file in its own
+runtime (ONNX Runtime, LiteRT): that is the model as loaded, the reference every artifact is verified against and
+the quality the baseline reports. `content` is the file edgekit deploys: for ONNX the graph after the import pass's
+cleaning (static input shape, constants folded; none of the onnx2torch-only rewrites), for TFLite the file itself.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import InputError
+from edgekit.fileio import atomic_path
+
+RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert"}
+ROUTES = {"onnx": "onnx-native", "tflite": "tflite-native"}
+
+
+@dataclass(eq=False)
+class NativeModel:
+    """A model as a file its own runtime runs.
+
+    Attributes:
+        format: "onnx" or "tflite" (an edgekit.export format).
+        source: the original file: the reference every artifact is verified against.
+        input_name: the graph input the data feeds.
+        input_shape: the shape the model runs at (batch 1).
+        content: the model file edgekit deploys (the cleaned ONNX graph, or the .tflite file).
+        batch_in_file: the batch the original file fixes (None: dynamic).
+        blocker: why there is no torch model, one line (set when the native route runs).
+        blocked_by: the operator and node that blocked the torch conversion, when one did.
+    """
+
+    format: str
+    source: Path
+    input_name: str
+    input_shape: tuple[int, ...]
+    content: bytes
+    batch_in_file: int | None = 1
+    blocker: str = ""
+    blocked_by: dict[str, Any] = field(default_factory=dict)
+    _reference: Any = None
+    _reference_name: str = ""
+    _counts: tuple[int, int, int] | None = None
+
+    @property
+    def runtime(self) -> str:
+        return RUNTIMES[self.format]
+
+    @property
+    def reference_name(self) -> str:
+        self._runner()
+        return self._reference_name
+
+    def _runner(self) -> Any:
+        if self._reference is None:
+            if self.format == "onnx":
+                from edgekit.importers.onnx_check import _reference_runner
+
+                self._reference, self._reference_name = _reference_runner(self.source, self.input_name)
+            else:
+                from edgekit.runtimes.litert import LiteRTRunner
+
+                runner = LiteRTRunner(self.source, 1)
+                self._reference, self._reference_name = runner, f"{runner.runtime} on {self.source}"
+        return self._reference
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Outputs of the ORIGINAL file for inputs x (N, ...), run at the file's own batch."""
+        from edgekit.importers.onnx_check import _run_at_batch
+
+        x = np.ascontiguousarray(x, np.float32)
+        return _run_at_batch(self._runner(), x, self.batch_in_file or 1).astype(np.float32)
+
+    # The pipeline keeps "the model as loaded" as a copy and switches modes; a file does not change.
+    def eval(self) -> NativeModel:
+        return self
+
+    def train(self, mode: bool = True) -> NativeModel:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> NativeModel:
+        return self
+
+    def write(self, path: Path) -> Path:
+        """Writes the deployable model file (atomically)."""
+        with atomic_path(Path(path)) as tmp:
+            tmp.write_bytes(self.content)
+        return Path(path)
+
+    def weight_counts(self) -> tuple[int, int, int]:
+        """(float weights, nonzero float weights, their bytes) stored in the deployable file."""
+        if self._counts is None:
+            arrays = _onnx_weights(self.content) if self.format == "onnx" else _tflite_weights(self.content)
+            self._counts = (sum(a.size for a in arrays), sum(int(np.count_nonzero(a)) for a in arrays),
+                            sum(a.nbytes for a in arrays))
+        return self._counts
+
+
+def _onnx_weights(content: bytes) -> list[np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load_from_string(content)
+    arrays = [numpy_helper.to_array(t) for t in proto.graph.initializer]
+    return [a for a in arrays if a.dtype.kind == "f"]
+
+
+def _tflite_weights(content: bytes) -> list[np.ndarray]:
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    model = fu.read_model(bytearray(content))
+    out = []
+    for t in model.subgraphs[0].tensors:
+        data = fu.get_tensor_data(t, model.buffers)
+        if data is not None and data.dtype.kind == "f":
+            out.append(data)
+    return out
+
+
+def route(bundle: Any) -> dict[str, Any]:
+    """report.json's `route`: which route ran and, for a native one, why there is no torch model."""
+    native = getattr(bundle, "native", None)
+    if native is None or bundle.module is not native:
+        return {"name": "torch"}
+    return {"name": ROUTES[native.format], "model_format": native.format, "why": native.blocker,
+            **({"blocked_by": native.blocked_by} if native.blocked_by else {}),
+            "reference": native.reference_name}
+
+
+def use_native(bundle: Any, why: str, blocked_by: dict[str, Any] | None = None) -> None:
+    """Switches a bundle to its native route: the stages see the file, not a torch model."""
+    bundle.native.blocker = why
+    bundle.native.blocked_by = dict(blocked_by or {})
+    bundle.module = bundle.native
+
+
+def from_onnx(path: Path, cleaned: Any, info: dict[str, Any]) -> NativeModel:
+    """The native model of an imported ONNX file, from the import pass's cleaned graph."""
+    return NativeModel("onnx", Path(path), info["input"]["name"], tuple(info["input"]["shape"]),
+                       cleaned.SerializeToString(), batch_in_file=info["input"].get("batch_in_file"))
+
+
+def blocked_by(e: Any) -> dict[str, Any]:
+    """The operator and node an UnsupportedOperator names, as data."""
+    return {k: getattr(e, k) for k in ("op_type", "node", "domain", "opset", "reason") if getattr(e, k, "")}
+
+
+def load_tflite(path: Path, input_shape: tuple[int, ...] | None = None) -> tuple[NativeModel, dict[str, Any]]:
+    """Reads a float .tflite file as a model: (the native model, the import record).
+
+    Raises:
+        InputError: missing, not a TFLite model, truncated, already quantised, several inputs, a non-float input,
+            dynamic dimensions, a batch other than 1, or an --input-shape the file does not have.
+    """
+    if not path.is_file():
+        raise InputError(f"model file not found: {path}")
+    content = path.read_bytes()
+    model = _read_flatbuffer(path, content)
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    if not fu.is_float_model(model):
+        raise InputError(f"{path} is already quantised; edgekit takes float .tflite models (it quantises them "
+                         "itself)")
+    interpreter = _interpreter(path, content)
+    inputs = interpreter.get_input_details()
+    if len(inputs) != 1:
+        raise InputError(f"{path}: edgekit supports models with one input; this one has {len(inputs)}")
+    inp = inputs[0]
+    if inp["dtype"] != np.float32:
+        raise InputError(f"{path}: edgekit takes models with a float32 input; input '{inp['name']}' is "
+                         f"{np.dtype(inp['dtype']).name}")
+    shape = tuple(int(d) for d in inp["shape"])
+    signature = tuple(int(d) for d in inp.get("shape_signature", inp["shape"]))
+    if any(d < 0 for d in signature[1:]):
+        raise InputError(f"{path}: input '{inp['name']}' has dynamic dimensions {list(signature)}; edgekit takes "
+                         ".tflite files with a static input shape")
+    if shape[:1] != (1,):
+        raise InputError(f"{path}: the file fixes batch {shape[0]}; edgekit takes .tflite files at batch 1")
+    if input_shape and tuple(input_shape) != shape:
+        raise InputError(f"{path}: --input-shape {','.join(map(str, input_shape))} does not fit input "
+                         f"'{inp['name']}' {list(shape)} of the file")
+    _smoke_run(path, interpreter, inp, shape)
+    ops = _op_counts(model)
+    info = {"format": "tflite", "file": str(path), "producer": _producer(model),
+            "input": {"name": inp["name"], "shape_in_file": list(signature), "shape": list(shape)},
+            "ops_in_file": dict(ops.most_common()), "nodes_in_file": sum(ops.values()), "passes": []}
+    return NativeModel("tflite", path, inp["name"], shape, content), info
+
+
+def _op_counts(model: Any) -> collections.Counter:
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    codes = [fu.TFL_OP_CODE_TO_NAME.get(c.builtinCode) for c in model.operatorCodes]
+    return collections.Counter(str(getattr(codes[op.opcodeIndex], "value", codes[op.opcodeIndex]))
+                               for op in model.subgraphs[0].operators)
+
+
+def _read_flatbuffer(path: Path, content: bytes) -> Any:
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    # A TFLite flatbuffer carries the identifier "TFL3" at bytes 4..8.
+    if len(content) < 8 or content[4:8] != b"TFL3":
+        raise InputError(f"{path} is not a valid .tflite model (no TFLite file identifier); is the file complete?")
+    try:
+        model = fu.read_model(bytearray(content))
+        if not model.subgraphs:
+            raise ValueError("no subgraph")
+        return model
+    except Exception as e:
+        raise InputError(f"{path} is not a valid .tflite model ({_first_line(e)}); is the file complete?") from None
+
+
+def _interpreter(path: Path, content: bytes) -> Any:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgekit.export.tflite import _quiet_native
+
+    try:
+        with _quiet_native():  # LiteRT announces its delegate on stderr; errors here must stay one line
+            interpreter = Interpreter(model_content=content, num_threads=1)
+            interpreter.allocate_tensors()
+        return interpreter
+    except Exception as e:
+        raise InputError(f"{path} is not a valid .tflite model (LiteRT cannot load it: {_first_line(e)}); is the "
+                         "file complete?") from None
+
+
+def _smoke_run(path: Path, interpreter: Any, inp: dict[str, Any], shape: tuple[int, ...]) -> None:
+    try:
+        interpreter.set_tensor(inp["index"], np.zeros(shape, np.float32))
+        interpreter.invoke()
+    except Exception as e:
+        raise InputError(f"{path}: LiteRT cannot run the model ({_first_line(e)}); is the file complete?") from None
+
+
+def _producer(model: Any) -> str:
+    desc = getattr(model, "description", None)
+    return desc.decode() if isinstance(desc, bytes) else (desc or "")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
