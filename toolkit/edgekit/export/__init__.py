@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import types
-
 from pathlib import Path
 from typing import Any
 
