@@ -48,7 +48,7 @@ def parse_sets(values: list[str] | None) -> dict[str, dict[str, object]]:
 
 @app.command()
 def compress(
-    model: Annotated[str | None, typer.Argument(help="zoo name, .onnx/.pt2 file or module:factory; "
+    model: Annotated[str | None, typer.Argument(help="zoo name, .onnx/.tflite/.pt2 file or module:factory; "
                                                      "default: the built-in digits CNN")] = None,
     target: Annotated[str, typer.Option(help="target name (see `edgekit targets`)")] = "host",
     recipe: Annotated[str | None, typer.Option(help="auto (plan from the target and data; the default), basic "

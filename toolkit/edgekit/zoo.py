@@ -151,7 +151,7 @@ def load_model(spec: str | None, weights: str | None = None, input_shape: tuple[
         bundle = _load_factory(spec, input_shape)
     else:
         raise InputError(f"cannot read model '{spec}': expected a zoo name, a .onnx or .pt2 file, or module:factory")
-    if weights and bundle.module is bundle.native is not None:
+    if weights and bundle.native is not None and bundle.module is bundle.native:
         raise InputError(f"--weights: {spec} has no torch model to load a state dict into")
     if weights and not spec.startswith("edgekit:digits_cnn"):
         _load_weights(bundle, Path(weights))

@@ -11,7 +11,7 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command()
     def quantize(
-        model: Annotated[str | None, typer.Argument(help="zoo name, .onnx/.pt2 file or module:factory; "
+        model: Annotated[str | None, typer.Argument(help="zoo name, .onnx/.tflite/.pt2 file or module:factory; "
                                                          "default: the built-in digits CNN")] = None,
         target: Annotated[str, typer.Option(help="target name")] = "host",
         data: Annotated[str | None, typer.Option(help="calibration / evaluation data: digits, an image folder, "
@@ -21,7 +21,8 @@ def register(app: typer.Typer) -> None:
         max_quality_drop: Annotated[float, typer.Option(help="constraint: quality drop in points")] = 1.0,
         latency_budget_ms: Annotated[float, typer.Option(help="constraint: p50 ms (0: none)")] = 0.0,
         max_size_mb: Annotated[float, typer.Option(help="constraint: artifact size in MB (0: none)")] = 0.0,
-        trials: Annotated[int, typer.Option(help="NSGA-II trials of the ONNX search")] = 30,
+        trials: Annotated[int, typer.Option(help="NSGA-II trials of the ONNX search (and of the LiteRT "
+                                                  "Quantizer's, for a .tflite model)")] = 30,
         formats: Annotated[str, typer.Option(help="comma-separated formats (default: the target's)")] = "",
         out: Annotated[Path | None, typer.Option(help="run folder (default runs/<model>-<target>-quant)")] = None,
         fresh: Annotated[bool, typer.Option(help="ignore finished stages of an earlier run in --out")] = False,
