@@ -9,7 +9,7 @@ from typing import Any
 
 from edgekit.data import load_data
 from edgekit.errors import SettingsError
-from edgekit.fileio import fingerprint, sha256_file
+from edgekit.fileio import fingerprint, sha256_cached
 from edgekit.targets import load_target
 from edgekit.zoo import calibrate_batchnorm, load_model
 
@@ -39,7 +39,7 @@ def compress(model: str | None = None, target: str = "host", *, recipe: str | di
              data: str | None = None, weights: str | None = None, input_shape: tuple[int, ...] | None = None,
              threads: int | None = None, out: str | Path | None = None, device: str | None = None,
              overrides: dict[str, dict[str, Any]] | None = None, resume: bool = True, progress: Any = None,
-             console: Any = None) -> dict[str, Any]:
+             console: Any = None, trust_code: bool = False) -> dict[str, Any]:
     """Runs a recipe on a model for a target and writes the run folder; returns report.json's content.
 
     Args:
@@ -55,34 +55,40 @@ def compress(model: str | None = None, target: str = "host", *, recipe: str | di
         overrides: {stage: {setting: value}} on top of the recipe.
         resume: reuse finished stages of an identical earlier run in `out`.
         progress: rich Progress for the stages' bars.
+        trust_code: allow model sources that run code (module:factory, pickled .pt2 entries); see edgekit.untrusted.
     """
+    from edgekit.measure.device import device_for_report
     from edgekit.pipeline import Recipe, RunContext, StageSpec, load_recipe, run_pipeline
     from edgekit.report import new_report
+    from edgekit.runfolder import check_run_folder, input_identity
 
     tgt = load_target(target)
+    out = Path(out) if out else default_out_dir(model, tgt.name)
+    check_run_folder(out)  # before anything is loaded or written: never someone else's folder
+    device_id = device_for_report(device)  # checks the URI now, not after the stages ran
     rec = load_recipe(recipe or tgt.default_recipe, overrides)
     if not any(s.name == "check" for s in rec.stages):
         # "Will it be faster?" is answered before any stage trains or converts anything.
         from edgekit.stages.check import Settings as CheckSettings
 
         rec = Recipe((StageSpec("check", CheckSettings()), *rec.stages), rec.source)
-    bundle = load_model(model, weights, input_shape, progress)
+    bundle = load_model(model, weights, input_shape, progress, trust_code)
     ds = load_data(data, bundle.input_shape, bundle.default_data)
     if bundle.weights.startswith("initialisation") and calibrate_batchnorm(bundle.module, ds.calibration(64)):
         bundle.weights += "; BatchNorm statistics set from 64 calibration inputs"
     threads = threads or tgt.threads
     if threads < 1:
         raise SettingsError(f"--threads must be at least 1, got {threads}")
-    out = Path(out) if out else default_out_dir(model, tgt.name)
-    weights_id = sha256_file(weights) if weights else bundle.weights
+    weights_id = sha256_cached(weights) if weights else bundle.weights
+    # Files are identified by content: data.npz replaced at the same path is new data.
     base_fp = fingerprint(bundle.name, weights_id, bundle.input_shape, ds.name, ds.description, tgt.name, threads,
-                          device)
+                          device, *input_identity(model, data))
     report = new_report(model=bundle.name, target=tgt.name, weights=bundle.weights,
                         input_shape=list(bundle.input_shape),
                         target_facts={k: v for k, v in asdict(tgt).items() if k != "runtimes"},
                         data={"name": ds.name, "description": ds.description, "quality_metric": ds.quality_metric,
                               "labelled": ds.labelled},
-                        recipe=rec.as_dict(), threads=threads, device=device)
+                        recipe=rec.as_dict(), threads=threads, device=device_id)
     ctx = RunContext(out=out, target=tgt, bundle=bundle, data=ds, threads=threads, report=report, progress=progress,
                      device=device, console=console)
     return run_pipeline(ctx, rec, base_fp, resume=resume)

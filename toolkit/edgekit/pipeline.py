@@ -105,6 +105,7 @@ class RunContext:
     device: str | None = None  # device URI for measurement (None: this machine for the host target)
     reference: Any = None  # the uncompressed torch model, for agreement metrics
     console: Any = None
+    resume: bool = True  # False (--fresh): stages also ignore their own checkpoints (e.g. lottery rounds)
     _record: dict[str, Any] = field(default_factory=dict)
     _stage_index: int = -1
     _cache: dict[str, Any] = field(default_factory=dict)
@@ -187,8 +188,10 @@ def run_pipeline(ctx: RunContext, recipe: Recipe, base_fingerprint: str, resume:
     """Runs the recipe's stages into ctx.out, reusing finished ones from an earlier identical run."""
     import torch
 
-    out = ctx.out
-    out.mkdir(parents=True, exist_ok=True)
+    from edgekit.runfolder import claim_run_folder
+
+    out = claim_run_folder(ctx.out)  # the marker first; torn .tmp files of a killed run go
+    ctx.resume = resume
     old = _previous_report(out) if resume else None
     model = ctx.bundle.module
     ctx.reference = copy.deepcopy(model).eval()
@@ -212,7 +215,8 @@ def run_pipeline(ctx: RunContext, recipe: Recipe, base_fingerprint: str, resume:
             if changes_model:
                 last_state = state_path
             if stage_task is not None:
-                ctx.progress.advance(stage_task)
+                ctx.progress.update(stage_task, description=f"stage {spec.name}: reused (finished in an earlier "
+                                                            f"run)", advance=1)
             continue
         if reusing:
             reusing = False
