@@ -21,15 +21,20 @@ from edgekit.errors import EdgekitError, InputError, SettingsError
 
 def _main(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
     """`edgekit ARGS` in this process (fast enough to run every sub-command several times)."""
+    import signal
+
     from edgekit import cli
 
     monkeypatch.setattr(sys, "argv", ["edgekit", *args])
     monkeypatch.setenv("COLUMNS", "200")
+    sigterm = signal.getsignal(signal.SIGTERM)  # main() installs its own handler; pytest keeps its
     try:
         cli.main()
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
     out, err = capsys.readouterr()
     return code, out, err
 
