@@ -147,7 +147,7 @@ def test_module_factory_needs_the_opt_in_flag(tmp_path: Path):
     commands = typer.main.get_command(cli.app).commands
     for name in ("compress", "check", "prune", "quantize", "adapt", "decompose"):
         params = {o: p for p in commands[name].params for o in getattr(p, "opts", [])}
-        assert "runs" in params["--trust-model-code"].help, name
+        assert "run Python code" in params["--trust-model-code"].help, name
         model = next(p for p in commands[name].params if p.name == "model")
         assert "--trust-model-code" in model.help and "runs" in model.help, name
 
