@@ -101,7 +101,20 @@ def _opaque_constant(src: Path, dest: Path, payload: bytes) -> Path:
     return out
 
 
-@pytest.mark.parametrize("make", [_pickled_bias, _evil_sample_inputs, _opaque_constant])
+def _legacy_fallback(src: Path, dest: Path, payload: bytes) -> Path:
+    """Top-level entries of the pre-2.8 layout: torch's fallback reader unpickles serialized_state_dict.pt."""
+    program = next(zipfile.ZipFile(src).read(n) for n in zipfile.ZipFile(src).namelist() if "models/" in n)
+    out = _rewrite(src, dest, lambda name, data: data if not name.endswith("archive_version") else None)
+    with zipfile.ZipFile(out, "a") as z:
+        z.writestr("version", "8.0")
+        z.writestr("serialized_exported_program.json", program)
+        z.writestr("serialized_state_dict.pt", payload)
+        z.writestr("serialized_constants.pt", _torch_bytes({}))
+        z.writestr("serialized_example_inputs.pt", _torch_bytes(((), {})))
+    return out
+
+
+@pytest.mark.parametrize("make", [_pickled_bias, _evil_sample_inputs, _opaque_constant, _legacy_fallback])
 def test_pt2_with_pickled_entries_never_runs_them(tmp_path: Path, make):
     import pickle
 

@@ -51,9 +51,11 @@ def _check_archive(zf: zipfile.ZipFile, path: str | Path) -> None:
     from torch.export.pt2_archive import constants as c
 
     names = zf.namelist()
-    roots = {n.split("/", 1)[0] for n in names if "/" in n}
-    if len(roots) != 1:
-        raise InputError(f"{path} is not a torch.export archive (expected one root folder, found {len(roots)})")
+    # Everything lives under one root folder. Top-level entries are what torch's fallback reader for the pre-2.8
+    # layout looks for (`version`, serialized_*), and that reader unpickles: refuse them outright.
+    roots = {n.split("/", 1)[0] if "/" in n else "" for n in names}
+    if len(roots) != 1 or "" in roots:
+        raise refuse(path, "is not laid out as one torch.export archive (top-level entries or several roots)")
     root = roots.pop() + "/"
     rel = {n[len(root):]: n for n in names}
     models = [r for r in rel if r.startswith(c.MODELS_DIR) and r.endswith(".json")]
