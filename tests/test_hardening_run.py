@@ -155,17 +155,31 @@ def test_prune_fresh_checks_inputs_before_deleting(tmp_path: Path):
 
 
 def test_fresh_run_ignores_round_checkpoints(tmp_path: Path):
-    """--fresh (resume=False) reaches the prune stage through the pipeline: it starts over instead of resuming."""
-    from edgekit import api
+    """--fresh (the pipeline's resume=False, ctx.resume) reaches the prune stage: it starts its rounds over."""
+    import torch
 
-    recipe = {"stages": [{"prune": {"rounds": 1, "epochs": 1, "reinit_control": False, "random_mask_control": False,
-                                    "target_rules": "off"}}]}
-    out = tmp_path / "p"
-    api.compress("edgekit:digits_mlp", recipe=recipe, data="digits", out=out)
-    assert (out / "prune" / "round-001.pt").is_file()
-    fresh = api.compress("edgekit:digits_mlp", recipe=recipe, data="digits", out=out, resume=False)
-    # Before, the stage resumed its finished rounds (resumed_from_round 1) although the run was asked to be fresh.
-    assert next(s for s in fresh["stages"] if s["name"] == "prune")["details"]["resumed_from_round"] is None
+    from edgekit import stages
+    from edgekit.data import digits
+    from edgekit.targets import load_target
+    from edgekit.zoo import digits_mlp
+
+    module = stages.get("prune")
+    settings = stages.settings_from_dict(module.Settings, {
+        "rounds": 1, "epochs": 1, "reinit_control": False, "random_mask_control": False, "target_rules": "off"})
+    records: list[dict] = []
+
+    def run(resume: bool) -> int | None:
+        ctx = SimpleNamespace(data=digits(), target=load_target("host"), out=tmp_path, progress=None, resume=resume,
+                              bundle=SimpleNamespace(input_shape=(1, 1, 8, 8), name="edgekit:digits_mlp"),
+                              add_section=lambda *a, **k: None, record=lambda **k: records.append(k))
+        torch.manual_seed(0)  # the same initial model each time: its hash keys the round checkpoints
+        module.run(digits_mlp(), settings, ctx)
+        return records[-1]["details"]["resumed_from_round"]
+
+    assert run(resume=True) is None and (tmp_path / "prune" / "round-001.pt").is_file()
+    assert run(resume=True) == 1  # a plain rerun resumes the finished rounds
+    # Before, the stage resumed them even when the run was asked to be fresh.
+    assert run(resume=False) is None
 
 
 # --- 9: inputs are identified by content ---------------------------------------------------------------------------
