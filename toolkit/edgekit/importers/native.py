@@ -51,6 +51,7 @@ class NativeModel:
     batch_in_file: int | None = 1
     blocker: str = ""
     blocked_by: dict[str, Any] = field(default_factory=dict)
+    content_note: str = ""  # what `content` is, when it is not the usual (see _deployable_onnx)
     _reference: Any = None
     _reference_name: str = ""
     _counts: tuple[int, int, int] | None = None
@@ -137,14 +138,58 @@ def route(bundle: Any) -> dict[str, Any]:
         return {"name": "torch"}
     return {"name": ROUTES[native.format], "model_format": native.format, "why": native.blocker,
             **({"blocked_by": native.blocked_by} if native.blocked_by else {}),
+            **({"deployed": native.content_note} if native.content_note else {}),
             "reference": native.reference_name}
 
 
 def use_native(bundle: Any, why: str, blocked_by: dict[str, Any] | None = None) -> None:
     """Switches a bundle to its native route: the stages see the file, not a torch model."""
-    bundle.native.blocker = why
-    bundle.native.blocked_by = dict(blocked_by or {})
-    bundle.module = bundle.native
+    native = bundle.native
+    native.blocker = why
+    native.blocked_by = dict(blocked_by or {})
+    if native.format == "onnx":
+        _deployable_onnx(native)
+    bundle.module = native
+
+
+def _deployable_onnx(native: NativeModel) -> None:
+    """The cleaned graph is deployed only if ONNX Runtime runs it and it gives the original file's outputs; else the
+    original graph with its input shape fixed (the cleaning passes are for onnx2torch, not needed by ORT)."""
+    import onnx
+
+    from edgekit.importers import onnx_rewrites as rw
+
+    x = np.random.default_rng(0).standard_normal((2, *native.input_shape[1:])).astype(np.float32)
+    problem = _runs_like_original(native, native.content, x)
+    if problem is None:
+        return
+    proto = onnx.load(str(native.source))
+    rw.drop_initializer_inputs(proto)
+    rw.fix_input_shape(proto, native.input_name, native.input_shape)
+    original = proto.SerializeToString()
+    if _runs_like_original(native, original, x) is None:
+        native.content = original
+        native.content_note = f"the original graph with its input shape fixed (the cleaned one: {problem})"
+
+
+def _runs_like_original(native: NativeModel, content: bytes, x: np.ndarray) -> str | None:
+    """None when ONNX Runtime runs `content` and matches the original file on x; else what went wrong."""
+    import tempfile
+
+    from edgekit.importers.onnx_check import ATOL, RTOL, _run_at_batch
+    from edgekit.runtimes.onnxruntime import OrtRunner
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgekit-native-") as d:
+            path = Path(d) / "model.onnx"
+            path.write_bytes(content)
+            got = _run_at_batch(OrtRunner(path, 1, input_name=native.input_name), x, 1)
+        ref = native(x)
+        err = float(np.abs(got - ref).max())
+    except Exception as e:  # noqa: BLE001 - any failure means: not deployable as it is
+        return _first_line(e)
+    tol = ATOL + RTOL * float(np.abs(ref).max())
+    return None if err <= tol else f"max abs error {err:.3g} against the original file"
 
 
 def from_onnx(path: Path, cleaned: Any, info: dict[str, Any]) -> NativeModel:
