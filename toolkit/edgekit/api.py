@@ -144,7 +144,7 @@ def compress(model: Any = None, target: str = "host", *, data: Any = None, recip
     if auto:
         rec, plan = _plan(bundle, ds, tgt, budget, overrides)
     assert rec is not None
-    native = bundle.native if bundle.module is bundle.native else None
+    native = bundle.without_torch
     check_facts([(s.name, s.contract) for s in rec.stages], labelled=ds.labelled, data_name=ds.name,
                 torch_model=native is None, model_format=native.format if native else "",
                 torch_blocker=native.blocker if native else "")
@@ -185,8 +185,7 @@ def _plan(bundle: ModelBundle, ds: DataBundle, tgt: Any, budget: float, override
     from edgekit import plan as planner
     from edgekit.pipeline import load_recipe
 
-    native = bundle.native if bundle.module is bundle.native else None
-    facts = planner.gather(bundle.module, bundle.input_shape, ds, tgt, budget, native=native)
+    facts = planner.gather(bundle.module, bundle.input_shape, ds, tgt, budget, native=bundle.without_torch)
     spec, decisions = planner.plan(facts)
     planned = {next(iter(s)) for s in spec["stages"]}
     for name in overrides or {}:

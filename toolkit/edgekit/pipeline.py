@@ -70,8 +70,7 @@ class RunContext:
     def native(self) -> Any:
         """The model as a file (importers.native.NativeModel) when it has no torch form and the native route runs;
         None when the stages get a torch model."""
-        native = self.bundle.native
-        return native if native is not None and self.bundle.module is native else None
+        return self.bundle.without_torch
 
     @property
     def example_input(self) -> np.ndarray:

@@ -40,6 +40,11 @@ class ModelBundle:
     # `module` is this object, there is no torch model and the native route runs (importers.native.route).
     native: Any = None
 
+    @property
+    def without_torch(self) -> Any:
+        """The native model when there is no torch model (the native route runs), else None."""
+        return self.native if self.native is not None and self.module is self.native else None
+
 
 def cache_dir() -> Path:
     d = Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit"))
@@ -152,7 +157,7 @@ def load_model(spec: str | None, weights: str | None = None, input_shape: tuple[
         bundle = _load_factory(spec, input_shape, trust_code)
     else:
         raise InputError(f"cannot read model '{spec}': expected a zoo name, a .onnx or .pt2 file, or module:factory")
-    if weights and bundle.native is not None and bundle.module is bundle.native:
+    if weights and bundle.without_torch is not None:
         raise InputError(f"--weights: {spec} has no torch model to load a state dict into")
     if weights and not spec.startswith("edgekit:digits_cnn"):
         _load_weights(bundle, Path(weights))

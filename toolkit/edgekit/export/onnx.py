@@ -41,9 +41,9 @@ def export(model: nn.Module, example: np.ndarray, path: Path, opset: int = OPSET
 
 def from_file(src: Path, path: Path) -> Path:
     """The artifact of a model that is an ONNX file already (the ONNX-native route): the file itself."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(Path(src).read_bytes())
-    return path
+    from edgekit.fileio import copy_atomic
+
+    return copy_atomic(Path(src), Path(path))
 
 
 @contextlib.contextmanager

@@ -13,8 +13,7 @@ def check_import(bundle: Any, x: np.ndarray, data: str = "calibration") -> dict[
     See edgekit.importers.onnx.check_import.
     """
     info = getattr(bundle, "import_info", None)
-    native = getattr(bundle, "native", None)
-    if not info or (native is not None and bundle.module is native):
+    if not info or getattr(bundle, "without_torch", None) is not None:
         return None  # no torch model (the native routes): the file itself is what runs
     if info.get("format") == "onnx":
         from edgekit.importers.onnx_check import check_import as check_onnx

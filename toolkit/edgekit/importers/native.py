@@ -133,8 +133,8 @@ def _tflite_weights(content: bytes) -> list[np.ndarray]:
 
 def route(bundle: Any) -> dict[str, Any]:
     """report.json's `route`: which route ran and, for a native one, why there is no torch model."""
-    native = getattr(bundle, "native", None)
-    if native is None or bundle.module is not native:
+    native = bundle.without_torch
+    if native is None:
         return {"name": "torch"}
     return {"name": ROUTES[native.format], "model_format": native.format, "why": native.blocker,
             **({"blocked_by": native.blocked_by} if native.blocked_by else {}),
