@@ -154,22 +154,26 @@ def use_native(bundle: Any, why: str, blocked_by: dict[str, Any] | None = None) 
 
 def _deployable_onnx(native: NativeModel) -> None:
     """The cleaned graph is deployed only if ONNX Runtime runs it and it gives the original file's outputs; else the
-    original graph with its input shape fixed (the cleaning passes are for onnx2torch, not needed by ORT)."""
-    import onnx
-
-    from edgekit.importers import onnx_rewrites as rw
-
+    original graph with its input shape fixed, if that does. When neither does, verify says so."""
     x = np.random.default_rng(0).standard_normal((2, *native.input_shape[1:])).astype(np.float32)
     problem = _runs_like_original(native, native.content, x)
     if problem is None:
         return
-    proto = onnx.load(str(native.source))
-    rw.drop_initializer_inputs(proto)
-    rw.fix_input_shape(proto, native.input_name, native.input_shape)
-    original = proto.SerializeToString()
+    original = _original(native)
     if _runs_like_original(native, original, x) is None:
         native.content = original
         native.content_note = f"the original graph with its input shape fixed (the cleaned one: {problem})"
+
+
+def _original(native: NativeModel) -> bytes:
+    import onnx
+
+    from edgekit.importers import onnx_rewrites as rw
+
+    proto = onnx.load(str(native.source))
+    rw.drop_initializer_inputs(proto)
+    rw.fix_input_shape(proto, native.input_name, native.input_shape)
+    return proto.SerializeToString()
 
 
 def _runs_like_original(native: NativeModel, content: bytes, x: np.ndarray) -> str | None:
