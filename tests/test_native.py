@@ -58,12 +58,11 @@ def _ort_accuracy(path: Path) -> float:
 def test_onnx_native_route(hardmax_onnx: Path, tmp_path: Path):
     """compress (auto) runs check, baseline, INT8 search in ONNX Runtime, export, verify against ORT on the original
     file, measure; the plan skips prune for the operator; a recipe with prune is refused in one line."""
+    from edgekit import api
+
     out = tmp_path / "auto"
-    quick = ["--set", "quantize.trials=4", "--set", "quantize.timing_runs=5", "--set", "quantize.final_runs=20",
-             "--set", "measure.runs=20"]
-    r = run_cli("compress", str(hardmax_onnx), "--data", "digits", "--target", "host", "--out", str(out), *quick)
-    assert r.returncode == 0, r.stderr
-    report = json.loads((out / "report.json").read_text())
+    report = api.compress(str(hardmax_onnx), "host", data="digits", out=out, overrides={
+        "quantize": {"trials": 4, "timing_runs": 5, "final_runs": 20}, "measure": {"runs": 20}}).report
     route = report["route"]
     assert route["name"] == "onnx-native" and route["blocked_by"]["op_type"] == "Hardmax"
     assert route["blocked_by"]["node"] == "extra_hardmax" and str(hardmax_onnx) in route["reference"]

@@ -7,6 +7,11 @@ search works on the exported float model), then `verify, measure`. An entry sees
 chosen before it (`facts.chosen`), so a technique that subsumes others (issue 14's joint pruning + INT8 search) can
 take their place by deciding first and the others can step aside with a reason.
 
+Without a torch model (the native routes of edgekit.importers.native: an ONNX file onnx2torch cannot convert, a
+.tflite file), `gather` says so in the facts: techniques that need a torch model step aside with the reason
+(`Facts.no_torch`; a new entry that needs one does the same), export writes the target's formats the file gives,
+and the INT8 search covers those.
+
 The budget (`--max-quality-drop`, default 1.0 point of accuracy, or of top-1 agreement with the loaded model when
 the data has no labels) is counted from the model as loaded: prune keeps the sparsest round within half of it, and
 the INT8 search gets what is left (quantize's chain_budget). Budgets of time are chosen so that the built-in digits
