@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from edgekit.targets import Target
 
 _SSH_OPTIONS = {"python", "identity", "known_hosts", "accept_new", "timeout"}
-HARNESS_RUNTIMES = ("litert", "onnxruntime")
+HARNESS_RUNTIMES = ("litert", "onnxruntime", "executorch")
 
 
 @dataclass(frozen=True)
@@ -91,11 +91,23 @@ def run_harness(uri: DeviceURI, artifact: Path, runtime: str, threads: int, runs
                 profile_runs: int = 10, **ssh_overrides: Any) -> dict[str, Any]:
     """Runs the harness on the device named by `uri` (local or ssh) and returns its JSON."""
     if uri.scheme == "ssh":
-        return measure_over_ssh(uri.ssh_target(**ssh_overrides), artifact, runtime, threads, runs, warmup,
-                                profile_runs)
-    if uri.scheme != "local":
+        res = measure_over_ssh(uri.ssh_target(**ssh_overrides), artifact, runtime, threads, runs, warmup,
+                               profile_runs)
+    elif uri.scheme != "local":
         raise SettingsError(f"device '{uri.raw}': the harness runs locally or over ssh")
-    return run_local_harness([artifact], runtime, threads, runs, warmup, profile_runs)[0]
+    else:
+        res = run_local_harness([artifact], runtime, threads, runs, warmup, profile_runs)[0]
+    decode_per_op(res, Path(artifact))
+    return res
+
+
+def decode_per_op(res: dict[str, Any], artifact: Path) -> None:
+    """ExecuTorch harness results carry the raw ETDump (the device needs no devtools): decode it into per_op."""
+    if res.get("etdump_b64"):
+        from edgekit.runtimes.executorch import per_op_from_harness
+
+        prof = per_op_from_harness(res, artifact)
+        res["per_op"], res["per_op_profile"] = prof["per_op"], {k: v for k, v in prof.items() if k != "per_op"}
 
 
 def run_local_harness(artifacts: list[Path], runtime: str, threads: int, runs: int, warmup: int,
@@ -182,13 +194,15 @@ def measure_artifacts_on_device(arts: list[dict[str, Any]], settings: Any, ctx: 
                                      "edgekit installation") from None
         measure_artifacts_adb(arts, settings, ctx, uri.serial)
         return
+    from edgekit.measure.op_profile import runtime_profiler
+
     # The device's facts come back with every timing and are checked before any number is kept.
     label = uri.display
     for a in arts:
         if a.get("runtime") not in HARNESS_RUNTIMES:
             continue
         res = run_harness(uri, ctx.out / a["path"], a["runtime"], ctx.threads, settings.runs, settings.warmup,
-                          profile_runs=0)
+                          profile_runs=10 if runtime_profiler(a["runtime"]) else 0)  # per-layer times
         check_device_fits_target(res["device"], ctx.target, uri)
         label = device_label(res["device"], uri)
         t = res["timing"]
@@ -196,6 +210,10 @@ def measure_artifacts_on_device(arts: list[dict[str, Any]], settings: Any, ctx: 
                         "threads": ctx.threads, "p50_ms": t["p50_ms"], "p90_ms": t["p90_ms"], "min_ms": t["min_ms"],
                         "mean_ms": t["mean_ms"], "runs": t["runs"], "via": uri.display,
                         "device_facts": res["device"], "conditions": res["conditions"]}
+        if res.get("per_op_profile"):
+            from edgekit.measure.op_profile import per_op_fields
+
+            a["latency"].update(per_op_fields({"per_op": res["per_op"], **res["per_op_profile"]}))
     for a in arts:
         if a.get("runtime") not in HARNESS_RUNTIMES:
             a["latency"] = {"source": "none", "device": label,

@@ -38,8 +38,13 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
         path = ctx.artifacts_dir / f"{settings.name}{module.SUFFIX}"
         # formats that compile for a CPU (tvm) are told the target; portable formats are not
         kwargs = {"target": ctx.target} if getattr(module, "TARGET_AWARE", False) else {}
+        if getattr(module, "WANTS_INPUTS", False):  # formats that check themselves per layer on held-out inputs
+            kwargs["probe_inputs"] = ctx.data.x_test[: module.PROBE_INPUTS].astype("float32")
         module.export(model, ctx.example_input, path, **kwargs)
-        ctx.add_artifact(path, fmt, module.RUNTIME, precision="fp32", sparse=False)
+        meta = module.artifact_meta(path) if hasattr(module, "artifact_meta") else {}
+        ctx.add_artifact(path, fmt, module.RUNTIME, precision="fp32", sparse=False, **meta)
+        if hasattr(module, "report_section"):
+            ctx.add_section(*module.report_section(path))
         written.append(path.name)
         if task is not None:
             ctx.progress.advance(task)
