@@ -140,6 +140,27 @@ def export(model: nn.Module, example: np.ndarray, path: Path, calibration: np.nd
     return Path(path)
 
 
+def check_layers(model: nn.Module, example: np.ndarray, artifact: Path, probe_inputs: np.ndarray,
+                 calibration: np.ndarray | None = None, quantizer: Any = None) -> dict[str, Any]:
+    """Per-layer accuracy of an existing `.pte` made from `model` (and, for INT8, the same calibration and quantizer):
+    the program is rebuilt as a debug build and the result goes into the artifact's sidecar.
+
+    The debug build's output is compared with the artifact's own (`probe_vs_artifact_max_abs`), so a rebuild that
+    differed from the file would show.
+    """
+    import torch
+
+    from edgekit.export._pte_probe import layer_accuracy
+
+    x = torch.as_tensor(np.ascontiguousarray(example, np.float32))
+    source = model.eval() if calibration is None else quantize(model, example, calibration, quantizer)
+    layers = layer_accuracy(_export(source, x), model, x, np.asarray(probe_inputs, np.float32), Path(artifact))
+    meta = read_sidecar(artifact) or {}
+    meta["layers"] = layers
+    write_json(sidecar(artifact), meta)
+    return layers
+
+
 def _export(module: Any, x: Any) -> Any:
     import torch
 
@@ -207,7 +228,10 @@ def _add_op(ops: list[dict[str, Any]], node: Any, delegated: bool) -> None:
         return
     val = node.meta.get("val")
     tensors = [a for a in node.args if hasattr(a, "meta") and hasattr(a.meta.get("val"), "shape")][:2]
-    quantised = any("dequantize" in _op_name(getattr(a, "target", "")) for a in tensors)
+    # A layer is INT8 when its weight is (a float layer after an INT8 one also reads a dequantised input).
+    weighted = name in ("aten.convolution.default", "aten.linear.default") and len(tensors) > 1
+    quantised = any("dequantize" in _op_name(getattr(a, "target", "")) for a in (tensors[1:2] if weighted
+                                                                                    else tensors))
     stack = node.meta.get("nn_module_stack") or {}
     ops.append({"op": name, "node": node.name, "layer": list(stack.values())[-1][0] if stack else "", "delegated": delegated,
                 "dtype": "int8" if quantised else "float",

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 RUNTIME_NAME = "ExecuTorch (XNNPACK delegate)"
 SPARSE_REASON = ("edgekit's .pte export lowers weights densely to XNNPACK (no sparse-inference path): pruned zeros "
                  "are multiplied like any weight")
-_WHY_LOGGER = "executorch.backends.xnnpack.partition.config.xnnpack_config"
+_WHY_LOGGER = "executorch.backends.xnnpack.partition"  # the configs' loggers are its children
 
 
 def reason(runtime_name: str) -> str:
@@ -61,9 +61,10 @@ def delegation_report(model: nn.Module, input_shape: tuple[int, ...]) -> dict[st
 
     handler = _Why()
     log = logging.getLogger(_WHY_LOGGER)
-    old_level = log.level
+    old_level, old_propagate = log.level, log.propagate
     log.addHandler(handler)
     log.setLevel(logging.DEBUG)
+    log.propagate = False  # collected here, not printed
     try:
         with quiet(), torch.no_grad():
             ep = torch.export.export(model.eval(), (torch.zeros(input_shape),))
@@ -73,6 +74,7 @@ def delegation_report(model: nn.Module, input_shape: tuple[int, ...]) -> dict[st
     finally:
         log.removeHandler(handler)
         log.setLevel(old_level)
+        log.propagate = old_propagate
     gm = edge.exported_program().graph_module
     info = delegation(gm)
     names = [n.name for n in gm.graph.nodes if n.op == "call_function"]

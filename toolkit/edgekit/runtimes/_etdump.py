@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-_NOT_OPS = {"Method::execute", "DELEGATE_CALL", "Method::init", "Program::load_method"}
+# The method, the delegate call around XNNPACK's operators, the wrapper around each portable kernel's own event.
+_NOT_OPS = {"Method::execute", "DELEGATE_CALL", "OPERATOR_CALL", "Method::init", "Program::load_method"}
 # XNNPACK operator name prefix -> category; graph op -> category (edge dialect names).
 EVENT_CATEGORIES = (("Convolution", "layer"), ("Fully Connected", "layer"), ("Deconvolution", "layer"),
                     ("Batch Matrix Multiply", "layer"), ("Add", "add"), ("Multiply", "mul"), ("Mean", "mean"),
@@ -31,8 +32,19 @@ NODE_CATEGORIES = {"aten.convolution.default": "layer", "aten.linear.default": "
                    "aten.cat.default": "cat"}
 
 
-def event_category(op_type: str) -> str | None:
+def event_category(op_type: str, delegated: bool) -> str | None:
+    """XNNPACK events by operator family; portable kernels ("native_call_cumsum.out") by their operator."""
+    if not delegated:
+        return f"portable:{op_type.removeprefix('native_call_').split('.')[0]}" if op_type.startswith(
+            "native_call_") else None
     return next((cat for prefix, cat in EVENT_CATEGORIES if op_type.startswith(prefix)), None)
+
+
+def node_category(node: dict[str, Any]) -> str | None:
+    if not node.get("delegated", True):
+        parts = node.get("op", "").split(".")
+        return f"portable:{parts[1]}" if len(parts) > 1 else None
+    return NODE_CATEGORIES.get(node.get("op", ""))
 
 
 def read_events(etdump: bytes, skip_runs: int) -> tuple[list[dict[str, Any]], list[float]]:
@@ -68,12 +80,12 @@ def map_events(events: list[dict[str, Any]], ops: list[dict[str, Any]] | None
     """Rows {"name", "type", "ms" (mean per run), "layer", "op", "signature"} and whether layers were matched."""
     by_cat_nodes: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for node in ops or []:
-        cat = NODE_CATEGORIES.get(node.get("op", ""))
-        if cat and node.get("delegated", True):
+        cat = node_category(node)
+        if cat:
             by_cat_nodes[cat].append(node)
     by_cat_events: dict[str, list[int]] = defaultdict(list)
     for i, ev in enumerate(events):
-        cat = event_category(ev["type"]) if ev["delegated"] else None
+        cat = event_category(ev["type"], ev["delegated"])
         if cat:
             by_cat_events[cat].append(i)
     matched: dict[int, dict[str, Any]] = {}
@@ -105,5 +117,8 @@ def signature(op_type: str, node: dict[str, Any] | None) -> str:
     if not node:
         return f"{op_type}|"
     dtype = node.get("dtype", "float")
-    ins = ",".join(f"{dtype}{list(s)}" for s in node.get("inputs", []))
+    shapes = [list(s) for s in node.get("inputs", [])]
+    if node.get("op") == "aten.linear.default" and len(shapes) > 1:
+        shapes[1] = shapes[1][::-1]  # [K, N] like ONNX MatMul / Gemm: the predictor's MAC count reads K first
+    ins = ",".join(f"{dtype}{s}" for s in shapes)
     return f"{op_type}|{ins}->{dtype}{list(node.get('output', []))}"

@@ -19,18 +19,20 @@ if TYPE_CHECKING:
     from edgekit.pipeline import RunContext
 
 CHANGES_MODEL = False
-BACKENDS = {"onnx": ("onnxruntime", "nncf"), "tflite": ("litert-pt2e",)}
-RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert"}
+BACKENDS = {"onnx": ("onnxruntime", "nncf"), "tflite": ("litert-pt2e",), "pte": ("xnnpack-pt2e",)}
+RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert", "pte": "executorch"}
 
 
 @dataclass(frozen=True)
 class Settings:
-    formats: tuple[str, ...] = field(default=(), metadata={"help": "formats to quantise (onnx, tflite); empty: the "
-                                                                   "target's formats that have a backend"})
+    formats: tuple[str, ...] = field(default=(), metadata={"help": "formats to quantise (onnx, tflite, pte); empty: "
+                                                                   "the target's formats that have a backend"})
     onnx_backend: str = field(default="onnxruntime", metadata={"help": "onnxruntime (QDQ) or nncf (PTQ)"})
     trials: int = field(default=30, metadata={"help": "NSGA-II trials of the ONNX search"})
     tflite_trials: int = field(default=0, metadata={"help": "NSGA-II trials in LiteRT; 0: apply the policy chosen "
                                                             "by the ONNX search (each TFLite candidate is a conversion)"})
+    pte_trials: int = field(default=0, metadata={"help": "NSGA-II trials timed in ExecuTorch; 0: apply the policy chosen "
+                                                         "by the ONNX search (each candidate is a PT2E export)"})
     max_quality_drop: float = field(default=1.0, metadata={"help": "constraint: quality drop in points"})
     latency_budget_ms: float = field(default=0.0, metadata={"help": "constraint: p50 latency in ms (0: none)"})
     max_size_mb: float = field(default=0.0, metadata={"help": "constraint: artifact size in MB (0: none)"})
@@ -50,8 +52,8 @@ class Settings:
             raise SettingsError(f"quantize: no INT8 backend for formats {bad}; available: {sorted(BACKENDS)}")
         if self.onnx_backend not in BACKENDS["onnx"]:
             raise SettingsError(f"quantize: onnx_backend must be one of {BACKENDS['onnx']}, got {self.onnx_backend}")
-        if self.trials < 1 or self.tflite_trials < 0:
-            raise SettingsError("quantize: trials must be >= 1 and tflite_trials >= 0")
+        if self.trials < 1 or self.tflite_trials < 0 or self.pte_trials < 0:
+            raise SettingsError("quantize: trials must be >= 1, tflite_trials and pte_trials >= 0")
         if self.max_quality_drop < 0 or self.latency_budget_ms < 0 or self.max_size_mb < 0:
             raise SettingsError("quantize: constraints must be >= 0 (0 disables latency and size limits)")
         if not 0 <= self.latency_slack < 1:
@@ -133,6 +135,11 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
                                           ranked=ranked, progress=ctx.progress, **kw))
         else:
             results.append(transfer_runtime(scorer, onnx_result.chosen.policy, source="onnxruntime", **kw))
+    if "pte" in fmts:
+        from edgekit.quant import executorch_backend
+
+        results.append(executorch_backend.run(ctx, model, calib, x_eval, y_eval, common, settings, constraints,
+                                              onnx_result, _float_artifact(ctx, model, "pte")))
     _write_outputs(ctx, results)
     plot = plot_pareto(ctx.out / "quant_pareto.png", results, f"{ctx.report.get('model')} → {ctx.target.name}")
     for r in results:
@@ -146,6 +153,7 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
                         "plot": plot.name if plot else None})
     shutil.rmtree(work / "onnx", ignore_errors=True)  # candidates; the kept artifacts were copied out
     shutil.rmtree(work / "tflite", ignore_errors=True)
+    shutil.rmtree(work / "pte", ignore_errors=True)
     return model
 
 
@@ -153,15 +161,20 @@ def _write_outputs(ctx: RunContext, results: list[Any]) -> None:
     """Copies full INT8 and the chosen policy's artifact into artifacts/ and registers them for verify/measure."""
     import math
 
+    from edgekit import export as exporters
     from edgekit.quant.policy import FLOAT
 
     for r in results:
+        exporter = exporters.get(r.fmt)
         suffix = r.int8.path.suffix
         for kind, cand in (("int8", r.int8), ("mixed", r.chosen)):
             if kind == "mixed" and cand is r.int8:
                 continue
             dest = ctx.artifacts_dir / f"model_{kind}{suffix}"
             shutil.copyfile(cand.path, dest)
+            side = cand.path.with_name(cand.path.name + ".json")  # a format's sidecar (pte: delegation, layers)
+            if side.is_file():
+                shutil.copyfile(side, dest.with_name(dest.name + ".json"))
             precision = "mixed" if any(m == FLOAT for m in cand.policy.layers.values()) else "int8"
             # INT8 logits differ from float by design: check top-1 agreement, allowing for the spread of a
             # 32-input verification sample around the agreement the search measured on the eval set.
@@ -171,5 +184,8 @@ def _write_outputs(ctx: RunContext, results: list[Any]) -> None:
                              reference="float", tolerance={"max_abs_err": None, "min_top1": round(min_top1, 3)},
                              policy=f"artifacts/quant_policy_{r.fmt}.json" if kind == "mixed" else None,
                              quant={"drop": round(cand.drop, 4), "quality": cand.quality,
-                                    "sqnr_db": round(cand.sqnr_db, 2)})
+                                    "sqnr_db": round(cand.sqnr_db, 2)},
+                             **(exporter.artifact_meta(dest) if hasattr(exporter, "artifact_meta") else {}))
+            if hasattr(exporter, "report_section"):
+                ctx.add_section(*exporter.report_section(dest))
         r.chosen.policy.save(ctx.artifacts_dir / f"quant_policy_{r.fmt}.json")
