@@ -30,10 +30,10 @@ def test_default_run_writes_verified_measured_artifacts(digits_run: Path):
     assert [s["name"] for s in report["stages"]] == ["check", "baseline", "export", "verify", "measure"]
     assert report["stages"][1]["metrics"]["accuracy"] > 0.9  # trained on real digits
     check = report["stages"][0]["details"]["findings"]
-    assert {f["runtime"] for f in check} == {"litert", "onnxruntime"}
+    assert {f["runtime"] for f in check} == {"litert", "onnxruntime", "executorch"}
     assert not any(f["sparse"] for f in check)  # the digits CNN's stem blocks XNNPACK's sparse path
     formats = {a["format"]: a for a in report["artifacts"]}
-    assert {"onnx", "tflite"} <= set(formats)
+    assert {"onnx", "tflite", "pte"} <= set(formats)
     for art in formats.values():
         path = digits_run / art["path"]
         assert path.is_file() and path.stat().st_size == art["size_bytes"]
