@@ -201,8 +201,12 @@ def measure_artifacts_on_device(arts: list[dict[str, Any]], settings: Any, ctx: 
     for a in arts:
         if a.get("runtime") not in HARNESS_RUNTIMES:
             continue
-        res = run_harness(uri, ctx.out / a["path"], a["runtime"], ctx.threads, settings.runs, settings.warmup,
-                          profile_runs=10 if runtime_profiler(a["runtime"]) else 0)  # per-layer times
+        try:
+            res = run_harness(uri, ctx.out / a["path"], a["runtime"], ctx.threads, settings.runs, settings.warmup,
+                              profile_runs=10 if runtime_profiler(a["runtime"]) else 0)  # per-layer times
+        except RuntimeUnavailable as e:  # this runtime is missing on the device: the others are still measured
+            a["latency"] = {"source": "none", "device": uri.display, "reason": str(e)}
+            continue
         check_device_fits_target(res["device"], ctx.target, uri)
         label = device_label(res["device"], uri)
         t = res["timing"]
