@@ -24,12 +24,16 @@ import argparse
 import json
 import random
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+# This file is benchmarks/executorch.py: with its folder first on sys.path, `import executorch` would find it.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
 
 
 def emit(obj: dict[str, Any]) -> None:

@@ -239,6 +239,22 @@ def load_onnxruntime(path: str, threads: int, profile_dir: str | None):
     return run, f"onnxruntime {ort.__version__}", per_op
 
 
+def pte_problem(path: str) -> str | None:
+    """Why a file is no ExecuTorch program (None: it looks like one). The runtime aborts the process on a foreign
+    file, so this runs first: the flatbuffer identifier is "ET" + 2 digits at byte 4; the extended header ("eh00")
+    states the program and segment sizes, so a truncated file shows by its length."""
+    with open(path, "rb") as f:
+        head = f.read(40)
+    if len(head) < 8 or head[4:6] != b"ET" or not head[6:8].isdigit():
+        return "is not an ExecuTorch program (.pte): no 'ET' file identifier"
+    if head[8:12] == b"eh00" and len(head) >= 40:
+        program, base, segments = (int.from_bytes(head[i:i + 8], "little") for i in (16, 24, 32))
+        need = max(program, base + segments if segments else 0)
+        if os.path.getsize(path) < need:
+            return f"is truncated: {os.path.getsize(path)} bytes, its header says {need}"
+    return None
+
+
 def load_executorch(path: str, threads: int, profile_dir: str):
     # The wheel's C++ extension directly: `executorch.runtime` imports executorch.exir, which needs a dozen more
     # packages a device does not; the extension itself needs only torch (it links libtorch's symbols).
@@ -249,15 +265,9 @@ def load_executorch(path: str, threads: int, profile_dir: str):
     except ImportError as e:
         raise HarnessError("missing_runtime", f"the ExecuTorch runtime is not installed ({e})",
                            INSTALL["executorch"]) from None
-    with open(path, "rb") as f:
-        head = f.read(40)
-    if len(head) < 8 or head[4:6] != b"ET":
-        raise HarnessError("bad_model", f"{os.path.basename(path)} is not an ExecuTorch program (no 'ET' identifier)")
-    if head[8:12] == b"eh00" and len(head) >= 40:
-        need = max(int.from_bytes(head[16:24], "little"), sum(int.from_bytes(head[i:i + 8], "little")
-                                                                for i in (24, 32)))
-        if os.path.getsize(path) < need:
-            raise HarnessError("bad_model", f"{os.path.basename(path)} is truncated (its header says {need} bytes)")
+    problem = pte_problem(path)
+    if problem:
+        raise HarnessError("bad_model", f"{os.path.basename(path)} {problem}")
     if _C._threadpool_get_thread_count() != threads:
         _C._unsafe_reset_threadpool(threads)
 

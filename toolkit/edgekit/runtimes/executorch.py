@@ -80,26 +80,15 @@ def set_threads(threads: int) -> None:
 
 def check_file(path: Path) -> None:
     """Refuses files that are not ExecuTorch programs before the runtime sees them: on a foreign file the runtime
-    aborts the process (it logs the bad identifier as a string and terminates on non-UTF-8 bytes).
+    aborts the process (it logs the bad identifier as a string and terminates on non-UTF-8 bytes)."""
+    from edgekit.measure.harness import pte_problem
 
-    A program starts with a flatbuffer offset and the identifier "ET" + 2 digits; its extended header ("eh00")
-    states the program and segment sizes, so a truncated file is recognised by its length.
-    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no such ExecuTorch program: {path}")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(64)
-    if len(head) < 8 or head[4:6] != b"ET" or not head[6:8].isdigit():
-        raise InputError(f"{path} is not an ExecuTorch program (.pte): no 'ET' file identifier")
-    if head[8:12] == b"eh00" and len(head) >= 40:
-        program_size = int.from_bytes(head[16:24], "little")
-        segment_base = int.from_bytes(head[24:32], "little")
-        segment_size = int.from_bytes(head[32:40], "little")
-        expected = max(program_size, segment_base + segment_size if segment_size else 0)
-        if size < expected:
-            raise InputError(f"{path} is truncated: {size} bytes, its header says {expected}")
+    problem = pte_problem(str(path))
+    if problem:
+        raise InputError(f"{path} {problem}")
 
 
 class ExecuTorchRunner:
