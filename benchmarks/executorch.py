@@ -89,13 +89,14 @@ def predictor_check(model: Any, x: np.ndarray, calib: np.ndarray, paths: dict[st
     from edgekit.runtimes import load_runner, time_interleaved
     from edgekit.runtimes.executorch import per_op_profile
 
-    backend = ExecuTorchQuantizer(model, x, calib)
+    # Latency does not depend on the activation ranges: min/max on 8 inputs keeps each variant's export short.
+    backend = ExecuTorchQuantizer(model, x, calib[:8])
     names = [la.name for la in backend.layers]
 
     def variant(seed: int) -> Path:
         rng = random.Random(seed)
         keep = rng.uniform(0.1, 0.9)
-        policy = Policy({n: FLOAT if rng.random() < keep else INT8_CHANNEL for n in names}, calibration="mse",
+        policy = Policy({n: FLOAT if rng.random() < keep else INT8_CHANNEL for n in names}, calibration="minmax",
                         label=f"seed {seed}")
         return backend.apply(policy, tmp / f"policy{seed}.pte")
 

@@ -217,7 +217,8 @@ def delegation(gm: Any) -> dict[str, Any]:
     n_del, n_port = sum(delegated.values()), sum(portable.values())
     total = n_del + n_port
     return {"delegated_fraction": round(n_del / total, 4) if total else 0.0, "delegated_nodes": n_del,
-            "portable_nodes": n_port, "delegated_subgraphs": subgraphs, "delegated_ops": dict(sorted(delegated.items())),
+            "portable_nodes": n_port, "delegated_subgraphs": subgraphs,
+            "delegated_ops": dict(sorted(delegated.items())),
             "portable_ops": dict(sorted(portable.items())), "ops": ops}
 
 
@@ -233,7 +234,8 @@ def _add_op(ops: list[dict[str, Any]], node: Any, delegated: bool) -> None:
     quantised = any("dequantize" in _op_name(getattr(a, "target", "")) for a in (tensors[1:2] if weighted
                                                                                     else tensors))
     stack = node.meta.get("nn_module_stack") or {}
-    ops.append({"op": name, "node": node.name, "layer": list(stack.values())[-1][0] if stack else "", "delegated": delegated,
+    ops.append({"op": name, "node": node.name, "layer": list(stack.values())[-1][0] if stack else "",
+                "delegated": delegated,
                 "dtype": "int8" if quantised else "float",
                 "inputs": [list(a.meta["val"].shape) for a in tensors],
                 "output": list(val.shape) if hasattr(val, "shape") else []})

@@ -134,7 +134,8 @@ def _markdown(a: dict[str, Any], check: dict[str, Any] | None) -> str:
             line += f" {p['predicted_ms']:.4f} | {p['err_pct']:+.0f}% |" if p else " – | – |"
         lines.append(line)
     if len(layers) > TOP:
-        lines.append(f"| | {len(layers) - TOP} more layers | | | {100 * (1 - cum):.1f}% | |" + (" | |" if check else ""))
+        rest = f"| | {len(layers) - TOP} more layers | | | {100 * (1 - cum):.1f}% | |"
+        lines.append(rest + (" | |" if check else ""))
     return "\n".join(lines)
 
 

@@ -149,7 +149,8 @@ def etdump_profile(path: Path, x: np.ndarray | None, threads: int = 1, runs: int
     `x` None feeds zeros (kernel detection: which operators run, not how long).
     """
     runner = ExecuTorchRunner(Path(path), threads, etdump=True)
-    x = np.zeros(runner.input_shape, np.float32) if x is None else np.asarray(x, np.float32).reshape(runner.input_shape)
+    shape = runner.input_shape
+    x = np.zeros(shape, np.float32) if x is None else np.asarray(x, np.float32).reshape(shape)
     for _ in range(warmup + runs):
         runner(x)
     with tempfile.TemporaryDirectory(prefix="edgekit-etdump-") as d:
@@ -184,7 +185,8 @@ PROFILE_SOURCE = ("ETDump (ExecuTorch event tracer): the XNNPACK delegate's own 
                   "mean per run over separate profiled runs")
 
 
-def per_op_profile(path: Path, x: np.ndarray | None, threads: int = 1, runs: int = 20, warmup: int = 3) -> dict[str, Any]:
+def per_op_profile(path: Path, x: np.ndarray | None, threads: int = 1, runs: int = 20, warmup: int = 3
+                   ) -> dict[str, Any]:
     """Per-operator times of a `.pte` on this machine, mapped onto its layers (the export's sidecar)."""
     from edgekit.export.pte import read_sidecar
 
@@ -201,6 +203,7 @@ def per_op_from_harness(result: dict[str, Any], artifact: Path) -> dict[str, Any
     from edgekit.export.pte import read_sidecar
 
     etdump = base64.b64decode(result.pop("etdump_b64"))
-    prof = per_op_from_etdump(etdump, int(result.pop("etdump_skip_runs", 0)), (read_sidecar(artifact) or {}).get("ops"))
+    ops = (read_sidecar(artifact) or {}).get("ops")
+    prof = per_op_from_etdump(etdump, int(result.pop("etdump_skip_runs", 0)), ops)
     prof["source"] = PROFILE_SOURCE + " (recorded on the device, decoded here)"
     return prof
