@@ -229,8 +229,10 @@ class Predictor:
 
     def check_layers(self, artifact_path: str | Path, runtime: str, threads: int, measured: list[dict[str, Any]],
                      p50_ms: float | None = None) -> dict[str, Any]:
-        """Per-layer check: each measured operator's predicted time (table or per-type model, times the fitted
-        slope) against its measured time, summed per layer.
+        """Per-layer check: each measured operator's predicted time against its measured time, summed per layer.
+
+        An operator's prediction is its kernel estimate (table or per-type model) times the model-level correction
+        (predicted p50 / kernel sum), so the layers add up to the predicted p50 as the whole-model figure does.
 
         Measured operator times are first scaled so they add up to the artifact's measured p50 (as the table's
         entries were when the profile was built).
@@ -251,8 +253,11 @@ class Predictor:
         raw_sum = sum(o["ms"] for o in measured) or 1.0
         scale = p50_ms / raw_sum if p50_ms else 1.0
         measured = [{**o, "ms": o["ms"] * scale} for o in measured]
-        pred_ops = [{**o, "ms": model.a * model.kernel_ms(o.get("signature") or f"{o['type']}|")[0]}
-                    for o in measured]
+        kernel = [model.kernel_ms(o.get("signature") or f"{o['type']}|")[0] for o in measured]
+        raw = sum(kernel)
+        whole = self.predict(artifact_path, runtime, threads)["p50_ms"]
+        correction = (model.a * raw + model.b) / raw if raw > 0 else 1.0
+        pred_ops = [{**o, "ms": k * correction} for o, k in zip(measured, kernel, strict=True)]
         meas, pred = by_layer(measured), {r["layer"]: r for r in by_layer(pred_ops)}
         total_meas = sum(r["ms"] for r in meas) or 1.0
         rows, errs = [], []
@@ -262,7 +267,6 @@ class Predictor:
             rows.append({"layer": r["layer"], "measured_ms": r["ms"], "predicted_ms": round(p, 5), "err_pct": err})
             if err is not None and r["ms"] >= 0.01 * total_meas:  # layers under 1% of the run: noise, not signal
                 errs.append(abs(err))
-        whole = self.predict(artifact_path, runtime, threads)["p50_ms"]
         base_err, basis = self._error(model)
         return {"device": self.device_label, "basis": f"{basis}; model error {base_err}%",
                 "layers": rows, "layers_compared": len(errs),

@@ -77,7 +77,7 @@ def read_events(etdump: bytes, skip_runs: int) -> tuple[list[dict[str, Any]], li
 
 def map_events(events: list[dict[str, Any]], ops: list[dict[str, Any]] | None
                ) -> tuple[list[dict[str, Any]], bool, str]:
-    """Rows {"name", "type", "ms" (mean per run), "layer", "op", "signature"} and whether layers were matched."""
+    """Rows {"name", "type", "ms" (median per run), "layer", "op", "signature"} and whether layers were matched."""
     by_cat_nodes: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for node in ops or []:
         cat = node_category(node)
@@ -97,11 +97,17 @@ def map_events(events: list[dict[str, Any]], ops: list[dict[str, Any]] | None
         elif ops:
             skipped.append(f"{cat}: {len(idx)} XNNPACK operators vs {len(nodes)} graph nodes")
     rows = []
+    # Operators XNNPACK adds (converts, transposes) have no node; the tensor they move is the one the last matched
+    # operator wrote (or, before any, the program's input), which keys them by size for the predictor.
+    here = (ops[0].get("inputs") or [[]])[0] if ops else []
     for i, ev in enumerate(events):
         node = matched.get(i)
-        rows.append({"name": ev["name"], "type": ev["type"], "ms": round(float(np.mean(ev["ms"])), 5),
+        # The median per run: one slow run of a shared machine would move a mean of 20 short runs a lot.
+        rows.append({"name": ev["name"], "type": ev["type"], "ms": round(float(np.median(ev["ms"])), 5),
                      "layer": node.get("layer") if node else None, "op": node.get("op") if node else None,
-                     "signature": signature(ev["type"], node)})
+                     "signature": signature(ev["type"], node) if node else f"{ev['type']}|tensor{list(here)}->"})
+        if node:
+            here = node.get("output") or here
     layers = by_cat_events.get("layer", [])
     mapped = bool(layers) and all(i in matched for i in layers)
     note = "XNNPACK operators matched to graph nodes by order within each category"

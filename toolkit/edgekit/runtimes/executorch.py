@@ -169,7 +169,7 @@ def per_op_from_etdump(etdump: bytes, skip_runs: int = 0, ops: list[dict[str, An
         ops: the program's operators in execution order (the `ops` of the export's sidecar); None: names only.
 
     Returns:
-        {"per_op": [{"name", "type", "ms", "layer", "op", "signature"}], "runs", "execute_ms" (mean per run of
+        {"per_op": [{"name", "type", "ms" (median per run), "layer", "op", "signature"}], "runs", "execute_ms" (mean of
         Method::execute), "mapped" (whether operators were matched to layers), "note"}.
     """
     from edgekit.runtimes._etdump import map_events, read_events
@@ -182,7 +182,7 @@ def per_op_from_etdump(etdump: bytes, skip_runs: int = 0, ops: list[dict[str, An
 
 
 PROFILE_SOURCE = ("ETDump (ExecuTorch event tracer): the XNNPACK delegate's own operator timings, 1 us resolution, "
-                  "mean per run over separate profiled runs")
+                  "median per run over separate profiled runs")
 
 
 def per_op_profile(path: Path, x: np.ndarray | None, threads: int = 1, runs: int = 20, warmup: int = 3
