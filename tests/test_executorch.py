@@ -205,3 +205,34 @@ def test_compress_writes_verified_measured_and_profiled_pte(digits_run: Path):
     titles = [s["title"] for s in report["sections"]]
     assert "ExecuTorch: model_fp32.pte (fp32)" in titles and "Where the time goes (per-operator profile)" in titles
     assert (digits_run / "op_profile.png").is_file() and (digits_run / "artifacts" / "model_fp32.pte.json").is_file()
+
+
+def test_predictor_learns_executorch_kernels_and_checks_layers(tiny, tmp_path):
+    from edgekit.measure import harness
+    from edgekit.measure.predictor import predictor_from_profile_dicts
+    from edgekit.measure.profile import add_entry, new_profile
+    from edgekit.runtimes import time_interleaved
+
+    # 64x64 inputs: operators long enough for the profiler's 1 us resolution.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 3, 64, 64), dtype=np.float32)
+    paths = {"fp32": pte.export(tiny["model"], x, tmp_path / "f.pte"),
+             "int8": pte.export(tiny["model"], x, tmp_path / "q.pte", calibration=rng.standard_normal(
+                 (4, 3, 64, 64), dtype=np.float32))}
+    prof = new_profile("host", "test", harness.device_facts(), "local")
+    runners = [load(paths[k], 1) for k in ("fp32", "int8")]
+    for key, t in zip(("fp32", "int8"), time_interleaved(runners, x, 2, 20), strict=True):
+        ops = per_op_profile(paths[key], x, 1, runs=5, warmup=1)["per_op"]
+        add_entry(prof, key, "pte", runners[0].runtime, 1, t.as_dict(), ops, sha256=key)
+    predictor = predictor_from_profile_dicts([prof])
+    assert predictor.can_predict_ops("executorch", 1) and not predictor.can_predict_ops("litert", 1)
+    pred = predictor.predict(paths["int8"], "executorch", 1)
+    assert pred["source"] == "predicted" and pred["p50_ms"] >= 0 and pred["kernels_in_table"] == 1.0
+    measured = per_op_profile(paths["int8"], x, 1, runs=5, warmup=1)["per_op"]
+    assert sum(o["ms"] for o in measured) > 0
+    check = predictor.check_layers(paths["int8"], "executorch", 1, measured, p50_ms=0.5)
+    assert {"stem.0", "pw", "dw", "head"} <= {r["layer"] for r in check["layers"]} and check["measured_p50_ms"] == 0.5
+    # The layers' predictions add up to the whole-model prediction (its correction is spread over them), and the
+    # measured operator times are scaled to the measured p50.
+    assert sum(r["predicted_ms"] for r in check["layers"]) == pytest.approx(pred["p50_ms"], rel=1e-2, abs=1e-3)
+    assert sum(r["measured_ms"] for r in check["layers"]) == pytest.approx(0.5, rel=1e-2)

@@ -151,6 +151,7 @@ def plot_layers(path: Path, arts: list[dict[str, Any]]) -> Path | None:
     from edgekit.fileio import atomic_path
 
     colors = {"Convolution": "tab:blue", "Fully Connected": "tab:orange", "Add": "tab:green", "Mean": "tab:purple"}
+    labels = ["convolution (KxK, depthwise)", "GEMM (1x1 conv, linear)", "add", "mean", "other"]
     fig, axes = plt.subplots(len(arts), 1, figsize=(10, 2.6 * len(arts)), squeeze=False)
     for ax, a in zip(axes[:, 0], arts, strict=True):
         layers = a["latency"]["per_layer"]
@@ -160,8 +161,8 @@ def plot_layers(path: Path, arts: list[dict[str, Any]]) -> Path | None:
         ax.set_ylabel("ms per run")
         ax.set_xlabel("layer, in execution order")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in [*colors.values(), "tab:gray"]]
-    fig.legend(handles, [*colors, "other"], loc="upper right", fontsize=8)
-    fig.tight_layout()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (2.6 * len(arts))))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
