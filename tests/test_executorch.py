@@ -236,3 +236,29 @@ def test_predictor_learns_executorch_kernels_and_checks_layers(tiny, tmp_path):
     # measured operator times are scaled to the measured p50.
     assert sum(r["predicted_ms"] for r in check["layers"]) == pytest.approx(pred["p50_ms"], rel=1e-2, abs=1e-3)
     assert sum(r["measured_ms"] for r in check["layers"]) == pytest.approx(0.5, rel=1e-2)
+
+
+@pytest.mark.slow
+def test_quantize_stage_writes_int8_pte_with_per_layer_accuracy(digits_run: Path, tmp_path: Path):
+    """The quant recipe with format pte: the ONNX search's policy applied through the XNNPACK quantizer (slow: each
+    candidate is a PT2E export and lowering, plus a debug build per kept program)."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(digits_run, out)
+    r = run_cli("compress", "--target", "host", "--recipe", "quant", "--out", str(out), "--set",
+                "quantize.formats=[onnx,pte]", "--set", "quantize.trials=4", "--set", "quantize.eval_inputs=200",
+                "--set", "quantize.max_quality_drop=5", "--set", "quantize.final_runs=30", timeout=1800)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    arts = {a["path"]: a for a in report["artifacts"] if a["format"] == "pte"}
+    int8 = arts["artifacts/model_int8.pte"]
+    assert int8["precision"] == "int8" and int8["reference"] == "float" and int8["verification"]["passed"]
+    assert int8["executorch"]["delegated_fraction"] == 1.0
+    acc = int8["executorch"]["layer_accuracy"]
+    assert acc["probe_vs_artifact_max_abs"] == 0.0 and acc["output_sqnr_db"] < 80  # quantised, not float
+    assert int8["latency"]["source"] == "measured" and int8["latency"]["per_layer"]
+    search = next(s for s in report["stages"] if s["name"] == "quantize")["details"]["searches"]
+    assert {s["format"] for s in search} == {"onnx", "pte"}
+    assert (out / "artifacts" / "quant_policy_pte.json").is_file()
+    assert any(s["title"] == "Quantisation: pte (executorch 1.5.1 (xnnpack))" for s in report["sections"])
