@@ -10,6 +10,7 @@ from typing import Any
 from edgekit.data import load_data
 from edgekit.errors import SettingsError
 from edgekit.fileio import fingerprint, sha256_file
+from edgekit.importers import check_import
 from edgekit.targets import load_target
 from edgekit.zoo import calibrate_batchnorm, load_model
 
@@ -68,6 +69,8 @@ def compress(model: str | None = None, target: str = "host", *, recipe: str | di
         rec = Recipe((StageSpec("check", CheckSettings()), *rec.stages), rec.source)
     bundle = load_model(model, weights, input_shape, progress)
     ds = load_data(data, bundle.input_shape, bundle.default_data)
+    # A model imported from another tool's file is checked against that file's runtime before any stage runs.
+    check_import(bundle, ds.calibration(64), f"calibration inputs of {ds.name}")
     if bundle.weights.startswith("initialisation") and calibrate_batchnorm(bundle.module, ds.calibration(64)):
         bundle.weights += "; BatchNorm statistics set from 64 calibration inputs"
     threads = threads or tgt.threads
@@ -82,7 +85,8 @@ def compress(model: str | None = None, target: str = "host", *, recipe: str | di
                         target_facts={k: v for k, v in asdict(tgt).items() if k != "runtimes"},
                         data={"name": ds.name, "description": ds.description, "quality_metric": ds.quality_metric,
                               "labelled": ds.labelled},
-                        recipe=rec.as_dict(), threads=threads, device=device)
+                        recipe=rec.as_dict(), threads=threads, device=device,
+                        **({"import": bundle.import_info} if bundle.import_info else {}))
     ctx = RunContext(out=out, target=tgt, bundle=bundle, data=ds, threads=threads, report=report, progress=progress,
                      device=device, console=console)
     return run_pipeline(ctx, rec, base_fp, resume=resume)

@@ -103,6 +103,10 @@ def render_markdown(report: dict[str, Any], plot_name: str | None = None) -> str
               f"- data: {report.get('data', {}).get('description', '–')}; quality metric: "
               f"**{report.get('data', {}).get('quality_metric', '–')}**",
               f"- threads: {report.get('threads')}", ""]
+    if report.get("import"):
+        from edgekit.importers import describe_import
+
+        lines.insert(-1, f"- import: {describe_import(report['import'])}")
     target = report.get("target_facts", {})
     if target:
         lines += [f"Target **{report.get('target')}**: {target.get('description', '')} ({target.get('cpu')}, "
