@@ -169,7 +169,7 @@ def per_op_from_etdump(etdump: bytes, skip_runs: int = 0, ops: list[dict[str, An
         ops: the program's operators in execution order (the `ops` of the export's sidecar); None: names only.
 
     Returns:
-        {"per_op": [{"name", "type", "ms" (median per run), "layer", "op", "signature"}], "runs", "execute_ms" (mean of
+        {"per_op": [{"name", "type", "ms" (median per run), "layer", "op", "signature"}], "runs", "execute_ms" (median of
         Method::execute), "mapped" (whether operators were matched to layers), "note"}.
     """
     from edgekit.runtimes._etdump import map_events, read_events
@@ -177,7 +177,7 @@ def per_op_from_etdump(etdump: bytes, skip_runs: int = 0, ops: list[dict[str, An
     events, execute = read_events(etdump, skip_runs)
     rows, mapped, note = map_events(events, ops)
     runs = len(execute)
-    return {"per_op": rows, "runs": runs, "execute_ms": round(float(np.mean(execute)), 5) if runs else None,
+    return {"per_op": rows, "runs": runs, "execute_ms": round(float(np.median(execute)), 5) if runs else None,
             "mapped": mapped, "note": note}
 
 
