@@ -62,23 +62,30 @@ def policy_quantizer(policy: Policy) -> Any:
     """XNNPACKQuantizer configured per layer from `policy` (see the module docstring for the matching)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
 
+    groups: dict[str, set[str]] = collections.defaultdict(set)  # INT8 mode -> its layers
+    for name, mode in policy.layers.items():
+        if mode != FLOAT:
+            groups[mode].add(name)
+
     class PolicyQuantizer(XNNPACKQuantizer):
+        # Every annotation pass builds each pattern's graph with torch.export (~0.5 s each): the QAT-only
+        # conv-BN patterns cannot match here (prepare_pt2e folds BatchNorm first), and layers that share a mode
+        # are annotated in one pass, so a policy costs at most three passes, not one per layer.
+        SUPPORTED_PATTERNS = [p for p in XNNPACKQuantizer.SUPPORTED_PATTERNS if not p.is_qat]
+
         def _annotate_for_quantization_config(self, model: Any) -> Any:
             owner = _owner(set(policy.layers))
             # Patterns of no layer first, so a layer's pass cannot claim an add or a pooling for its own config.
             self._annotate_all_patterns(model, self.global_config, lambda n: owner(n) is None)
-            for name, cfg in self.module_name_config.items():
-                self._annotate_all_patterns(model, cfg, lambda n, name=name: owner(n) in (name, None))
+            for mode, names in groups.items():
+                cfg = layer_config(mode, policy.calibration, policy.symmetric_activations)
+                self._annotate_all_patterns(model, cfg, lambda n, names=names: owner(n) in names or owner(n) is None)
             return model
 
     q = PolicyQuantizer()
-    modes = [m for m in policy.layers.values() if m != FLOAT]
-    if modes:
-        common = collections.Counter(modes).most_common(1)[0][0]
+    if groups:
+        common = max(groups, key=lambda m: len(groups[m]))
         q.set_global(layer_config(common, policy.calibration, policy.symmetric_activations))
-    for name, mode in policy.layers.items():
-        if mode != FLOAT:
-            q.set_module_name(name, layer_config(mode, policy.calibration, policy.symmetric_activations))
     return q
 
 
