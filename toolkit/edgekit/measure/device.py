@@ -25,6 +25,7 @@ from edgekit.measure.ssh import HARNESS, SSHTarget, _parse_json, device_facts_ov
 
 if TYPE_CHECKING:
     from edgekit.pipeline import RunContext
+    from edgekit.report import Artifact
     from edgekit.targets import Target
 
 _SSH_OPTIONS = {"python", "identity", "known_hosts", "accept_new", "timeout"}
@@ -175,8 +176,8 @@ def device_facts(uri: DeviceURI, **ssh_overrides: Any) -> dict[str, Any]:
     return local_facts()
 
 
-def measure_artifacts_on_device(arts: list[dict[str, Any]], settings: Any, ctx: RunContext) -> None:
-    """Fills artifact["latency"] for every verified artifact, timed on ctx.device (called by stages/measure.py).
+def measure_artifacts_on_device(arts: list[Artifact], settings: Any, ctx: RunContext) -> None:
+    """Fills each artifact's latency, timed on ctx.device (called by stages/measure.py).
 
     Args:
         arts: the report's artifact records (verified ones).
@@ -197,28 +198,27 @@ def measure_artifacts_on_device(arts: list[dict[str, Any]], settings: Any, ctx: 
     from edgekit.measure.op_profile import runtime_profiler
 
     # The device's facts come back with every timing and are checked before any number is kept.
+    from edgekit.report import Latency
+
     label = uri.display
     for a in arts:
-        if a.get("runtime") not in HARNESS_RUNTIMES:
+        if a.runtime not in HARNESS_RUNTIMES:
             continue
         try:
-            res = run_harness(uri, ctx.out / a["path"], a["runtime"], ctx.threads, settings.runs, settings.warmup,
-                              profile_runs=10 if runtime_profiler(a["runtime"]) else 0)  # per-layer times
+            res = run_harness(uri, ctx.out / a.path, a.runtime, ctx.threads, settings.runs, settings.warmup,
+                              profile_runs=10 if runtime_profiler(a.runtime) else 0)  # per-layer times
         except RuntimeUnavailable as e:  # this runtime is missing on the device: the others are still measured
-            a["latency"] = {"source": "none", "device": uri.display, "reason": str(e)}
+            a.latency = Latency.none(str(e), device=uri.display)
             continue
         check_device_fits_target(res["device"], ctx.target, uri)
         label = device_label(res["device"], uri)
-        t = res["timing"]
-        a["latency"] = {"source": "measured", "device": label, "runtime": res["runtime"],
-                        "threads": ctx.threads, "p50_ms": t["p50_ms"], "p90_ms": t["p90_ms"], "min_ms": t["min_ms"],
-                        "mean_ms": t["mean_ms"], "runs": t["runs"], "via": uri.display,
-                        "device_facts": res["device"], "conditions": res["conditions"]}
+        a.latency = Latency.measured(res["timing"], device=label, runtime=res["runtime"], threads=ctx.threads,
+                                     via=uri.display, device_facts=res["device"], conditions=res["conditions"])
         if res.get("per_op_profile"):
             from edgekit.measure.op_profile import per_op_fields
 
-            a["latency"].update(per_op_fields({"per_op": res["per_op"], **res["per_op_profile"]}))
+            a.latency.extra.update(per_op_fields({"per_op": res["per_op"], **res["per_op_profile"]}))
     for a in arts:
-        if a.get("runtime") not in HARNESS_RUNTIMES:
-            a["latency"] = {"source": "none", "device": label,
-                            "reason": f"the device harness runs {', '.join(HARNESS_RUNTIMES)}, not {a.get('runtime')}"}
+        if a.runtime not in HARNESS_RUNTIMES:
+            a.latency = Latency.none(f"the device harness runs {', '.join(HARNESS_RUNTIMES)}, not {a.runtime}",
+                                     device=label)

@@ -18,6 +18,7 @@ from edgekit.errors import EdgekitError
 
 if TYPE_CHECKING:
     from edgekit.pipeline import RunContext
+    from edgekit.report import Artifact
 
 TOP = 15
 PROFILE_RUNS = 20
@@ -49,15 +50,14 @@ def by_layer(per_op: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def profile_host_artifacts(arts: list[dict[str, Any]], ctx: RunContext, runs: int = PROFILE_RUNS) -> None:
-    """Adds latency.per_op (and per_layer) to every host-measured artifact whose runtime offers a profiler."""
+def profile_host_artifacts(arts: list[Artifact], ctx: RunContext, runs: int = PROFILE_RUNS) -> None:
+    """Adds per_op (and per_layer) to the latency of every host-measured artifact whose runtime has a profiler."""
     for a in arts:
-        lat = a.get("latency") or {}
-        profiler = runtime_profiler(a.get("runtime", ""))
-        if lat.get("source") != "measured" or profiler is None:
+        profiler = runtime_profiler(a.runtime)
+        if a.latency.source != "measured" or profiler is None:
             continue
-        prof = profiler(ctx.out / a["path"], ctx.example_input, ctx.threads, runs, 3)
-        lat.update(per_op_fields(prof))
+        prof = profiler(ctx.out / a.path, ctx.example_input, ctx.threads, runs, 3)
+        a.latency.extra.update(per_op_fields(prof))
 
 
 def per_op_fields(prof: dict[str, Any]) -> dict[str, Any]:
@@ -69,31 +69,30 @@ def per_op_fields(prof: dict[str, Any]) -> dict[str, Any]:
             "per_op_note": prof.get("note")}
 
 
-def predicted_layers(a: dict[str, Any], ctx: RunContext) -> dict[str, Any] | None:
+def predicted_layers(a: Artifact, ctx: RunContext) -> dict[str, Any] | None:
     """Per-layer predictions for artifact `a` from the target's profile, with the per-layer error, or None."""
     from edgekit.measure.predictor import load_predictor
 
-    runtime = (a.get("runtime") or "")
     try:
         predictor = load_predictor(ctx.target.name)
-        if predictor is None or not predictor.can_predict_ops(runtime, ctx.threads):
+        if predictor is None or not predictor.can_predict_ops(a.runtime, ctx.threads):
             return None
-        return predictor.check_layers(ctx.out / a["path"], runtime, ctx.threads, a["latency"]["per_op"],
-                                      a["latency"].get("p50_ms"))
+        return predictor.check_layers(ctx.out / a.path, a.runtime, ctx.threads, a.latency.extra["per_op"],
+                                      a.latency.p50_ms)
     except EdgekitError:
         return None
 
 
-def add_sections(arts: list[dict[str, Any]], ctx: RunContext) -> None:
+def add_sections(arts: list[Artifact], ctx: RunContext) -> None:
     """A report section per run: the per-layer table of each profiled artifact and one plot."""
-    profiled = [a for a in arts if (a.get("latency") or {}).get("per_layer")]
+    profiled = [a for a in arts if a.latency.extra.get("per_layer")]
     if not profiled:
         return
     parts = []
     for a in profiled:
         check = predicted_layers(a, ctx)
         if check:
-            a["latency"]["per_layer_prediction"] = check
+            a.latency.extra["per_layer_prediction"] = check
         parts.append(_markdown(a, check))
     plot = plot_layers(ctx.out / "op_profile.png", profiled)
     if plot:
@@ -101,11 +100,11 @@ def add_sections(arts: list[dict[str, Any]], ctx: RunContext) -> None:
     ctx.add_section("Where the time goes (per-operator profile)", "\n\n".join(parts))
 
 
-def _markdown(a: dict[str, Any], check: dict[str, Any] | None) -> str:
-    lat = a["latency"]
+def _markdown(a: Artifact, check: dict[str, Any] | None) -> str:
+    lat = {**a.latency.extra, "runtime": a.latency.runtime, "device": a.latency.device, "p50_ms": a.latency.p50_ms}
     layers = lat["per_layer"]
     pred = {r["layer"]: r for r in (check or {}).get("layers", [])}
-    head = (f"**`{a['path']}`** ({lat.get('runtime')}, {lat.get('device')}): {len(lat['per_op'])} operators in "
+    head = (f"**`{a.path}`** ({lat.get('runtime')}, {lat.get('device')}): {len(lat['per_op'])} operators in "
             f"{len(layers)} layers; operator times add up to {lat['per_op_sum_ms']:.4g} ms of "
             f"{lat['per_op_execute_ms'] or float('nan'):.4g} ms per profiled run (end-to-end p50 "
             f"{lat.get('p50_ms')} ms, timed without profiling). Source: {lat.get('per_op_source')}. "
@@ -139,7 +138,7 @@ def _markdown(a: dict[str, Any], check: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
-def plot_layers(path: Path, arts: list[dict[str, Any]]) -> Path | None:
+def plot_layers(path: Path, arts: list[Artifact]) -> Path | None:
     """Time per layer in execution order, one panel per profiled artifact."""
     try:
         import matplotlib
@@ -154,10 +153,10 @@ def plot_layers(path: Path, arts: list[dict[str, Any]]) -> Path | None:
     labels = ["convolution (KxK, depthwise)", "GEMM (1x1 conv, linear)", "add", "mean", "other"]
     fig, axes = plt.subplots(len(arts), 1, figsize=(10, 2.6 * len(arts)), squeeze=False)
     for ax, a in zip(axes[:, 0], arts, strict=True):
-        layers = a["latency"]["per_layer"]
+        layers = a.latency.extra["per_layer"]
         col = [next((c for k, c in colors.items() if r["ops"].startswith(k)), "tab:gray") for r in layers]
         ax.bar(range(len(layers)), [r["ms"] for r in layers], color=col)
-        ax.set_title(f"{a['path']} ({a['latency'].get('runtime')})", fontsize=9)
+        ax.set_title(f"{a.path} ({a.latency.runtime})", fontsize=9)
         ax.set_ylabel("ms per run")
         ax.set_xlabel("layer, in execution order")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in [*colors.values(), "tab:gray"]]

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from edgekit import export as exporters
+from edgekit.contract import Contract
 from edgekit.errors import SettingsError
 
 if TYPE_CHECKING:
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
 
     from edgekit.pipeline import RunContext
 
-CHANGES_MODEL = False
+CONTRACT = Contract(needs=frozenset({"torch"}), changes=frozenset({"artifacts"}))
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,10 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
         if getattr(module, "WANTS_INPUTS", False):  # formats that check themselves per layer on held-out inputs
             kwargs["probe_inputs"] = ctx.data.x_test[: module.PROBE_INPUTS].astype("float32")
         module.export(model, ctx.example_input, path, **kwargs)
+        # files an exporter writes beside the artifact (e.g. the TVM library's JSON) belong to it
+        companions = [module.sidecar(path).relative_to(ctx.out).as_posix()] if hasattr(module, "sidecar") else None
         meta = module.artifact_meta(path) if hasattr(module, "artifact_meta") else {}
-        ctx.add_artifact(path, fmt, module.RUNTIME, precision="fp32", sparse=False, **meta)
+        ctx.add_artifact(path, fmt, module.RUNTIME, precision="fp32", sparse=False, companions=companions, **meta)
         if hasattr(module, "report_section"):
             ctx.add_section(*module.report_section(path))
         written.append(path.name)
