@@ -61,6 +61,7 @@ def test_default_run_writes_verified_measured_artifacts(digits_run: Path):
                                     if 100 * (s["quality_before"] - a["verification"]["quality"]["value"]) <= 1.0)
     assert s["p50_ms_before"] == min(a["latency"]["p50_ms"] for a in arts if a["precision"] == "fp32")
     listed = {a["path"] for a in arts} | {f["path"] for f in report["files"]}
+    listed |= {c for a in arts for c in a.get("companions") or []}  # e.g. a .pte's sidecar JSON
     assert {p.relative_to(digits_run).as_posix() for p in (digits_run / "artifacts").iterdir()} == listed
     md = (digits_run / "report.md").read_text()
     assert "model_fp32.onnx" in md and "measured" in md and "## Plan" in md and "## Chain" in md
