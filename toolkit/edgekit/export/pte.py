@@ -75,6 +75,9 @@ def quiet() -> Iterator[None]:
 
 def default_quantizer(per_channel: bool = True) -> Any:
     """executorch's XNNPACKQuantizer: static INT8, symmetric weights (per channel), affine activations."""
+    from edgekit.runtimes.executorch import quiet_imports
+
+    quiet_imports()
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -86,6 +89,10 @@ def default_quantizer(per_channel: bool = True) -> Any:
 def quantize(model: nn.Module, example: np.ndarray, calibration: np.ndarray, quantizer: Any = None) -> Any:
     """PT2E static INT8: the converted GraphModule (q/dq nodes around the quantised operators)."""
     import torch
+
+    from edgekit.runtimes.executorch import quiet_imports
+
+    quiet_imports()
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     x = torch.as_tensor(np.ascontiguousarray(example, np.float32))
@@ -173,6 +180,9 @@ def _export(module: Any, x: Any) -> Any:
 
 def lower(program: Any, taps: bool = False) -> tuple[bytes, dict[str, Any]]:
     """XNNPACK partitioning and ExecuTorch serialisation: (program bytes, delegation record)."""
+    from edgekit.runtimes.executorch import quiet_imports
+
+    quiet_imports()
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 

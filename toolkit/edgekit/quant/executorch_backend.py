@@ -37,6 +37,10 @@ __all__ = ["ExecuTorchQuantizer", "policy_quantizer", "list_layers"]
 def layer_config(mode: str, calibration: str, symmetric: bool) -> Any:
     """The XNNPACK quantizer's config for one INT8 mode, with the policy's activation calibration."""
     import torch
+
+    from edgekit.runtimes.executorch import quiet_imports
+
+    quiet_imports()
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
     from torchao.quantization.pt2e.observer import HistogramObserver, MinMaxObserver
 
@@ -60,6 +64,9 @@ def _owner(layers: set[str]) -> Any:
 
 def policy_quantizer(policy: Policy) -> Any:
     """XNNPACKQuantizer configured per layer from `policy` (see the module docstring for the matching)."""
+    from edgekit.runtimes.executorch import quiet_imports
+
+    quiet_imports()
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
 
     groups: dict[str, set[str]] = collections.defaultdict(set)  # INT8 mode -> its layers

@@ -31,6 +31,9 @@ def reason(runtime_name: str) -> str:
 
 def supported_ops() -> list[str]:
     """The operators XNNPACK's partitioner has a config for (executorch's own list, e.g. 'convolution.default')."""
+    from edgekit.runtimes.executorch import quiet_imports
+
+    quiet_imports()
     from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
 
     return sorted({c.target_name for c in ALL_PARTITIONER_CONFIGS if getattr(c, "target_name", None)})
@@ -53,6 +56,10 @@ class _Why(logging.Handler):
 def delegation_report(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
     """Runs torch.export and the XNNPACK partitioner: the export's delegation record plus reasons per fallback."""
     import torch
+
+    from edgekit.runtimes.executorch import quiet_imports
+
+    quiet_imports()
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 

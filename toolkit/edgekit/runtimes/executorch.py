@@ -12,6 +12,7 @@ mapped onto the exported program's layers (edgekit.export.pte records the delega
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import tempfile
@@ -55,7 +56,29 @@ def native_log() -> Iterator[NativeLog]:
             log.text = f.read().decode(errors="replace")
 
 
+@functools.cache
+def quiet_imports() -> None:
+    """Imports torchao and executorch.exir once with torch's logger muted: importing torchao logs a torch pytree
+    deprecation warning on stderr, which would break the CLI's one-line errors."""
+    import logging
+
+    # torch's logging setup may give the pytree logger its own level: mute it by name, not only through "torch".
+    logs = [logging.getLogger(n) for n in ("torch", "torch.utils._pytree")]
+    levels = [lg.level for lg in logs]
+    for lg in logs:
+        lg.setLevel(logging.ERROR)
+    try:
+        import executorch.exir  # noqa: F401
+        import torchao  # noqa: F401
+    except ImportError:
+        pass  # reported by the caller's own import, with its context
+    finally:
+        for lg, level in zip(logs, levels, strict=True):
+            lg.setLevel(level)
+
+
 def _pybindings() -> Any:
+    quiet_imports()
     try:
         import torch  # noqa: F401  (the pybindings resolve libtorch's symbols: torch first)
         from executorch.extension.pybindings import portable_lib
