@@ -73,5 +73,5 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
 
     add_sections(arts, ctx)
     ctx.record(details={"measured": sum(a.latency.source == "measured" for a in arts),
-                        "artifacts": len(arts), "device": ctx.device or ("local" if local else None)})
+                        "artifacts": len(arts), "device": ctx.report.get("device") or ("local" if local else None)})
     return model

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgekit.contract import Contract
 from edgekit.errors import EdgekitError, SettingsError
+from edgekit.fileio import copy_atomic
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -241,11 +242,10 @@ def _write_outputs(ctx: RunContext, results: list[Any]) -> None:
         for kind, cand in (("int8", r.int8), ("mixed", r.chosen)):
             if kind == "mixed" and cand is r.int8:
                 continue
-            dest = ctx.artifacts_dir / f"model_{kind}{suffix}"
-            shutil.copyfile(cand.path, dest)
+            dest = copy_atomic(cand.path, ctx.artifacts_dir / f"model_{kind}{suffix}")
             companions = None  # a format's sidecar (pte: delegation, per-layer accuracy) travels with it
             if hasattr(exporter, "sidecar") and exporter.sidecar(cand.path).is_file():
-                shutil.copyfile(exporter.sidecar(cand.path), exporter.sidecar(dest))
+                copy_atomic(exporter.sidecar(cand.path), exporter.sidecar(dest))
                 companions = [exporter.sidecar(dest).relative_to(ctx.out).as_posix()]
             precision = "mixed" if any(m == FLOAT for m in cand.policy.layers.values()) else "int8"
             # INT8 logits differ from float by design: check top-1 agreement, allowing for the spread of a
