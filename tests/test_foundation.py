@@ -35,11 +35,11 @@ def test_default_run_writes_verified_measured_artifacts(digits_run: Path):
     plan = {t["name"]: t for t in report["plan"]["techniques"]}
     assert plan["quantize"]["used"] and not plan["prune"]["used"] and "x86" in plan["prune"]["why"]
     check = report["stages"][0]["details"]["findings"]
-    assert {f["runtime"] for f in check} == {"litert", "onnxruntime"}
+    assert {f["runtime"] for f in check} == {"litert", "onnxruntime", "executorch"}
     assert not any(f["sparse"] for f in check)  # the digits CNN's stem blocks XNNPACK's sparse path
     arts = report["artifacts"]
-    assert {(a["format"], a["precision"]) for a in arts} >= {("onnx", "fp32"), ("tflite", "fp32"), ("onnx", "int8"),
-                                                             ("tflite", "int8")}
+    assert {(a["format"], a["precision"]) for a in arts} >= {("onnx", "fp32"), ("tflite", "fp32"), ("pte", "fp32"),
+                                                             ("onnx", "int8"), ("tflite", "int8"), ("pte", "int8")}
     for art in arts:
         path = digits_run / art["path"]
         assert path.is_file() and path.stat().st_size == art["size_bytes"]
@@ -61,6 +61,7 @@ def test_default_run_writes_verified_measured_artifacts(digits_run: Path):
                                     if 100 * (s["quality_before"] - a["verification"]["quality"]["value"]) <= 1.0)
     assert s["p50_ms_before"] == min(a["latency"]["p50_ms"] for a in arts if a["precision"] == "fp32")
     listed = {a["path"] for a in arts} | {f["path"] for f in report["files"]}
+    listed |= {c for a in arts for c in a.get("companions") or []}  # e.g. a .pte's sidecar JSON
     assert {p.relative_to(digits_run).as_posix() for p in (digits_run / "artifacts").iterdir()} == listed
     md = (digits_run / "report.md").read_text()
     assert "model_fp32.onnx" in md and "measured" in md and "## Plan" in md and "## Chain" in md

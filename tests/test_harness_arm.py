@@ -6,7 +6,11 @@ wheels of the runtimes. Proves the harness runs on ARM; emulated timings are nev
 Builds (once, cached in $EDGEKIT_ARM_ROOT or ~/.cache/edgekit/arm64-bookworm): `debootstrap --foreign` of Debian
 bookworm arm64 (minbase + python3.11; the packages are unpacked with dpkg-deb, no second stage is needed because
 qemu-aarch64 -L runs the guest's binaries directly) and `pip install --target` of the aarch64 wheels of numpy,
-onnxruntime and ai-edge-litert. The runtimes' CPU detection reads /proc/cpuinfo, which qemu-user passes through from
+onnxruntime and ai-edge-litert; for ExecuTorch, a second folder with the aarch64 wheels of executorch (without its
+export-side dependencies: the harness loads only the runtime extension) and the torch it links against. On aarch64
+Linux, PyPI's torch 2.14.1 is the CUDA 13 build: it needs the nvidia-* / cuda-toolkit aarch64 wheels to import even
+without a GPU, about 5.3 GB installed; `import torch` takes ~45 s under qemu. The runtimes' CPU detection reads
+/proc/cpuinfo, which qemu-user passes through from
 the x86 host (and they crash on it), so the harness runs in a private mount namespace where /proc/cpuinfo is an ARM
 (Cortex-A72) description; the harness still reports the device as emulated (the kernel's /sys says x86).
 """
@@ -33,6 +37,12 @@ pytestmark = pytest.mark.slow
 SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"
 PY = "python3.11"
 WHEELS = ["numpy", "onnxruntime==1.32.0", "ai-edge-litert==2.3.0"]
+# The executorch runtime extension needs torch (it links libtorch); executorch's other dependencies serve exporting.
+ET_WHEELS = ["torch==2.14.1", "numpy"]
+ET_NO_DEPS = ["executorch==1.5.1"]
+# pip on the device accepts every manylinux tag its glibc allows; a cross install must list them (the nvidia wheels
+# are tagged manylinux_2_18 / _2_27 / _2_28; Debian bookworm has glibc 2.36).
+ARM_TAGS = [f"manylinux_2_{v}_aarch64" for v in range(17, 37)] + ["manylinux2014_aarch64"]
 CPU = "".join(f"processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU implementer\t: "
               f"0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n"
               for i in range(4))
@@ -63,6 +73,21 @@ def _arm_root() -> Path:
     return base
 
 
+def _executorch_site(base: Path) -> Path:
+    """The aarch64 executorch runtime and torch, installed once beside the root file system."""
+    site, stamp = base / "site-executorch", base / ".complete-executorch"
+    if stamp.exists():
+        return site
+    shutil.rmtree(site, ignore_errors=True)
+    common = ["--target", str(site), *[a for t in ARM_TAGS for a in ("--platform", t)], "--python-version", "3.11",
+              "--implementation", "cp", "--only-binary=:all:"]
+    for extra, wheels in (([], ET_WHEELS), (["--no-deps"], ET_NO_DEPS)):
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *extra, *common, *wheels], check=True,
+                       capture_output=True, timeout=3600)
+    stamp.write_text("ok\n")
+    return site
+
+
 @pytest.fixture(scope="module")
 def arm_root() -> Path:
     missing = [t for t in ("debootstrap", "dpkg-deb", "qemu-aarch64", "unshare") if not shutil.which(t)]
@@ -73,13 +98,13 @@ def arm_root() -> Path:
     return _arm_root()
 
 
-def _run_emulated(root: Path, *args: str) -> dict:
+def _run_emulated(root: Path, *args: str, site: str = "") -> dict:
     script = 'mount --bind "$1" /proc/cpuinfo && shift && exec "$@"'
     cmd = ["unshare", "--mount", "sh", "-c", script, "sh", str(root / "cpuinfo"), "qemu-aarch64", "-cpu",
            "cortex-a72", "-L", str(root / "rootfs"), str(root / "rootfs/usr/bin" / PY), str(Path(harness.__file__)),
            *args]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200,
-                       env={**os.environ, "PYTHONPATH": str(root / "site")})
+                       env={**os.environ, "PYTHONPATH": ":".join(p for p in (str(root / "site"), site) if p)})
     assert r.stdout.strip(), r.stderr[-2000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -103,3 +128,21 @@ def test_harness_runs_on_arm64_and_is_labelled_emulated(arm_root: Path, digits_r
     with pytest.raises(SettingsError, match="emulated"):
         save_profile(prof, tmp_path)
     assert not list(tmp_path.rglob("*.json"))
+
+
+def test_executorch_program_runs_on_arm64_and_is_profiled(arm_root: Path, digits_run: Path):
+    from edgekit.runtimes.executorch import per_op_from_harness
+
+    site = _executorch_site(arm_root)
+    pte = digits_run / "artifacts" / "model_fp32.pte"
+    out = _run_emulated(arm_root, str(pte), "--runs", "5", "--warmup", "1", "--profile-runs", "2", site=str(site))
+    assert out["ok"], out
+    assert out["runtime"].startswith("executorch 1.5.1") and out["format"] == "pte"
+    assert out["device"]["arch"] == "aarch64" and out["device"]["emulated"] is True
+    assert out["timing"]["runs"] == 5 and out["timing"]["p50_ms"] > 0
+    # The ETDump recorded on ARM decodes here, onto the layers of the host's export.
+    prof = per_op_from_harness(out, pte)
+    assert prof["runs"] == 2 and prof["mapped"]
+    assert {o["layer"] for o in prof["per_op"] if o["layer"]} >= {"0", "3", "7", "10", "15"}
+    with pytest.raises(SettingsError, match="emulat"):
+        check_device_fits_target(out["device"], load_target("rpi4"), parse_device_uri("local"))

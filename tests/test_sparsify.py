@@ -157,7 +157,7 @@ def test_sparsify_stage_in_a_run(tiny_run):
     stage = next(s for s in report["stages"] if s["name"] == "sparsify")
     m = stage["metrics"]
     assert m["eligible_layers"] == 3 and m["eligible_zero_fraction"] == pytest.approx(0.8, abs=0.01)
-    assert m["runs_sparse"] == {"litert": True, "onnxruntime": False}
+    assert m["runs_sparse"] == {"litert": True, "onnxruntime": False, "executorch": False}
     assert m["sparse_vs_dense_max_abs_err"] <= 1e-5
     section = next(s for s in report["sections"] if s["title"].startswith("Sparse inference"))
     assert "ONNX Runtime has no sparse convolution kernels" in section["markdown"]

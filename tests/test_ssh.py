@@ -117,13 +117,17 @@ def test_profile_command_over_ssh(sshd, digits_run: Path):
 def test_measure_stage_over_ssh_reports_remote_facts(sshd, digits_run: Path):
     report = json.loads((digits_run / "report.json").read_text())
     arts = [Artifact.from_dict(a) for a in report["artifacts"]
-            if a.get("runtime") in ("litert", "onnxruntime") and a["precision"] == "fp32"]
+            if a.get("runtime") in ("litert", "onnxruntime", "executorch") and a["precision"] == "fp32"]
     ctx = SimpleNamespace(device=_uri(sshd), target=load_target("host"), threads=1, out=digits_run)
     measure_artifacts_on_device(arts, SimpleNamespace(runs=20, warmup=2), ctx)
+    assert len(arts) == 3
     for a in arts:
         lat = a.latency
         assert lat.source == "measured" and lat.via.startswith("ssh://") and lat.p50_ms > 0
         assert lat.device_facts["hostname"] == host_facts()["hostname"]
+    # ExecuTorch's ETDump travels back raw and is decoded here onto the program's layers.
+    pte = next(a.latency for a in arts if a.runtime == "executorch")
+    assert pte.extra["per_op_mapped"] and {r["layer"] for r in pte.extra["per_layer"]} >= {"0", "3", "7", "10", "15"}
     # A loopback machine is not a Raspberry Pi: its timings are refused as rpi4 latencies.
     ctx.target = load_target("rpi4")
     with pytest.raises(SettingsError, match="not be rpi4 latencies"):
@@ -134,7 +138,8 @@ def test_missing_runtime_on_device_names_the_install_command(sshd, digits_run: P
     bare = tmp_path / "bare"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120)
     t = SSHTarget(**{**sshd.target.__dict__, "python": str(bare / "bin" / "python")})
-    for name, pip in (("model_fp32.tflite", "ai-edge-litert"), ("model_fp32.onnx", "onnxruntime")):
+    for name, pip in (("model_fp32.tflite", "ai-edge-litert"), ("model_fp32.onnx", "onnxruntime"),
+                      ("model_fp32.pte", "executorch==1.5.1")):
         with pytest.raises(RuntimeUnavailable, match=f"pip install {pip}"):
             measure_over_ssh(t, digits_run / "artifacts" / name, runs=5, warmup=1)
     with pytest.raises(RuntimeUnavailable, match="not found on the device"):

@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
 
 
 def profile(
-    artifacts: Annotated[list[Path] | None, typer.Argument(help=".tflite / .onnx files to measure")] = None,
+    artifacts: Annotated[list[Path] | None, typer.Argument(help=".tflite / .onnx / .pte files to measure")] = None,
     target: Annotated[str, typer.Option(help="target the device is (see `edgekit targets`)")] = "host",
     device: Annotated[str, typer.Option(help="local, ssh://user@host:port or adb://SERIAL[?tool=apk]")] = "local",
     from_log: Annotated[Path | None, typer.Option("--from-log", help="import a captured benchmark_model output "
@@ -67,8 +67,9 @@ def profile(
             from edgekit.errors import InputError
 
             raise InputError(f"no such artifact: {a}")
-        if a.suffix not in (".tflite", ".onnx"):
-            raise SettingsError(f"{a}: the harness runs .tflite (litert) and .onnx (onnxruntime) files")
+        if a.suffix not in (".tflite", ".onnx", ".pte"):
+            raise SettingsError(f"{a}: the harness runs .tflite (litert), .onnx (onnxruntime) and .pte "
+                                f"(executorch) files")
     runs = runs or 50
     if runs < 5 or warmup < 0:
         raise SettingsError(f"--runs must be at least 5 and --warmup at least 0, got {runs} and {warmup}")

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from edgekit.targets import Target
 
 _SSH_OPTIONS = {"python", "identity", "known_hosts", "accept_new", "timeout"}
-HARNESS_RUNTIMES = ("litert", "onnxruntime")
+HARNESS_RUNTIMES = ("litert", "onnxruntime", "executorch")
 
 
 @dataclass(frozen=True)
@@ -119,11 +119,23 @@ def run_harness(uri: DeviceURI, artifact: Path, runtime: str, threads: int, runs
                 profile_runs: int = 10, **ssh_overrides: Any) -> dict[str, Any]:
     """Runs the harness on the device named by `uri` (local or ssh) and returns its JSON."""
     if uri.scheme == "ssh":
-        return measure_over_ssh(uri.ssh_target(**ssh_overrides), artifact, runtime, threads, runs, warmup,
-                                profile_runs)
-    if uri.scheme != "local":
+        res = measure_over_ssh(uri.ssh_target(**ssh_overrides), artifact, runtime, threads, runs, warmup,
+                               profile_runs)
+    elif uri.scheme != "local":
         raise SettingsError(f"device '{uri.raw}': the harness runs locally or over ssh")
-    return run_local_harness([artifact], runtime, threads, runs, warmup, profile_runs)[0]
+    else:
+        res = run_local_harness([artifact], runtime, threads, runs, warmup, profile_runs)[0]
+    decode_per_op(res, Path(artifact))
+    return res
+
+
+def decode_per_op(res: dict[str, Any], artifact: Path) -> None:
+    """ExecuTorch harness results carry the raw ETDump (the device needs no devtools): decode it into per_op."""
+    if res.get("etdump_b64"):
+        from edgekit.runtimes.executorch import per_op_from_harness
+
+        prof = per_op_from_harness(res, artifact)
+        res["per_op"], res["per_op_profile"] = prof["per_op"], {k: v for k, v in prof.items() if k != "per_op"}
 
 
 def run_local_harness(artifacts: list[Path], runtime: str, threads: int, runs: int, warmup: int,
@@ -210,6 +222,8 @@ def measure_artifacts_on_device(arts: list[Artifact], settings: Any, ctx: RunCon
                                      "edgekit installation") from None
         measure_artifacts_adb(arts, settings, ctx, uri.serial)
         return
+    from edgekit.measure.op_profile import runtime_profiler
+
     # The device's facts come back with every timing and are checked before any number is kept.
     from edgekit.report import Latency
 
@@ -217,12 +231,20 @@ def measure_artifacts_on_device(arts: list[Artifact], settings: Any, ctx: RunCon
     for a in arts:
         if a.runtime not in HARNESS_RUNTIMES:
             continue
-        res = run_harness(uri, ctx.out / a.path, a.runtime, ctx.threads, settings.runs, settings.warmup,
-                          profile_runs=0)
+        try:
+            res = run_harness(uri, ctx.out / a.path, a.runtime, ctx.threads, settings.runs, settings.warmup,
+                              profile_runs=10 if runtime_profiler(a.runtime) else 0)  # per-layer times
+        except RuntimeUnavailable as e:  # this runtime is missing on the device: the others are still measured
+            a.latency = Latency.none(str(e), device=uri.display)
+            continue
         check_device_fits_target(res["device"], ctx.target, uri)
         label = device_label(res["device"], uri)
         a.latency = Latency.measured(res["timing"], device=label, runtime=res["runtime"], threads=ctx.threads,
                                      via=uri.display, device_facts=res["device"], conditions=res["conditions"])
+        if res.get("per_op_profile"):
+            from edgekit.measure.op_profile import per_op_fields
+
+            a.latency.extra.update(per_op_fields({"per_op": res["per_op"], **res["per_op_profile"]}))
     for a in arts:
         if a.runtime not in HARNESS_RUNTIMES:
             a.latency = Latency.none(f"the device harness runs {', '.join(HARNESS_RUNTIMES)}, not {a.runtime}",

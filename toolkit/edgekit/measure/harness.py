@@ -2,14 +2,15 @@
 """edgekit latency harness: times one model file on the machine it runs on and prints one JSON object.
 
 Self-contained on purpose: it is copied to a device (over SSH, or run locally) and needs only the standard library,
-numpy and the runtime already installed there (ai-edge-litert / tflite-runtime for .tflite, onnxruntime for .onnx).
+numpy and the runtime already installed there (ai-edge-litert / tflite-runtime for .tflite, onnxruntime for .onnx,
+the executorch wheel (and the torch it needs) for .pte).
 
-    python3 harness.py MODEL [MODEL ...] [--runtime litert|onnxruntime] [--threads 1] [--runs 50] [--warmup 5] [--profile-runs 10]
+    python3 harness.py MODEL [MODEL ...] [--runtime litert|onnxruntime|executorch] [--threads 1] [--runs 50] [--warmup 5] [--profile-runs 10]
     [--profile-models K]
 
 Output (stdout, one line): {"ok": true, "harness": 1, "artifact", "sha256", "format", "runtime", "runtime_name",
 "threads", "timing": {"p50_ms", "p90_ms", "min_ms", "mean_ms", "runs", "warmup"}, "per_op": [{"name", "type", "ms",
-"signature"}], "per_op_note", "device": {facts}, "conditions": {"before": {...}, "after": {...}, "throttling"}}; with several models: {"ok": true, "results": [...]}.
+"signature"}], "per_op_note", ["etdump_b64", "etdump_skip_runs"] (ExecuTorch: the raw ETDump, decoded by the host), "device": {facts}, "conditions": {"before": {...}, "after": {...}, "throttling"}}; with several models: {"ok": true, "results": [...]}.
 On failure: {"ok": false, "kind": "missing_runtime" | "bad_model" | "bad_args" | "error", "error": "...",
 "install": "pip command"} and exit status 3.
 """
@@ -17,6 +18,7 @@ On failure: {"ok": false, "kind": "missing_runtime" | "bad_model" | "bad_args" |
 from __future__ import annotations
 
 import argparse
+import base64
 import glob
 import hashlib
 import json
@@ -30,7 +32,8 @@ import tempfile
 import time
 
 HARNESS_VERSION = 1
-INSTALL = {"litert": "python3 -m pip install ai-edge-litert", "onnxruntime": "python3 -m pip install onnxruntime"}
+INSTALL = {"litert": "python3 -m pip install ai-edge-litert", "onnxruntime": "python3 -m pip install onnxruntime",
+           "executorch": "python3 -m pip install executorch==1.5.1"}
 # ARM "CPU part" codes (/proc/cpuinfo on ARM boards names no model).
 ARM_PARTS = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
              "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76",
@@ -236,6 +239,66 @@ def load_onnxruntime(path: str, threads: int, profile_dir: str | None):
     return run, f"onnxruntime {ort.__version__}", per_op
 
 
+def pte_problem(path: str) -> str | None:
+    """Why a file is no ExecuTorch program (None: it looks like one). The runtime aborts the process on a foreign
+    file, so this runs first: the flatbuffer identifier is "ET" + 2 digits at byte 4; the extended header ("eh00")
+    states the program and segment sizes, so a truncated file shows by its length."""
+    with open(path, "rb") as f:
+        head = f.read(40)
+    if len(head) < 8 or head[4:6] != b"ET" or not head[6:8].isdigit():
+        return "is not an ExecuTorch program (.pte): no 'ET' file identifier"
+    if head[8:12] == b"eh00" and len(head) >= 40:
+        program, base, segments = (int.from_bytes(head[i:i + 8], "little") for i in (16, 24, 32))
+        need = max(program, base + segments if segments else 0)
+        if os.path.getsize(path) < need:
+            return f"is truncated: {os.path.getsize(path)} bytes, its header says {need}"
+    return None
+
+
+def load_executorch(path: str, threads: int, profile_dir: str):
+    # The wheel's C++ extension directly: `executorch.runtime` imports executorch.exir, which needs a dozen more
+    # packages a device does not; the extension itself needs only torch (it links libtorch's symbols).
+    try:
+        import numpy as np
+        import torch
+        from executorch.extension.pybindings import _C
+    except ImportError as e:
+        raise HarnessError("missing_runtime", f"the ExecuTorch runtime is not installed ({e})",
+                           INSTALL["executorch"]) from None
+    problem = pte_problem(path)
+    if problem:
+        raise HarnessError("bad_model", f"{os.path.basename(path)} {problem}")
+    if _C._threadpool_get_thread_count() != threads:
+        _C._unsafe_reset_threadpool(threads)
+
+    def program(etdump: bool):
+        try:
+            prog = _C._load_program(path, enable_etdump=etdump, debug_buffer_size=0,
+                                    program_verification=_C.Verification.InternalConsistency)
+            return prog, prog.load_method("forward")
+        except Exception as e:
+            raise HarnessError("bad_model", f"ExecuTorch cannot load {os.path.basename(path)}: "
+                                            f"{str(e).splitlines()[0][:200]}") from None
+
+    _, method = program(False)
+    shape = tuple(method.method_meta().input_tensor_meta(0).sizes())
+    x = torch.from_numpy(_random_input(np, shape, np.float32))
+
+    def run() -> None:
+        method([x])
+
+    def per_op(warmup: int, runs: int) -> dict:
+        prog, m = program(True)
+        for _ in range(warmup + runs):
+            m([x])
+        out = os.path.join(profile_dir, "run.etdp")
+        prog.write_etdump_result_to_file(out, os.path.join(profile_dir, "debug.bin"))
+        with open(out, "rb") as f:
+            return {"etdump_b64": base64.b64encode(f.read()).decode("ascii"), "etdump_skip_runs": warmup}
+
+    return run, f"executorch {_dist_version('executorch').split('+')[0]} (xnnpack)", per_op
+
+
 def ort_per_op(trace_path: str, skip_runs: int, runs: int) -> list[dict]:
     """Mean per-inference kernel time of every node from an ONNX Runtime profile, skipping warm-up runs."""
     with open(trace_path) as f:
@@ -290,16 +353,20 @@ def sha256(path: str) -> str:
 def _load(path: str, runtime: str, threads: int, prof_dir: str):
     if not os.path.isfile(path):
         raise HarnessError("bad_args", f"no such model file: {path}")
-    fmt = "tflite" if path.endswith(".tflite") else "onnx" if path.endswith(".onnx") else "?"
-    runtime = runtime or {"tflite": "litert", "onnx": "onnxruntime"}.get(fmt, "")
+    fmt = {".tflite": "tflite", ".onnx": "onnx", ".pte": "pte"}.get(os.path.splitext(path)[1], "?")
+    runtime = runtime or {"tflite": "litert", "onnx": "onnxruntime", "pte": "executorch"}.get(fmt, "")
     if runtime in ("litert", "tflite-runtime"):
         run, version, per_op_fn = load_litert(path, threads)
         note = "the TFLite Python interpreter offers no per-operator profiler (XNNPACK runs the graph as one op)"
     elif runtime == "onnxruntime":
         run, version, per_op_fn = load_onnxruntime(path, threads, prof_dir)
         note = "ONNX Runtime profiler: mean kernel time per inference"
+    elif runtime == "executorch":
+        run, version, per_op_fn = load_executorch(path, threads, prof_dir)
+        note = "ETDump: the XNNPACK delegate's operator timings (decoded on the host)"
     else:
-        raise HarnessError("bad_args", f"runtime '{runtime}' is not one the harness runs (litert, onnxruntime)")
+        raise HarnessError("bad_args", f"runtime '{runtime}' is not one the harness runs "
+                                       f"(litert, onnxruntime, executorch)")
     return {"path": path, "fmt": fmt, "runtime_name": runtime, "run": run, "version": version,
             "per_op_fn": per_op_fn, "note": note}
 
@@ -332,9 +399,11 @@ def measure(paths: list[str], runtime: str, threads: int, runs: int, warmup: int
         throttling = after["throttle_count"] > before["throttle_count"]
     conditions = {"before": before, "after": after, "throttling": throttling, "governor": facts["governor"],
                   "temperature_c": after.get("temperature_c")}
+    # A profiler returns operator rows, or (ExecuTorch) raw data the host decodes: {"etdump_b64", ...}.
     return [{"ok": True, "harness": HARNESS_VERSION, "artifact": os.path.basename(m["path"]),
              "sha256": sha256(m["path"]), "format": m["fmt"], "runtime": m["version"],
-             "runtime_name": m["runtime_name"], "threads": threads, "timing": summarise(s, warmup), "per_op": ops,
+             "runtime_name": m["runtime_name"], "threads": threads, "timing": summarise(s, warmup),
+             "per_op": ops if isinstance(ops, list) else [], **(ops if isinstance(ops, dict) else {}),
              "per_op_note": m["note"], "device": facts, "conditions": conditions}
             for m, s, ops in zip(models, samples, per_ops)]  # noqa: B905 (the device may run Python < 3.10)
 
@@ -342,7 +411,7 @@ def measure(paths: list[str], runtime: str, threads: int, runs: int, warmup: int
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="time one model file and print JSON")
     p.add_argument("model", nargs="+", help="model file(s); several are timed interleaved")
-    p.add_argument("--runtime", default="", help="litert or onnxruntime (default: from the file suffix)")
+    p.add_argument("--runtime", default="", help="litert, onnxruntime or executorch (default: from the suffix)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)

@@ -81,6 +81,18 @@ def onnx_kernels(path: str | Path, threads: int) -> list[dict[str, Any]]:
         return per_op(0, 1)
 
 
+def executorch_kernels(path: str | Path, threads: int) -> list[dict[str, Any]]:
+    """The operators ExecuTorch's XNNPACK delegate runs for a `.pte` on this machine (one untimed ETDump run; the
+    operator list and shapes are the same on every CPU, the kernels behind them are not)."""
+    from edgekit.runtimes.executorch import per_op_profile
+
+    return per_op_profile(Path(path), None, threads, runs=1, warmup=0)["per_op"]
+
+
+# Runtimes whose kernels can be listed without a device: runtime name -> kernel detection.
+KERNEL_DETECTORS = {"onnxruntime": onnx_kernels, "executorch": executorch_kernels}
+
+
 @dataclass
 class RuntimeModel:
     """Lookup table + fallback + correction for one runtime (name and version) and thread count."""
@@ -176,7 +188,7 @@ class Predictor:
 
     def can_predict(self, artifact_path: str | Path, runtime: str, threads: int = 1) -> bool:
         """Whether `predict` has something to go on (per-operator profile, or this very file measured)."""
-        if runtime == "onnxruntime" and self._model(runtime, threads) is not None:
+        if self.can_predict_ops(runtime, threads):
             return True
         digest = sha256_file(artifact_path)
         return any(e.get("sha256") == digest and _runtime_name(e["runtime"]) == runtime and e["threads"] == threads
@@ -203,9 +215,9 @@ class Predictor:
         digest = sha256_file(path)
         same = [e for e in self.entries if e.get("sha256") == digest and _runtime_name(e["runtime"]) == runtime
                 and e["threads"] == threads]
-        model = self._model(runtime, threads) if runtime == "onnxruntime" else None
+        model = self._model(runtime, threads) if runtime in KERNEL_DETECTORS else None
         if model is not None:
-            sigs = [k["signature"] for k in onnx_kernels(path, threads)]
+            sigs = [k["signature"] for k in KERNEL_DETECTORS[runtime](path, threads)]
             raw, hit = model.raw_sum(sigs)
             p50 = model.a * raw + model.b
             err, basis = self._error(model)
@@ -215,6 +227,59 @@ class Predictor:
                            "same file measured (lookup)")
         raise EdgekitError(f"the {self.target} profiles hold no per-operator timings for {runtime} at {threads} "
                            f"thread(s) nor a measurement of {path.name}: run `edgekit profile` on the device first")
+
+    def can_predict_ops(self, runtime: str, threads: int = 1) -> bool:
+        """Whether kernels of `runtime` can be listed here and the profiles hold per-operator times for them."""
+        return runtime in KERNEL_DETECTORS and self._model(runtime, threads) is not None
+
+    def check_layers(self, artifact_path: str | Path, runtime: str, threads: int, measured: list[dict[str, Any]],
+                     p50_ms: float | None = None) -> dict[str, Any]:
+        """Per-layer check: each measured operator's predicted time against its measured time, summed per layer.
+
+        An operator's prediction is its kernel estimate (table or per-type model) times the model-level correction
+        (predicted p50 / kernel sum), so the layers add up to the predicted p50 as the whole-model figure does.
+
+        Measured operator times are first scaled so they add up to the artifact's measured p50 (as the table's
+        entries were when the profile was built).
+
+        Args:
+            artifact_path: the profiled artifact.
+            runtime: its runtime ("executorch").
+            threads: runtime threads.
+            measured: its per-operator rows ({"ms", "signature", "layer", "type"}) from the profile.
+            p50_ms: its measured end-to-end p50 (None: operator times as profiled).
+        """
+        from edgekit.errors import EdgekitError
+        from edgekit.measure.op_profile import by_layer
+
+        model = self._model(runtime, threads)
+        if model is None:
+            raise EdgekitError(f"no per-operator profile for {runtime} at {threads} thread(s)")
+        raw_sum = sum(o["ms"] for o in measured) or 1.0
+        scale = p50_ms / raw_sum if p50_ms else 1.0
+        measured = [{**o, "ms": o["ms"] * scale} for o in measured]
+        kernel = [model.kernel_ms(o.get("signature") or f"{o['type']}|")[0] for o in measured]
+        raw = sum(kernel)
+        whole = self.predict(artifact_path, runtime, threads)["p50_ms"]
+        correction = (model.a * raw + model.b) / raw if raw > 0 else 1.0
+        pred_ops = [{**o, "ms": k * correction} for o, k in zip(measured, kernel, strict=True)]
+        meas, pred = by_layer(measured), {r["layer"]: r for r in by_layer(pred_ops)}
+        total_meas = sum(r["ms"] for r in meas) or 1.0
+        rows, errs = [], []
+        for r in meas:
+            p = pred[r["layer"]]["ms"]
+            err = 100.0 * (p - r["ms"]) / r["ms"] if r["ms"] > 0 else None
+            rows.append({"layer": r["layer"], "measured_ms": r["ms"], "predicted_ms": round(p, 5), "err_pct": err})
+            if err is not None and r["ms"] >= 0.01 * total_meas:  # layers under 1% of the run: noise, not signal
+                errs.append(abs(err))
+        base_err, basis = self._error(model)
+        return {"device": self.device_label, "basis": f"{basis}; model error {base_err}%",
+                "layers": rows, "layers_compared": len(errs),
+                "median_abs_err_pct": round(float(np.median(errs)), 1) if errs else None,
+                "weighted_abs_err_pct": round(100.0 * sum(abs(pred[r["layer"]]["ms"] - r["ms"]) for r in meas)
+                                              / total_meas, 1),
+                "predicted_p50_ms": whole, "measured_p50_ms": p50_ms,
+                "model_err_pct": round(100.0 * (whole - p50_ms) / p50_ms, 1) if p50_ms else None}
 
     def _error(self, model: RuntimeModel) -> tuple[float, str]:
         v = self.validation

@@ -37,6 +37,8 @@ class LayerVerdict:
     int8: bool
     int8_reason: str
     zero_fraction: float | None = None
+    delegated: bool | None = None  # runtimes with a delegate (ExecuTorch): the operator runs in it
+    delegate_reason: str = ""
 
 
 @dataclass
@@ -63,7 +65,7 @@ def get(rules: str) -> Any:
     try:
         return importlib.import_module(f"edgekit.rules.{rules}")
     except ModuleNotFoundError:
-        raise unknown("sparse rule set", rules, ["xnnpack", "none"], "Fix sparse_rules in the target file") from None
+        raise unknown("sparse rule set", rules, ["xnnpack", "executorch", "none"], "Fix sparse_rules in the target file") from None
 
 
 def _int8(op: Op, rt: RuntimeSpec) -> tuple[bool, str]:
@@ -192,7 +194,13 @@ def check_model(model: nn.Module, target: Target, input_shape: tuple[int, ...]) 
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="edgekit-check-") as d:
-        return check_graph(model_graph(model, input_shape, Path(d)), target)
+        verdicts = check_graph(model_graph(model, input_shape, Path(d)), target)
+    # Rule sets that judge the torch program itself (ExecuTorch's partitioner) replace the graph-based verdict.
+    for i, rt in enumerate(target.runtimes):
+        rule_set = get(rt.sparse_rules)
+        if hasattr(rule_set, "model_verdict"):
+            verdicts[i] = rule_set.model_verdict(model, tuple(input_shape), target, rt)
+    return verdicts
 
 
 def eligible_layers(graph: Graph, model: nn.Module) -> dict[str, str]:

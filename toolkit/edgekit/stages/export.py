@@ -64,11 +64,17 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
         else:
             # formats that compile for a CPU (tvm) are told the target; portable formats are not
             kwargs = {"target": ctx.target} if getattr(module, "TARGET_AWARE", False) else {}
+            if getattr(module, "WANTS_INPUTS", False):  # formats that check themselves per layer on held-out inputs
+                kwargs["probe_inputs"] = ctx.data.x_test[: module.PROBE_INPUTS].astype("float32")
             module.export(model, ctx.example_input, path, **kwargs)
         # files an exporter writes beside the artifact (e.g. the TVM library's JSON) belong to it
         companions = [module.sidecar(path).relative_to(ctx.out).as_posix()] if hasattr(module, "sidecar") else None
-        ctx.add_artifact(path, fmt, module.RUNTIME, precision="fp32", sparse=False, companions=companions,
-                         **({"from_file": native.format} if native is not None else {}))
+        meta = module.artifact_meta(path) if hasattr(module, "artifact_meta") else {}
+        if native is not None:
+            meta["from_file"] = native.format
+        ctx.add_artifact(path, fmt, module.RUNTIME, precision="fp32", sparse=False, companions=companions, **meta)
+        if hasattr(module, "report_section"):
+            ctx.add_section(*module.report_section(path))
         written.append(path.name)
         if task is not None:
             ctx.progress.advance(task)

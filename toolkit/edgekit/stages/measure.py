@@ -66,6 +66,12 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
         for a, r, t in zip(measurable, runners, timings, strict=True):
             a.latency = Latency.measured(t, device=host_device_name(), runtime=r.runtime, threads=ctx.threads,
                                          via="local")
+        from edgekit.measure.op_profile import profile_host_artifacts
+
+        profile_host_artifacts(measurable, ctx)  # per-operator times where the runtime offers them (ExecuTorch)
+    from edgekit.measure.op_profile import add_sections
+
+    add_sections(arts, ctx)
     ctx.record(details={"measured": sum(a.latency.source == "measured" for a in arts),
                         "artifacts": len(arts), "device": ctx.report.get("device") or ("local" if local else None)})
     return model

@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 
     from edgekit.pipeline import RunContext
 
-BACKENDS = {"onnx": ("onnxruntime", "nncf"), "tflite": ("litert-pt2e", "ai-edge-quantizer")}
+BACKENDS = {"onnx": ("onnxruntime", "nncf"), "tflite": ("litert-pt2e", "ai-edge-quantizer"), "pte": ("xnnpack-pt2e",)}
 TFLITE_BACKENDS = ("auto", *BACKENDS["tflite"])
-RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert"}
+RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert", "pte": "executorch"}
 # Backends that quantise the torch model (the others take the float file, so they run on the native routes).
 TORCH_BACKENDS = {"litert-pt2e"}
 
@@ -45,8 +45,8 @@ def _native_sources(settings: Settings) -> set[str]:
 
 @dataclass(frozen=True)
 class Settings:
-    formats: tuple[str, ...] = field(default=(), metadata={"help": "formats to quantise (onnx, tflite); empty: the "
-                                                                   "target's formats that have a backend"})
+    formats: tuple[str, ...] = field(default=(), metadata={"help": "formats to quantise (onnx, tflite, pte); empty: "
+                                                                   "the target's formats that have a backend"})
     onnx_backend: str = field(default="onnxruntime", metadata={"help": "onnxruntime (QDQ) or nncf (PTQ)"})
     tflite_backend: str = field(default="auto", metadata={
         "help": "litert-pt2e (quantises the torch model), ai-edge-quantizer (the LiteRT Quantizer on the float "
@@ -55,6 +55,8 @@ class Settings:
     tflite_trials: int = field(default=0, metadata={"help": "NSGA-II trials in LiteRT; 0: apply the policy chosen "
                                                             "by the ONNX search (each PT2E candidate is a conversion), "
                                                             "or `trials` with the LiteRT Quantizer"})
+    pte_trials: int = field(default=0, metadata={"help": "NSGA-II trials timed in ExecuTorch; 0: apply the policy chosen "
+                                                         "by the ONNX search (each candidate is a PT2E export)"})
     max_quality_drop: float = field(default=1.0, metadata={"help": "constraint: quality drop in points (from the "
                                                                    "float model it quantises)"})
     chain_budget: bool = field(default=False, metadata={
@@ -83,8 +85,8 @@ class Settings:
         if self.tflite_backend not in TFLITE_BACKENDS:
             raise SettingsError(f"quantize: tflite_backend must be one of {TFLITE_BACKENDS}, got "
                                 f"{self.tflite_backend}")
-        if self.trials < 1 or self.tflite_trials < 0:
-            raise SettingsError("quantize: trials must be >= 1 and tflite_trials >= 0")
+        if self.trials < 1 or self.tflite_trials < 0 or self.pte_trials < 0:
+            raise SettingsError("quantize: trials must be >= 1, tflite_trials and pte_trials >= 0")
         if self.max_quality_drop < 0 or self.latency_budget_ms < 0 or self.max_size_mb < 0:
             raise SettingsError("quantize: constraints must be >= 0 (0 disables latency and size limits)")
         if not 0 <= self.latency_slack < 1:
@@ -199,7 +201,15 @@ def _tflite_backend(settings: Settings, ctx: RunContext) -> str:
     return "ai-edge-quantizer" if ctx.native is not None else "litert-pt2e"
 
 
-SEARCHES = {"onnx": _search_onnx, "tflite": _search_tflite}  # format -> search (ONNX first: TFLite reuses it)
+def _search_pte(job: _Job) -> Any:
+    from edgekit.quant import executorch_backend
+
+    return executorch_backend.run(job.ctx, job.model, job.calib, job.x_eval, job.y_eval, job.common, job.settings,
+                                  job.constraints, job.onnx_result, _float_artifact(job.ctx, job.model, "pte"))
+
+
+# format -> search (ONNX first: TFLite and ExecuTorch reuse its policy)
+SEARCHES = {"onnx": _search_onnx, "tflite": _search_tflite, "pte": _search_pte}
 
 
 def _formats(settings: Settings, ctx: RunContext) -> tuple[list[str], dict[str, str]]:
@@ -275,23 +285,32 @@ def _write_outputs(ctx: RunContext, results: list[Any]) -> None:
     """Copies full INT8 and the chosen policy's artifact into artifacts/ and registers them for verify/measure."""
     import math
 
+    from edgekit import export as exporters
     from edgekit.quant.policy import FLOAT
 
     for r in results:
+        exporter = exporters.get(r.fmt)
         suffix = r.int8.path.suffix
         for kind, cand in (("int8", r.int8), ("mixed", r.chosen)):
             if kind == "mixed" and cand is r.int8:
                 continue
             dest = copy_atomic(cand.path, ctx.artifacts_dir / f"model_{kind}{suffix}")
+            companions = None  # a format's sidecar (pte: delegation, per-layer accuracy) travels with it
+            if hasattr(exporter, "sidecar") and exporter.sidecar(cand.path).is_file():
+                copy_atomic(exporter.sidecar(cand.path), exporter.sidecar(dest))
+                companions = [exporter.sidecar(dest).relative_to(ctx.out).as_posix()]
             precision = "mixed" if any(m == FLOAT for m in cand.policy.layers.values()) else "int8"
             # INT8 logits differ from float by design: check top-1 agreement, allowing for the spread of a
             # 32-input verification sample around the agreement the search measured on the eval set.
             a = cand.agreement
             min_top1 = max(0.0, a - 3 * math.sqrt(max(a * (1 - a), 0.01) / 32) - 0.02)
-            ctx.add_artifact(dest, r.fmt, RUNTIMES[r.fmt], precision=precision, sparse=False,
+            ctx.add_artifact(dest, r.fmt, RUNTIMES[r.fmt], precision=precision, sparse=False, companions=companions,
                              reference="float", tolerance={"max_abs_err": None, "min_top1": round(min_top1, 3)},
                              policy=f"artifacts/quant_policy_{r.fmt}.json" if kind == "mixed" else None,
                              quant={"drop": round(cand.drop, 4), "quality": cand.quality,
-                                    "sqnr_db": round(cand.sqnr_db, 2), "backend": r.backend})
+                                    "sqnr_db": round(cand.sqnr_db, 2), "backend": r.backend},
+                             **(exporter.artifact_meta(dest) if hasattr(exporter, "artifact_meta") else {}))
+            if hasattr(exporter, "report_section"):
+                ctx.add_section(*exporter.report_section(dest))
         policy = r.chosen.policy.save(ctx.artifacts_dir / f"quant_policy_{r.fmt}.json")
         ctx.add_file(policy, "quant policy", format=r.fmt)

@@ -1,0 +1,287 @@
+"""ExecuTorch export (`.pte`): torch.export -> [PT2E INT8 with the XNNPACK quantizer] -> XNNPACK partitioner.
+
+    to_edge_transform_and_lower(torch.export.export(m, (x,)), partitioner=[XnnpackPartitioner()]).to_executorch()
+
+FP32 by default; INT8 when calibration inputs are given (static PT2E: `prepare_pt2e`, calibration, `convert_pt2e`,
+with executorch's XNNPACKQuantizer, per-channel symmetric weights and affine activations unless another quantizer is
+passed). The sidecar `<file>.pte.json` records what the partitioner did: which operators were delegated to XNNPACK
+and which fell back to ExecuTorch's portable kernels, plus the program's operators in execution order (names,
+layers, shapes), which the per-operator profile maps its XNNPACK events onto. With `probe_inputs` it also holds the
+per-layer accuracy of the program in the ExecuTorch runtime (edgekit.export._pte_probe).
+
+The `.pte` is portable across CPUs: XNNPACK picks its kernels (AVX-512, NEON, ...) when the program is loaded, so
+the same file serves the host, a Raspberry Pi 4 and an Android phone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import operator
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+from edgekit.fileio import atomic_path, write_json
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+RUNTIME = "executorch"
+SUFFIX = ".pte"
+WANTS_INPUTS = True  # the export stage passes held-out inputs: the per-layer check runs on them
+PROBE_INPUTS = 8
+# Graph operators that are bookkeeping, not work (tuple unpacking of a delegate's outputs).
+_BOOKKEEPING = {"getitem"}
+
+
+def sidecar(path: str | Path) -> Path:
+    """The JSON that describes a `.pte` artifact (delegation, operators, per-layer accuracy)."""
+    return Path(str(path) + ".json")
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any] | None:
+    import json
+
+    side = sidecar(path)
+    try:
+        return json.loads(side.read_text()) if side.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """torch.export / executorch warn and log at length; the CLI shows its own progress."""
+    loggers = [logging.getLogger(n) for n in ("torch", "executorch", "torchao", "root")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def default_quantizer(per_channel: bool = True) -> Any:
+    """executorch's XNNPACKQuantizer: static INT8, symmetric weights (per channel), affine activations."""
+    from edgekit.runtimes.executorch import quiet_imports
+
+    quiet_imports()
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+
+    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
+
+
+def quantize(model: nn.Module, example: np.ndarray, calibration: np.ndarray, quantizer: Any = None) -> Any:
+    """PT2E static INT8: the converted GraphModule (q/dq nodes around the quantised operators)."""
+    import torch
+
+    from edgekit.runtimes.executorch import quiet_imports
+
+    quiet_imports()
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    x = torch.as_tensor(np.ascontiguousarray(example, np.float32))
+    batch = x.shape[0]
+    calibration = np.asarray(calibration, np.float32)
+    if len(calibration) < batch:
+        raise EdgekitError(f"ExecuTorch INT8 export: {len(calibration)} calibration inputs, need at least {batch}")
+    try:
+        with quiet():
+            m = torch.export.export(model.eval(), (x,)).module()
+            m = prepare_pt2e(m, quantizer or default_quantizer())
+            with torch.no_grad():
+                for i in range(0, len(calibration) - len(calibration) % batch, batch):
+                    m(torch.as_tensor(calibration[i:i + batch]))
+            return convert_pt2e(m)
+    except Exception as e:
+        raise EdgekitError(f"PT2E quantisation (XNNPACK quantizer) failed: {_first_line(e)}") from None
+
+
+def export(model: nn.Module, example: np.ndarray, path: Path, calibration: np.ndarray | None = None,
+           quantizer: Any = None, probe_inputs: np.ndarray | None = None, precision: str | None = None) -> Path:
+    """Writes `model` as an ExecuTorch program lowered to XNNPACK, and its sidecar.
+
+    Args:
+        model: the float torch model.
+        example: one input batch (fixes the program's input shape).
+        path: output `.pte`.
+        calibration: inputs for INT8 calibration; None exports FP32.
+        quantizer: a PT2E quantizer for INT8 (default: XNNPACKQuantizer, per-channel); needs `calibration`.
+        probe_inputs: held-out inputs for the per-layer accuracy check (None: skipped).
+        precision: label for the sidecar ("fp32", "int8", "mixed"; default from `calibration`).
+    """
+    import torch
+
+    x = torch.as_tensor(np.ascontiguousarray(example, np.float32))
+    source = model.eval() if calibration is None else quantize(model, example, calibration, quantizer)
+    program = _export(source, x)
+    probe = probe_inputs is not None and len(probe_inputs) > 0
+    pristine = copy.deepcopy(program) if probe else None  # lowering rewrites the program in place
+    buffer, info = lower(program)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer)
+    meta = {"format": "pte", "precision": precision or ("fp32" if calibration is None else "int8"),
+            "input_shape": list(x.shape), "executorch_version": _version(), "backend": "XnnpackBackend",
+            "quantizer": None if calibration is None else type(quantizer or default_quantizer()).__name__,
+            **info}
+    if probe:
+        from edgekit.export._pte_probe import layer_accuracy
+
+        meta["layers"] = layer_accuracy(pristine, model, x, np.asarray(probe_inputs, np.float32), Path(path))
+    write_json(sidecar(path), meta)
+    return Path(path)
+
+
+def check_layers(model: nn.Module, example: np.ndarray, artifact: Path, probe_inputs: np.ndarray,
+                 calibration: np.ndarray | None = None, quantizer: Any = None) -> dict[str, Any]:
+    """Per-layer accuracy of an existing `.pte` made from `model` (and, for INT8, the same calibration and quantizer):
+    the program is rebuilt as a debug build and the result goes into the artifact's sidecar.
+
+    The debug build's output is compared with the artifact's own (`probe_vs_artifact_max_abs`), so a rebuild that
+    differed from the file would show.
+    """
+    import torch
+
+    from edgekit.export._pte_probe import layer_accuracy
+
+    x = torch.as_tensor(np.ascontiguousarray(example, np.float32))
+    source = model.eval() if calibration is None else quantize(model, example, calibration, quantizer)
+    layers = layer_accuracy(_export(source, x), model, x, np.asarray(probe_inputs, np.float32), Path(artifact))
+    meta = read_sidecar(artifact) or {}
+    meta["layers"] = layers
+    write_json(sidecar(artifact), meta)
+    return layers
+
+
+def _export(module: Any, x: Any) -> Any:
+    import torch
+
+    try:
+        with quiet(), torch.no_grad():
+            return torch.export.export(module, (x,))
+    except Exception as e:
+        raise EdgekitError(f"ExecuTorch export failed (torch.export): {_first_line(e)}") from None
+
+
+def lower(program: Any, taps: bool = False) -> tuple[bytes, dict[str, Any]]:
+    """XNNPACK partitioning and ExecuTorch serialisation: (program bytes, delegation record)."""
+    from edgekit.runtimes.executorch import quiet_imports
+
+    quiet_imports()
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    try:
+        with quiet():
+            edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+            if taps:
+                from executorch.devtools.intermediate_output_tap import strip_taps_
+
+                strip_taps_(edge)
+            info = delegation(edge.exported_program().graph_module)
+            return edge.to_executorch().buffer, info
+    except EdgekitError:
+        raise
+    except Exception as e:
+        raise EdgekitError(f"ExecuTorch lowering (XNNPACK partitioner) failed: {_first_line(e)}") from None
+
+
+def delegation(gm: Any) -> dict[str, Any]:
+    """What the partitioner did: counts per operator, the delegated fraction, and the operators in execution order.
+
+    The fraction counts graph operators (quantize/dequantize included: in an INT8 program they are work when
+    they fall back); tuple unpacking of delegate outputs is not counted.
+    """
+    delegated: Counter[str] = Counter()
+    portable: Counter[str] = Counter()
+    ops: list[dict[str, Any]] = []
+    subgraphs = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or _op_name(node.target) in _BOOKKEEPING:
+            continue
+        if "executorch_call_delegate" in str(node.target):
+            subgraphs += 1
+            lowered = getattr(gm, node.args[0].target)
+            for inner in lowered.original_module.graph.nodes:
+                if inner.op == "call_function" and _op_name(inner.target) not in _BOOKKEEPING:
+                    delegated[_op_name(inner.target)] += 1
+                    _add_op(ops, inner, delegated=True)
+            continue
+        portable[_op_name(node.target)] += 1
+        _add_op(ops, node, delegated=False)
+    n_del, n_port = sum(delegated.values()), sum(portable.values())
+    total = n_del + n_port
+    return {"delegated_fraction": round(n_del / total, 4) if total else 0.0, "delegated_nodes": n_del,
+            "portable_nodes": n_port, "delegated_subgraphs": subgraphs,
+            "delegated_ops": dict(sorted(delegated.items())),
+            "portable_ops": dict(sorted(portable.items())), "ops": ops}
+
+
+def _add_op(ops: list[dict[str, Any]], node: Any, delegated: bool) -> None:
+    """One executed operator for the profile mapping; quantize/dequantize are tensor types to XNNPACK, not ops."""
+    name = _op_name(node.target)
+    if "quantize_per" in name or "dequantize_per" in name:
+        return
+    val = node.meta.get("val")
+    tensors = [a for a in node.args if hasattr(a, "meta") and hasattr(a.meta.get("val"), "shape")][:2]
+    # A layer is INT8 when its weight is (a float layer after an INT8 one also reads a dequantised input).
+    weighted = name in ("aten.convolution.default", "aten.linear.default") and len(tensors) > 1
+    quantised = any("dequantize" in _op_name(getattr(a, "target", "")) for a in (tensors[1:2] if weighted
+                                                                                    else tensors))
+    stack = node.meta.get("nn_module_stack") or {}
+    ops.append({"op": name, "node": node.name, "layer": list(stack.values())[-1][0] if stack else "",
+                "delegated": delegated,
+                "dtype": "int8" if quantised else "float",
+                "inputs": [list(a.meta["val"].shape) for a in tensors],
+                "output": list(val.shape) if hasattr(val, "shape") else []})
+
+
+def _op_name(target: Any) -> str:
+    """'aten.convolution.default' for an edge or aten operator, the function name otherwise."""
+    from torch._ops import OpOverload
+
+    if target is operator.getitem:
+        return "getitem"
+    op = target if isinstance(target, OpOverload) else getattr(target, "_op", None)  # EdgeOpOverload wraps one
+    if isinstance(op, OpOverload):
+        return str(op)
+    return getattr(target, "__name__", str(target))
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("executorch")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def artifact_meta(path: Path) -> dict[str, Any]:
+    """The artifact record's `executorch` field (the export stage adds it to report.json)."""
+    from edgekit.export._pte_report import artifact_meta as meta
+
+    return meta(path)
+
+
+def report_section(path: Path) -> tuple[str, str]:
+    """(title, markdown) for report.md: delegation and per-layer accuracy."""
+    from edgekit.export._pte_report import report_section as section
+
+    return section(path)

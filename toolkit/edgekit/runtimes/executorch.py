@@ -1,0 +1,232 @@
+"""ExecuTorch runtime (the executorch pip wheel's pybindings, XNNPACK delegate registered): runs `.pte` programs.
+
+Threads: ExecuTorch has one process-wide thread pool (XNNPACK's); `load(path, threads)` resets it to `threads` when it
+differs, so every ExecuTorch runner in a process runs with the thread count of the last one loaded.
+
+Per-operator times come from ETDump: the wheel is built with the event tracer, and the XNNPACK delegate logs one
+event per XNNPACK operator (its own profiler's microsecond timings) inside each DELEGATE_CALL. `etdump_profile`
+records them; `per_op_from_etdump` turns an ETDump (also one made on a device by the harness) into per-operator rows
+mapped onto the exported program's layers (edgekit.export.pte records the delegated operators in order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import InputError, RuntimeUnavailable
+
+
+class NativeLog:
+    """What the runtime printed on fd 2 while a block ran (ExecuTorch logs loading errors there, not in exceptions)."""
+
+    text: str = ""
+
+    def last(self) -> str:
+        lines = [ln.strip() for ln in self.text.splitlines() if ln.strip() and "cpuinfo" not in ln]
+        return lines[-1] if lines else ""
+
+
+@contextlib.contextmanager
+def native_log() -> Iterator[NativeLog]:
+    """Captures fd 2 (ExecuTorch's C++ log) into a NativeLog; the CLI's screen stays clean."""
+    log = NativeLog()
+    if os.environ.get("EDGEKIT_VERBOSE"):
+        yield log
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield log
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            f.seek(0)
+            log.text = f.read().decode(errors="replace")
+
+
+@functools.cache
+def quiet_imports() -> None:
+    """Imports torchao and executorch.exir once with torch's logger muted: importing torchao logs a torch pytree
+    deprecation warning on stderr, which would break the CLI's one-line errors."""
+    import logging
+
+    # torch's logging setup may give the pytree logger its own level: mute it by name, not only through "torch".
+    logs = [logging.getLogger(n) for n in ("torch", "torch.utils._pytree")]
+    levels = [lg.level for lg in logs]
+    for lg in logs:
+        lg.setLevel(logging.ERROR)
+    try:
+        import executorch.exir  # noqa: F401
+        import torchao  # noqa: F401
+    except ImportError:
+        pass  # reported by the caller's own import, with its context
+    finally:
+        for lg, level in zip(logs, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _pybindings() -> Any:
+    quiet_imports()
+    try:
+        import torch  # noqa: F401  (the pybindings resolve libtorch's symbols: torch first)
+        from executorch.extension.pybindings import portable_lib
+    except ImportError as e:
+        raise RuntimeUnavailable(f"the ExecuTorch runtime is missing ({e}); install executorch==1.5.1") from None
+    return portable_lib
+
+
+def version() -> str:
+    from importlib.metadata import version as pkg_version
+
+    return pkg_version("executorch").split("+")[0]
+
+
+def set_threads(threads: int) -> None:
+    """Resets ExecuTorch's process-wide thread pool to `threads` (only when it differs: a reset logs a line)."""
+    pl = _pybindings()
+    with native_log():
+        if pl._threadpool_get_thread_count() != threads:
+            pl._unsafe_reset_threadpool(int(threads))
+
+
+def check_file(path: Path) -> None:
+    """Refuses files that are not ExecuTorch programs before the runtime sees them: on a foreign file the runtime
+    aborts the process (it logs the bad identifier as a string and terminates on non-UTF-8 bytes)."""
+    from edgekit.measure.harness import pte_problem
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no such ExecuTorch program: {path}")
+    problem = pte_problem(str(path))
+    if problem:
+        raise InputError(f"{path} {problem}")
+
+
+class ExecuTorchRunner:
+    """One loaded `.pte` program's forward method.
+
+    Args:
+        path: the program.
+        threads: thread-pool size (process-wide, see the module docstring).
+        etdump: record an ETDump (per-operator events) on every run.
+    """
+
+    def __init__(self, path: Path, threads: int, etdump: bool = False) -> None:
+        import torch
+
+        check_file(path)
+        _pybindings()
+        from executorch.runtime import Runtime, Verification
+
+        set_threads(threads)
+        self._torch = torch
+        error = None
+        with native_log() as log:
+            try:
+                self.program = Runtime.get().load_program(Path(path), verification=Verification.InternalConsistency,
+                                                          enable_etdump=etdump)
+                self.method = self.program.load_method("forward")
+                meta = self.method.metadata
+                self.input_shape = tuple(int(d) for d in meta.input_tensor_meta(0).sizes())
+            except Exception as e:
+                error = str(e).splitlines()[0][:200]
+        if error is not None:  # raised after the log is read: the runtime's reason is in it
+            raise InputError(f"ExecuTorch cannot load {path}: {log.last() or error}")
+        self.runtime = f"executorch {version()} (xnnpack)"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.outputs(x)[0]
+
+    def outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every output of the program (a debug build has extra ones)."""
+        x = np.ascontiguousarray(x, np.float32)
+        if tuple(x.shape) != self.input_shape:
+            raise InputError(f"ExecuTorch program expects input {self.input_shape}, got {tuple(x.shape)}")
+        return [o.numpy() for o in self.method.execute([self._torch.from_numpy(x)])]
+
+    def write_etdump(self, path: Path) -> None:
+        """Writes the ETDump recorded so far (needs etdump=True)."""
+        with native_log(), tempfile.TemporaryDirectory(prefix="edgekit-etdump-") as d:
+            self.program.write_etdump_result_to_file(str(path), str(Path(d) / "debug.bin"))
+
+
+def load(path: Path, threads: int) -> ExecuTorchRunner:
+    return ExecuTorchRunner(path, threads)
+
+
+def etdump_profile(path: Path, x: np.ndarray | None, threads: int = 1, runs: int = 10, warmup: int = 3) -> bytes:
+    """Runs the program `warmup + runs` times with ETDump on and returns the ETDump (all runs; skip `warmup`).
+
+    `x` None feeds zeros (kernel detection: which operators run, not how long).
+    """
+    runner = ExecuTorchRunner(Path(path), threads, etdump=True)
+    shape = runner.input_shape
+    x = np.zeros(shape, np.float32) if x is None else np.asarray(x, np.float32).reshape(shape)
+    for _ in range(warmup + runs):
+        runner(x)
+    with tempfile.TemporaryDirectory(prefix="edgekit-etdump-") as d:
+        out = Path(d) / "run.etdp"
+        runner.write_etdump(out)
+        return out.read_bytes()
+
+
+def per_op_from_etdump(etdump: bytes, skip_runs: int = 0, ops: list[dict[str, Any]] | None = None
+                       ) -> dict[str, Any]:
+    """Per-operator mean times from an ETDump, mapped onto the program's layers.
+
+    Args:
+        etdump: the ETDump bytes (etdump_profile, or the harness's `etdump_b64`).
+        skip_runs: leading runs to leave out (warm-up: XNNPACK packs weights on the first run).
+        ops: the program's operators in execution order (the `ops` of the export's sidecar); None: names only.
+
+    Returns:
+        {"per_op": [{"name", "type", "ms" (median per run), "layer", "op", "signature"}], "runs", "execute_ms" (median of
+        Method::execute), "mapped" (whether operators were matched to layers), "note"}.
+    """
+    from edgekit.runtimes._etdump import map_events, read_events
+
+    events, execute = read_events(etdump, skip_runs)
+    rows, mapped, note = map_events(events, ops)
+    runs = len(execute)
+    return {"per_op": rows, "runs": runs, "execute_ms": round(float(np.median(execute)), 5) if runs else None,
+            "mapped": mapped, "note": note}
+
+
+PROFILE_SOURCE = ("ETDump (ExecuTorch event tracer): the XNNPACK delegate's own operator timings, 1 us resolution, "
+                  "median per run over separate profiled runs")
+
+
+def per_op_profile(path: Path, x: np.ndarray | None, threads: int = 1, runs: int = 20, warmup: int = 3
+                   ) -> dict[str, Any]:
+    """Per-operator times of a `.pte` on this machine, mapped onto its layers (the export's sidecar)."""
+    from edgekit.export.pte import read_sidecar
+
+    etdump = etdump_profile(path, x, threads, runs, warmup)
+    prof = per_op_from_etdump(etdump, warmup, (read_sidecar(path) or {}).get("ops"))
+    prof["source"] = PROFILE_SOURCE
+    return prof
+
+
+def per_op_from_harness(result: dict[str, Any], artifact: Path) -> dict[str, Any]:
+    """Decodes the raw ETDump a device harness returned (`etdump_b64`) with the host's artifact sidecar."""
+    import base64
+
+    from edgekit.export.pte import read_sidecar
+
+    etdump = base64.b64decode(result.pop("etdump_b64"))
+    ops = (read_sidecar(artifact) or {}).get("ops")
+    prof = per_op_from_etdump(etdump, int(result.pop("etdump_skip_runs", 0)), ops)
+    prof["source"] = PROFILE_SOURCE + " (recorded on the device, decoded here)"
+    return prof
