@@ -151,7 +151,7 @@ def compress(model: Any = None, target: str = "host", *, data: Any = None, recip
                           device, budget)
     report = _new_report(bundle, ds, tgt, rec, threads, device, budget, plan)
     ctx = RunContext(out=out, target=tgt, bundle=bundle, data=ds, threads=threads, report=report, progress=progress,
-                     device=device, console=console, budget=budget)
+                     device=device, console=console, budget=budget, resume=resume)
     run_pipeline(ctx, rec, base_fp, resume=resume)
     return CompressResult(model=bundle.module, report=load_report(out), out=out)
 

@@ -63,7 +63,7 @@ def compress(
     threads: Annotated[int | None, typer.Option(help="runtime threads (default: the target's)")] = None,
     out: Annotated[Path | None, typer.Option(help="run folder (default runs/<model>-<target>)")] = None,
     device: Annotated[str | None, typer.Option(help="measure on a device: ssh://user@host[:port], adb://SERIAL, "
-                                                    "node, chromium")] = None,
+                                                    "node, chromium, or a farm: farm:devices.toml")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="stage.field=value, repeatable")] = None,
     fresh: Annotated[bool, typer.Option(help="ignore finished stages of an earlier run in --out")] = False,
 ) -> None:

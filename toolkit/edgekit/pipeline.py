@@ -52,6 +52,7 @@ class RunContext:
     console: Any = None
     recipe: Recipe | None = None
     budget: float | None = None  # the run's quality budget in points from the loaded model (--max-quality-drop)
+    resume: bool = True  # False with --fresh: stages that keep their own state (a search's study) start over
     model_version: int = -1  # index of the last stage that changed the model (-1: as loaded)
     masks: Any = None  # edgekit.masks.Mask of the pruned weights, carried through the chain
     _record: dict[str, Any] = field(default_factory=dict)

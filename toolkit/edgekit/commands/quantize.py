@@ -24,6 +24,13 @@ def register(app: typer.Typer) -> None:
         trials: Annotated[int, typer.Option(help="NSGA-II trials of the ONNX search")] = 30,
         formats: Annotated[str, typer.Option(help="comma-separated formats (default: the target's)")] = "",
         out: Annotated[Path | None, typer.Option(help="run folder (default runs/<model>-<target>-quant)")] = None,
+        device: Annotated[str | None, typer.Option(help="measure candidates on a device: ssh://user@host[:port], "
+                                                        "adb://SERIAL, or farm:devices.toml (docs/devices.md)")]
+            = None,
+        workers: Annotated[int, typer.Option(help="processes sharing the ONNX search (docs/quantization.md)")] = 1,
+        storage: Annotated[str, typer.Option(help="the search's Optuna storage: sqlite:///PATH, "
+                                                  "postgresql://USER@HOST[:PORT]/DB or memory (default: "
+                                                  "state/quant_study.db in the run folder)")] = "",
         fresh: Annotated[bool, typer.Option(help="ignore finished stages of an earlier run in --out")] = False,
     ) -> None:
         """Search per-layer INT8 policies scored on latency in each artifact's runtime (recipe `quant`)."""
@@ -32,7 +39,7 @@ def register(app: typer.Typer) -> None:
 
         overrides: dict[str, dict[str, object]] = {"quantize": {
             "max_quality_drop": max_quality_drop, "latency_budget_ms": latency_budget_ms,
-            "max_size_mb": max_size_mb, "trials": trials}}
+            "max_size_mb": max_size_mb, "trials": trials, "workers": workers, "storage": storage}}
         if formats:
             overrides["quantize"]["formats"] = [f.strip() for f in formats.split(",") if f.strip()]
         out_dir = out or Path(f"{api.default_out_dir(model, target)}-quant")
@@ -40,5 +47,5 @@ def register(app: typer.Typer) -> None:
         with progress_bar() as progress:
             report = api.compress(model, target, recipe="quant", data=data, weights=weights,
                                   input_shape=api.parse_shape(input_shape), out=out_dir, overrides=overrides,
-                                  resume=not fresh, progress=progress, console=console)
+                                  device=device, resume=not fresh, progress=progress, console=console)
         _print_summary(console, report, out_dir)

@@ -119,27 +119,46 @@ def run_remote(t: SSHTarget, argv: list[str], step: str, stdin: bytes | None = N
     return r
 
 
-# Creates the temporary folder and fills it from stdin (harness, then model: their sizes are the arguments) in one
-# connection. No remote shell parsing of any name: the script is fixed, values arrive as positional parameters.
-_UPLOAD = ('d=$(mktemp -d -t edgekit.XXXXXXXX) || exit 1; '
-           'head -c "$1" > "$d/harness.py" && head -c "$2" > "$d/$3" && '
-           # sizes checked: a `head` that reads ahead would otherwise truncate the model silently
-           '[ "$(wc -c < "$d/harness.py")" -eq "$1" ] && [ "$(wc -c < "$d/$3")" -eq "$2" ] && echo "$d" '
-           '|| { rm -rf "$d"; echo "incomplete copy" >&2; exit 1; }')
+# Creates the temporary folder and fills it from stdin in one connection: the harness, then each file (name and size
+# are the arguments, in pairs). No remote shell parsing of any name: the script is fixed, values arrive as positional
+# parameters. Sizes are checked: a `head` that reads ahead would otherwise truncate a file silently.
+_UPLOAD = ('d=$(mktemp -d -t edgekit.XXXXXXXX) || exit 1; n=$1; shift; '
+           'head -c "$n" > "$d/harness.py" && [ "$(wc -c < "$d/harness.py")" -eq "$n" ] || '
+           '{ rm -rf "$d"; echo "incomplete copy" >&2; exit 1; }; '
+           'while [ $# -gt 1 ]; do head -c "$2" > "$d/$1" && [ "$(wc -c < "$d/$1")" -eq "$2" ] || '
+           '{ rm -rf "$d"; echo "incomplete copy" >&2; exit 1; }; shift 2; done; echo "$d"')
 # Runs the harness and removes the folder whatever the outcome; the harness's exit status is kept.
 _RUN = 'cd "$1" || exit 1; shift; "$@"; rc=$?; cd / && rm -rf -- "$OLDPWD"; exit $rc'
 
 
-def _upload(t: SSHTarget, files: list[Path], model_name: str) -> str:
-    """Copies the harness and the model into a new temporary folder on the device; returns its path."""
-    harness, model = HARNESS.read_bytes(), files[0].read_bytes()
-    r = run_remote(t, ["sh", "-c", _UPLOAD, "sh", str(len(harness)), str(len(model)), model_name],
-                   f"copying {files[0].name}", stdin=harness + model)
+def _upload(t: SSHTarget, files: list[tuple[str, bytes]], what: str) -> str:
+    """Copies the harness and `files` ((remote name, content) pairs) into a new temporary folder on the device;
+    returns its path."""
+    harness = HARNESS.read_bytes()
+    sizes = [w for name, data in files for w in (name, str(len(data)))]
+    r = run_remote(t, ["sh", "-c", _UPLOAD, "sh", str(len(harness)), *sizes], f"copying {what}",
+                   stdin=harness + b"".join(data for _, data in files))
     workdir = r.stdout.decode(errors="replace").strip()
     if r.returncode != 0 or not workdir.startswith("/"):
-        raise DeviceError(f"{t.host}: copying {files[0].name} to a temporary folder failed: "
+        raise DeviceError(f"{t.host}: copying {what} to a temporary folder failed: "
                           f"{r.stderr.decode(errors='replace').strip()[:200] or 'no message'}")
     return workdir
+
+
+def _run_in(t: SSHTarget, workdir: str, argv: list[str], step: str) -> subprocess.CompletedProcess:
+    """Runs `argv` in the uploaded folder, which is removed afterwards (by a third connection when the run step
+    itself failed to finish)."""
+    finished = False
+    try:
+        r = run_remote(t, ["sh", "-c", _RUN, "sh", workdir, *argv], step)
+        finished = True
+    finally:
+        if not finished:
+            try:
+                run_remote(t, ["rm", "-rf", "--", workdir], "cleaning up", timeout=60)
+            except EdgekitError:
+                pass  # the measurement's own error is the one worth reporting
+    return r
 
 
 def measure_over_ssh(t: SSHTarget, artifact: str | Path, runtime: str = "", threads: int = 1, runs: int = 50,
@@ -158,26 +177,53 @@ def measure_over_ssh(t: SSHTarget, artifact: str | Path, runtime: str = "", thre
         warmup: untimed runs first.
         profile_runs: extra profiled runs for per-operator timings (0: off).
     """
-    artifact = Path(artifact)
-    if not artifact.is_file():
-        raise InputError(f"no such artifact: {artifact}")
-    model_name = f"model{artifact.suffix}"
-    workdir = _upload(t, [artifact], model_name)
-    argv = [t.python, "harness.py", model_name, "--threads", str(threads), "--runs", str(runs), "--warmup",
+    return measure_many_over_ssh(t, [artifact], runtime, threads, runs, warmup, profile_runs)[0]
+
+
+def measure_many_over_ssh(t: SSHTarget, artifacts: list[str | Path], runtime: str = "", threads: int = 1,
+                          runs: int = 50, warmup: int = 5, profile_runs: int = 10) -> list[dict[str, Any]]:
+    """Times several artifacts in one harness process on the device, interleaved (one run of each per round, so a
+    slow phase of the device hits them alike); one result per artifact, in order. Arguments as measure_over_ssh."""
+    paths = [Path(a) for a in artifacts]
+    for p in paths:
+        if not p.is_file():
+            raise InputError(f"no such artifact: {p}")
+    names = [f"model{i}{p.suffix}" for i, p in enumerate(paths)]
+    what = paths[0].name if len(paths) == 1 else f"{len(paths)} artifacts"
+    workdir = _upload(t, [(n, p.read_bytes()) for n, p in zip(names, paths, strict=True)], what)
+    argv = [t.python, "harness.py", *names, "--threads", str(threads), "--runs", str(runs), "--warmup",
             str(warmup), "--profile-runs", str(profile_runs)]
     if runtime:
         argv += ["--runtime", runtime]
-    finished = False
-    try:
-        r = run_remote(t, ["sh", "-c", _RUN, "sh", workdir, *argv], f"timing {artifact.name}")
-        finished = True
-    finally:
-        if not finished:
-            try:
-                run_remote(t, ["rm", "-rf", "--", workdir], "cleaning up", timeout=60)
-            except EdgekitError:
-                pass  # the measurement's own error is the one worth reporting
-    return _harness_result(t, r, artifact.name)
+    r = _run_in(t, workdir, argv, f"timing {what}")
+    result = _harness_result(t, r, paths[0].name)
+    results = result.get("results", [result])
+    for res, p in zip(results, paths, strict=True):
+        res["artifact"], res["via"] = p.name, t.uri
+    return results
+
+
+def run_over_ssh(t: SSHTarget, artifact: str | Path, inputs: Any, runtime: str = "", threads: int = 1) -> Any:
+    """Runs `artifact` on the device on `inputs` (an array of batches of its input shape) and returns its first
+    output as a float32 array (one row per input)."""
+    import base64
+    import io
+
+    import numpy as np
+
+    path = Path(artifact)
+    if not path.is_file():
+        raise InputError(f"no such artifact: {path}")
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(inputs, np.float32), allow_pickle=False)
+    name = f"model{path.suffix}"
+    workdir = _upload(t, [(name, path.read_bytes()), ("inputs.npy", buf.getvalue())], path.name)
+    argv = [t.python, "harness.py", name, "--threads", str(threads), "--run-inputs", "inputs.npy"]
+    if runtime:
+        argv += ["--runtime", runtime]
+    res = _harness_result(t, _run_in(t, workdir, argv, f"running {path.name}"), path.name)
+    out = np.frombuffer(base64.b64decode(res["outputs_b64"]), np.float32)
+    return out.reshape(res["shape"])
 
 
 def _harness_result(t: SSHTarget, r: subprocess.CompletedProcess, name: str) -> dict[str, Any]:
