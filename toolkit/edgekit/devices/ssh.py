@@ -49,34 +49,48 @@ class SSHDevice(BaseDevice):
 
     def time(self, artifacts: Sequence[Job], runs: int, *, warmup: int = 5, threads: int = 1,
              profile_runs: int = 0, progress: Any = None) -> list[Latency]:
-        """One harness run per runtime (its artifacts interleaved); a runtime missing on the device leaves its
-        artifacts unmeasured, with the install command as the reason, and the others measured."""
-        from edgekit.devices.local import harness_latency
+        """One harness run on the device, every artifact interleaved; when a runtime is missing there, one run per
+        runtime, so the artifacts of the missing one get source "none" (the install command as the reason) and the
+        others are measured."""
         from edgekit.measure.device import HARNESS_RUNTIMES
-        from edgekit.measure.ssh import measure_many_over_ssh
         from edgekit.report import Latency
 
         out: dict[int, Latency] = {}
-        by_runtime: dict[str, list[int]] = {}
+        ok = []
         for i, j in enumerate(artifacts):
             if j.runtime in HARNESS_RUNTIMES:
-                by_runtime.setdefault(j.runtime, []).append(i)
+                ok.append(i)
             else:
                 out[i] = Latency.none(f"the device harness runs {', '.join(HARNESS_RUNTIMES)}, not {j.runtime}",
                                       device=self.uri, via=self.uri, runtime=j.runtime)
-        for runtime, idx in by_runtime.items():
-            try:
-                results = measure_many_over_ssh(self.ssh, [artifacts[i].path for i in idx], runtime, threads, runs,
-                                                warmup, profile_runs)
-            except RuntimeUnavailable as e:
-                for i in idx:
-                    out[i] = Latency.none(str(e), device=self.uri, via=self.uri, runtime=runtime)
-                continue
-            for i, res in zip(idx, results, strict=True):
-                self.check(res["device"])  # the facts that came with this very timing
-                self._facts = res["device"]
-                out[i] = harness_latency(res, self.uri, threads)
+        try:
+            self._batch(artifacts, ok, "", out, runs, warmup, threads, profile_runs)
+        except RuntimeUnavailable:
+            for runtime in dict.fromkeys(artifacts[i].runtime for i in ok):
+                idx = [i for i in ok if artifacts[i].runtime == runtime]
+                try:
+                    self._batch(artifacts, idx, runtime, out, runs, warmup, threads, profile_runs)
+                except RuntimeUnavailable as e:
+                    out.update({i: Latency.none(str(e), device=self.uri, via=self.uri, runtime=runtime) for i in idx})
         return [out[i] for i in range(len(artifacts))]
+
+    def _batch(self, artifacts: Sequence[Job], idx: list[int], runtime: str, out: dict, runs: int, warmup: int,
+               threads: int, profile_runs: int) -> None:
+        """Times artifacts[idx] in one harness process ("" runtime: each file's own, from its suffix)."""
+        from edgekit.devices.local import harness_latency
+        from edgekit.measure.device import SUFFIX_RUNTIMES
+        from edgekit.measure.ssh import measure_many_over_ssh
+
+        if not idx:
+            return
+        if not runtime and any(SUFFIX_RUNTIMES.get(artifacts[i].path.suffix) != artifacts[i].runtime for i in idx):
+            raise RuntimeUnavailable("mixed runtimes that the file suffixes do not name")  # per runtime instead
+        results = measure_many_over_ssh(self.ssh, [artifacts[i].path for i in idx], runtime, threads, runs, warmup,
+                                        profile_runs)
+        for i, res in zip(idx, results, strict=True):
+            self.check(res["device"])  # the facts that came with this very timing
+            self._facts = res["device"]
+            out[i] = harness_latency(res, self.uri, threads)
 
     def run(self, artifact: Job, inputs: np.ndarray) -> np.ndarray:
         from edgekit.measure.ssh import run_over_ssh

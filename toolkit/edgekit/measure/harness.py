@@ -138,8 +138,25 @@ def device_facts() -> dict:
         "uname": " ".join([u.sysname, u.nodename, u.release, u.version, u.machine]),
         "model": _read("/proc/device-tree/model"),
         "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
-        "python": platform.python_version(), "emulated": emulated(arch, cpu),
+        "python": platform.python_version(), "emulated": emulated(arch, cpu), "runtimes": installed_runtimes(),
     }
+
+
+def installed_runtimes() -> list:
+    """The runtimes this Python can import (found, not imported: reading facts stays fast)."""
+    import importlib.util
+
+    found = {"litert": ("ai_edge_litert", "tflite_runtime"), "onnxruntime": ("onnxruntime",)}
+    out = []
+    for name, modules in found.items():
+        for mod in modules:
+            try:
+                if importlib.util.find_spec(mod) is not None:
+                    out.append(name)
+                    break
+            except (ImportError, ValueError):
+                pass
+    return out
 
 
 def _percentile(sorted_ms: list[float], q: float) -> float:

@@ -91,7 +91,7 @@ def _ssh_failure(t: SSHTarget, stderr: str, step: str) -> EdgekitError:
                             f"key, never replaces a changed one)")
     for needle in ("connection refused", "no route to host", "connection timed out", "could not resolve",
                    "network is unreachable", "name or service not known", "operation timed out",
-                   "connection closed by", "connection reset"):
+                   "connection closed by", "closed by remote host", "connection reset"):
         if needle in s:
             return DeviceUnreachable(f"device {where} is unreachable ({needle}) while {step}; check that it is on, "
                                      f"reachable and running sshd on port {t.port}")
