@@ -99,9 +99,12 @@ def open_storage(plan: StudyPlan) -> Any:
         kwargs: dict[str, Any] = {"connect_args": {"timeout": 120}}  # several writers: wait for the lock
     else:
         kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+    # SQLAlchemy's default PostgreSQL driver is psycopg 3; edgekit depends on psycopg2 (psycopg2-binary).
+    url = "postgresql+psycopg2://" + plan.storage[len("postgresql://"):] if plan.storage.startswith(
+        "postgresql://") else plan.storage
     try:
         storage = optuna.storages.RDBStorage(
-            plan.storage, engine_kwargs=kwargs, heartbeat_interval=plan.heartbeat_s, grace_period=plan.grace_s,
+            url, engine_kwargs=kwargs, heartbeat_interval=plan.heartbeat_s, grace_period=plan.grace_s,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=plan.retries))
     except Exception as e:  # sqlalchemy / psycopg2 errors: unreachable server, refused login, bad file
         raise EdgekitError(f"study storage {display_url(plan.storage)}: {_first_line(e)}") from None

@@ -112,6 +112,7 @@ def make_objective(layers: list[Layer], calibrations: tuple[str, ...], constrain
     has_set = hasattr(optuna.trial.Trial, "set_constraint")
 
     def objective(trial: optuna.Trial) -> tuple[float, ...]:
+        trial.set_user_attr("worker", prefix)  # which process ran it (a dead worker's trial is found by it)
         layer_modes = {la.name: trial.suggest_categorical(la.name, MODES) for la in layers}
         cal = trial.suggest_categorical("calibration", calibrations)
         sym = trial.suggest_categorical("symmetric", [False, True])
