@@ -166,3 +166,39 @@ def test_measure_stage_on_a_farm_writes_provenance(devices, digits_run: Path, tm
     assert prof["device_id"].endswith("-via-ssh") and all(e["extra"]["farm_device"] in ("fast", "slow")
                                                           for e in prof["entries"])
     assert any(t == "Device latency" for t, _ in sections)
+
+
+@pytest.mark.slow
+def test_quantize_searches_on_the_farm_with_two_workers(devices, tmp_path: Path):
+    """`edgekit compress --recipe quant --device farm:...` with two worker processes: every candidate is timed on
+    a farm device (interleaved with the anchor there), the study lives in the run folder, and the final artifacts
+    are measured on the farm with per-device provenance."""
+    healthy = farm_toml(tmp_path / "devices.toml", [("fast", devices.fast.uri(), "host"),
+                                                    ("slow", devices.slow.uri(), "host")],
+                        lock_dir=str(tmp_path / "locks"))
+    out = tmp_path / "run"
+    r = run_cli("compress", "--recipe", "quant", "--device", f"farm:{healthy}", "--out", str(out),
+                "--set", "quantize.workers=2", "--set", "quantize.trials=10", "--set", "quantize.formats=[onnx]",
+                "--set", "export.formats=[onnx]", "--set", "quantize.final_runs=20", "--set", "measure.runs=20",
+                timeout=1200)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    search = next(s for s in report["stages"] if s["name"] == "quantize")["details"]["searches"][0]
+    assert search["latency_source"] == "measured" and search["study"]["workers"] == 2
+    assert search["study"]["storage"].endswith("/state/quant_study.db") and (out / "state" / "quant_study.db").is_file()
+    assert [w["returncode"] for w in search["study"]["worker_exits"]] == [0]
+    for a in report["artifacts"]:
+        lat = a["latency"]
+        assert lat["source"] == "measured" and lat["farm"]["device"] in ("fast", "slow"), lat
+        assert lat["via"].startswith("ssh://") and "identity" not in lat["via"]
+    import optuna
+
+    from edgekit.study import StudyPlan, open_storage
+
+    plan = StudyPlan(search["study"]["storage"], search["study"]["name"])
+    trials = optuna.load_study(study_name=plan.name, storage=open_storage(plan)).get_trials(deepcopy=False)
+    workers = {t.user_attrs.get("worker") for t in trials if t.state.name == "COMPLETE"}
+    assert {"cand", "w1"} <= workers, "both processes ran trials"
+    farm_devices = {(t.user_attrs["candidate"].get("extra") or {}).get("farm_device") for t in trials
+                    if t.state.name == "COMPLETE"}
+    assert farm_devices <= {"fast", "slow", None} and farm_devices & {"fast", "slow"}

@@ -119,45 +119,30 @@ def run_remote(t: SSHTarget, argv: list[str], step: str, stdin: bytes | None = N
     return r
 
 
-# Creates the temporary folder and fills it from stdin in one connection: the harness, then each file (name and size
-# are the arguments, in pairs). No remote shell parsing of any name: the script is fixed, values arrive as positional
-# parameters. Sizes are checked: a `head` that reads ahead would otherwise truncate a file silently.
-_UPLOAD = ('d=$(mktemp -d -t edgekit.XXXXXXXX) || exit 1; n=$1; shift; '
-           'head -c "$n" > "$d/harness.py" && [ "$(wc -c < "$d/harness.py")" -eq "$n" ] || '
-           '{ rm -rf "$d"; echo "incomplete copy" >&2; exit 1; }; '
-           'while [ $# -gt 1 ]; do head -c "$2" > "$d/$1" && [ "$(wc -c < "$d/$1")" -eq "$2" ] || '
-           '{ rm -rf "$d"; echo "incomplete copy" >&2; exit 1; }; shift 2; done; echo "$d"')
-# Runs the harness and removes the folder whatever the outcome; the harness's exit status is kept.
-_RUN = 'cd "$1" || exit 1; shift; "$@"; rc=$?; cd / && rm -rf -- "$OLDPWD"; exit $rc'
+# One connection per measurement: creates a temporary folder, fills it from stdin (the harness, then each file: name
+# and size are the arguments, in pairs, up to "--"), runs the command after "--" in it, and removes the folder
+# whatever the outcome (also when the command is cut off: the trap). No remote shell parsing of any name: the script
+# is fixed, values arrive as positional parameters. Sizes are checked: a `head` that reads ahead would otherwise
+# truncate a file silently. Exit status 17: the copy failed; otherwise the command's own.
+COPY_FAILED = 17
+_UPLOAD_RUN = ('d=$(mktemp -d -t edgekit.XXXXXXXX) || exit 1; trap \'cd /; rm -rf -- "$d"\' EXIT HUP TERM; '
+               'n=$1; shift; head -c "$n" > "$d/harness.py" && [ "$(wc -c < "$d/harness.py")" -eq "$n" ] || '
+               '{ echo "incomplete copy" >&2; exit 17; }; '
+               'while [ "$1" != "--" ]; do head -c "$2" > "$d/$1" && [ "$(wc -c < "$d/$1")" -eq "$2" ] || '
+               '{ echo "incomplete copy" >&2; exit 17; }; shift 2; done; shift; cd "$d" || exit 1; "$@"')
 
 
-def _upload(t: SSHTarget, files: list[tuple[str, bytes]], what: str) -> str:
-    """Copies the harness and `files` ((remote name, content) pairs) into a new temporary folder on the device;
-    returns its path."""
+def _upload_and_run(t: SSHTarget, files: list[tuple[str, bytes]], argv: list[str], what: str,
+                    step: str) -> subprocess.CompletedProcess:
+    """Copies the harness and `files` ((remote name, content) pairs) into a fresh temporary folder on the device
+    and runs `argv` there, in one connection (a connection is the costly part of a measurement on a small board)."""
     harness = HARNESS.read_bytes()
     sizes = [w for name, data in files for w in (name, str(len(data)))]
-    r = run_remote(t, ["sh", "-c", _UPLOAD, "sh", str(len(harness)), *sizes], f"copying {what}",
+    r = run_remote(t, ["sh", "-c", _UPLOAD_RUN, "sh", str(len(harness)), *sizes, "--", *argv], step,
                    stdin=harness + b"".join(data for _, data in files))
-    workdir = r.stdout.decode(errors="replace").strip()
-    if r.returncode != 0 or not workdir.startswith("/"):
+    if r.returncode == COPY_FAILED and b"incomplete copy" in r.stderr:
         raise DeviceError(f"{t.host}: copying {what} to a temporary folder failed: "
                           f"{r.stderr.decode(errors='replace').strip()[:200] or 'no message'}")
-    return workdir
-
-
-def _run_in(t: SSHTarget, workdir: str, argv: list[str], step: str) -> subprocess.CompletedProcess:
-    """Runs `argv` in the uploaded folder, which is removed afterwards (by a third connection when the run step
-    itself failed to finish)."""
-    finished = False
-    try:
-        r = run_remote(t, ["sh", "-c", _RUN, "sh", workdir, *argv], step)
-        finished = True
-    finally:
-        if not finished:
-            try:
-                run_remote(t, ["rm", "-rf", "--", workdir], "cleaning up", timeout=60)
-            except EdgekitError:
-                pass  # the measurement's own error is the one worth reporting
     return r
 
 
@@ -165,8 +150,8 @@ def measure_over_ssh(t: SSHTarget, artifact: str | Path, runtime: str = "", thre
                      warmup: int = 5, profile_runs: int = 10) -> dict[str, Any]:
     """Times `artifact` on the device and returns the harness's JSON (see harness.py).
 
-    Two connections: upload (harness + model into a fresh temporary folder), then run (the folder is removed when
-    the harness ends); a third one cleans up only when the run step itself failed to finish.
+    One connection: the harness and the model are copied into a fresh temporary folder, the harness runs there,
+    and the folder is removed when it ends.
 
     Args:
         t: the device.
@@ -190,12 +175,12 @@ def measure_many_over_ssh(t: SSHTarget, artifacts: list[str | Path], runtime: st
             raise InputError(f"no such artifact: {p}")
     names = [f"model{i}{p.suffix}" for i, p in enumerate(paths)]
     what = paths[0].name if len(paths) == 1 else f"{len(paths)} artifacts"
-    workdir = _upload(t, [(n, p.read_bytes()) for n, p in zip(names, paths, strict=True)], what)
     argv = [t.python, "harness.py", *names, "--threads", str(threads), "--runs", str(runs), "--warmup",
             str(warmup), "--profile-runs", str(profile_runs)]
     if runtime:
         argv += ["--runtime", runtime]
-    r = _run_in(t, workdir, argv, f"timing {what}")
+    r = _upload_and_run(t, [(n, p.read_bytes()) for n, p in zip(names, paths, strict=True)], argv, what,
+                        f"timing {what}")
     result = _harness_result(t, r, paths[0].name)
     results = result.get("results", [result])
     for res, p in zip(results, paths, strict=True):
@@ -217,11 +202,12 @@ def run_over_ssh(t: SSHTarget, artifact: str | Path, inputs: Any, runtime: str =
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(inputs, np.float32), allow_pickle=False)
     name = f"model{path.suffix}"
-    workdir = _upload(t, [(name, path.read_bytes()), ("inputs.npy", buf.getvalue())], path.name)
     argv = [t.python, "harness.py", name, "--threads", str(threads), "--run-inputs", "inputs.npy"]
     if runtime:
         argv += ["--runtime", runtime]
-    res = _harness_result(t, _run_in(t, workdir, argv, f"running {path.name}"), path.name)
+    r = _upload_and_run(t, [(name, path.read_bytes()), ("inputs.npy", buf.getvalue())], argv, path.name,
+                        f"running {path.name}")
+    res = _harness_result(t, r, path.name)
     out = np.frombuffer(base64.b64decode(res["outputs_b64"]), np.float32)
     return out.reshape(res["shape"])
 
