@@ -1,7 +1,7 @@
 """Device farm and distributed search, on real parts: sshd "devices" on 127.0.0.1 (one slowed, one that dies
 mid-run), SQLite and a real PostgreSQL server started here, worker processes sharing one Optuna study.
 
-    .venv/bin/python benchmarks/farm.py [--trials 16] [--pairs 2] [--measurements 24]
+    .venv/bin/python benchmarks/farm.py [--trials 24] [--pairs 2] [--measurements 24]
 
 Parts (the last line is one JSON object with the keys the issue asks for):
 
@@ -136,6 +136,7 @@ def part_speed(root: Path, m: dict, trials: int, pairs: int) -> dict:
     devs[1].python = slow_python(devs[1].dir / "python", 1.0)
     toml = farm_toml(root / "speed.toml", [(d.name, d.uri(), "host") for d in devs], lock_dir=str(root / "locks2"))
     walls: dict[int, list[float]] = {1: [], 2: []}
+    phases: dict[int, list[float]] = {1: [], 2: []}
     try:
         for p in range(pairs):
             for workers in (1, 2):  # interleaved: a slow phase of the shared machine hits both
@@ -143,14 +144,30 @@ def part_speed(root: Path, m: dict, trials: int, pairs: int) -> dict:
                 plan = StudyPlan(storage_url("", work / "study.db"), f"speed-{p}-{workers}", workers=workers)
                 r, _, wall = search(m, work, plan=plan, workers=workers, device=f"farm:{toml}", trials=trials)
                 walls[workers].append(wall)
-                log(part="speed", pair=p, workers=workers, wall_s=round(wall, 1), evaluated=r.evaluated,
+                phase = _trial_phase(plan)
+                phases[workers].append(phase)
+                log(part="speed", pair=p, workers=workers, wall_s=round(wall, 1), trials_phase_s=round(phase, 1),
                     chosen=r.chosen.policy.label)
     finally:
         for d in devs:
             d.stop()
     ratios = [a / b for a, b in zip(walls[1], walls[2], strict=True)]
+    phase_ratios = [a / b for a, b in zip(phases[1], phases[2], strict=True)]
     return {"wall_speedup_2_workers": round(statistics.median(ratios), 3), "ratios": [round(x, 3) for x in ratios],
-            "wall_1_worker_s": [round(x, 1) for x in walls[1]], "wall_2_workers_s": [round(x, 1) for x in walls[2]]}
+            "wall_1_worker_s": [round(x, 1) for x in walls[1]], "wall_2_workers_s": [round(x, 1) for x in walls[2]],
+            "trials_phase_speedup": round(statistics.median(phase_ratios), 3),
+            "trials_phase_1_worker_s": [round(x, 1) for x in phases[1]],
+            "trials_phase_2_workers_s": [round(x, 1) for x in phases[2]]}
+
+
+def _trial_phase(plan) -> float:
+    """Seconds from the first trial's start to the last trial's end (the part the workers share)."""
+    import optuna
+
+    from edgekit.study import complete_trials, open_storage
+
+    trials = complete_trials(optuna.load_study(study_name=plan.name, storage=open_storage(plan)))
+    return (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
 
 
 def part_same(root: Path, m: dict, pg_url: str, trials: int) -> dict:
@@ -228,7 +245,7 @@ def part_killed(root: Path, m: dict, pg_url: str, trials: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--trials", type=int, default=24)
     ap.add_argument("--pairs", type=int, default=2)
     ap.add_argument("--measurements", type=int, default=24)
     a = ap.parse_args()

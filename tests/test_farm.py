@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from conftest import run_cli
@@ -101,6 +102,23 @@ def test_queue_spreads_retries_and_records_provenance(devices, digits_run: Path)
         farm.health[m.name].down_until = float("inf")
     (gone,) = farm.time([Job(arts / "model_fp32.onnx", "onnxruntime")], runs=10)
     assert gone.source == "none" and "no device of the farm is up" in gone.reason
+
+
+def test_a_device_without_the_runtime_passes_the_measurement_on(devices, digits_run: Path, tmp_path: Path):
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120)
+    toml = farm_toml(tmp_path / "devices.toml", [("bare", devices.fast.uri(python=str(bare / "bin" / "python")),
+                                                  "host"), ("fast", devices.fast.uri(), "host")],
+                     lock_dir=str(tmp_path / "locks"))
+    farm = open_device(f"farm:{toml}", target=load_target("host"))
+    for _ in range(2):
+        (lat,) = farm.time([Job(digits_run / "artifacts" / "model_fp32.onnx", "onnxruntime")], runs=10, warmup=1)
+        assert lat.source == "measured" and lat.extra["farm"]["device"] == "fast"
+    assert farm.health["bare"].down_until == 0, "a missing runtime does not take a device out"
+    if farm.health["bare"].last_error:
+        assert "pip install" in farm.health["bare"].last_error
+    x = np.zeros((2, 1, 8, 8), np.float32)
+    assert farm.run(Job(digits_run / "artifacts" / "model_fp32.onnx", "onnxruntime"), x).shape == (2, 10)
 
 
 def test_farm_status_shows_facts_and_health(devices):

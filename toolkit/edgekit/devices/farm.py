@@ -54,6 +54,7 @@ class _Task:
     jobs: Sequence[Job]
     tried: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    partial: list[Any] | None = None  # the best result so far when a device could run only some artifacts
 
 
 @dataclass
@@ -239,8 +240,11 @@ class _Run:
             if task in q:
                 q.remove(task)
         reason = f"{why}; tried {', '.join(task.tried) or 'none'}: {'; '.join(task.errors)[:600]}"
-        self.results[task.index] = [Latency.none(reason, device=self.farm.uri, runtime=j.runtime,
-                                                 farm={"tried": list(task.tried)}) for j in task.jobs]
+        if task.partial is not None:  # what some device measured stands; the rest says why not
+            self.results[task.index] = task.partial
+        else:
+            self.results[task.index] = [Latency.none(reason, device=self.farm.uri, runtime=j.runtime,
+                                                     farm={"tried": list(task.tried)}) for j in task.jobs]
         self.farm.stats.failed += 1
         self.pending -= 1
         self.farm._lock.notify_all()
@@ -260,6 +264,16 @@ class _Run:
         except Exception as e:  # noqa: BLE001 (any failure of a device is retried on another)
             self._failed(m, task, e)
             return
+        for lat in lats:
+            lat.extra["farm"] = {"device": m.name, "labels": list(m.labels), "attempts": len(task.tried) + 1,
+                                 "failed_on": list(task.tried)}
+        missing = [lat.reason for lat in lats if lat.source != "measured"]
+        if missing:  # e.g. a runtime this device lacks: another device may have it
+            if task.partial is None or sum(x.source == "measured" for x in lats) > sum(
+                    x.source == "measured" for x in task.partial):
+                task.partial = lats
+            self._failed(m, task, RuntimeUnavailable("; ".join(str(r) for r in missing)))
+            return
         with farm._lock:
             h = farm.health[m.name]
             h.failures, h.done, h.seconds = 0, h.done + 1, h.seconds + time.monotonic() - start
@@ -267,9 +281,6 @@ class _Run:
             farm.stats.by_device[m.name] += 1
             if task.tried:
                 farm.stats.retried += 1
-            for lat in lats:
-                lat.extra["farm"] = {"device": m.name, "labels": list(m.labels), "attempts": len(task.tried) + 1,
-                                     "failed_on": list(task.tried)}
             self.inflight.remove(task)
             self.results[task.index] = lats
             self.pending -= 1
