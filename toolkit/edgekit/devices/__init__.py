@@ -146,7 +146,9 @@ def scheme_of(uri: str) -> str:
     if "://" in uri:
         return uri.split("://", 1)[0]
     head, sep, _ = uri.partition(":")
-    return head if sep and head in SCHEMES else uri
+    if sep and (head in SCHEMES or head in _OPENERS):
+        return head
+    return uri.split("?", 1)[0]
 
 
 def register_scheme(name: str, opener: Callable[..., Device]) -> None:

@@ -4,6 +4,10 @@ safety and errors: edgekit.measure.ssh; URI options: edgekit.measure.device.pars
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -29,13 +33,23 @@ class SSHDevice(BaseDevice):
 
     scheme = "ssh"
 
-    def __init__(self, uri: str, target: Target | None = None, **overrides: Any) -> None:
+    def __init__(self, uri: str, target: Target | None = None, multiplex: bool = True, **overrides: Any) -> None:
         from edgekit.measure.device import parse_device_uri
 
         super().__init__(target)
         self.parsed = parse_device_uri(uri)
-        self.ssh = self.parsed.ssh_target(**overrides)
+        self._control = _control_dir() if multiplex else ""
+        self.ssh = self.parsed.ssh_target(**overrides, control_dir=self._control)
         self.uri = self.parsed.display
+        if self._control:
+            atexit.register(self.close)
+
+    def close(self) -> None:
+        """Ends the device's multiplexed SSH connection and removes its private socket folder."""
+        if self._control:
+            self.ssh.close_master()
+            shutil.rmtree(self._control, ignore_errors=True)
+            self._control = ""
 
     def _read_facts(self) -> dict[str, Any]:
         from edgekit.measure.ssh import device_facts_over_ssh
@@ -96,3 +110,10 @@ class SSHDevice(BaseDevice):
         from edgekit.measure.ssh import run_over_ssh
 
         return run_over_ssh(self.ssh, artifact.path, inputs, artifact.runtime)
+
+
+def _control_dir() -> str:
+    """A private (0700) folder for the control socket: whoever can reach it can run commands on the device. Short
+    paths: a Unix socket path has about 100 characters."""
+    base = "/tmp" if os.path.isdir("/tmp") else None
+    return tempfile.mkdtemp(prefix="edgekit-ssh-", dir=base)

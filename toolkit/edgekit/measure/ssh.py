@@ -47,6 +47,8 @@ class SSHTarget:
         connect_timeout: seconds for the TCP connection + handshake.
         timeout: seconds for each remote step (copy, run, clean-up).
         ssh: the ssh client binary.
+        control_dir: a private folder for a multiplexed connection (OpenSSH ControlMaster): the measurements of
+            one device then share one authenticated connection instead of a handshake each; "" : none.
     """
 
     host: str
@@ -59,6 +61,7 @@ class SSHTarget:
     connect_timeout: int = 10
     timeout: int = 600
     ssh: str = "ssh"
+    control_dir: str = ""
 
     @property
     def uri(self) -> str:
@@ -73,8 +76,21 @@ class SSHTarget:
             args += ["-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null"]
         if self.identity:
             args += ["-i", self.identity, "-o", "IdentitiesOnly=yes"]
+        if self.control_dir:  # the master lives on alone for 60 s idle at most, if close() never comes
+            args += ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_dir}/%C",
+                     "-o", "ControlPersist=60"]
         args += ["--", f"{self.user}@{self.host}" if self.user else self.host]
         return args
+
+    def close_master(self) -> None:
+        """Ends the multiplexed connection (if one is open)."""
+        if not self.control_dir:
+            return
+        argv = self.base_args()
+        try:
+            subprocess.run([*argv[:-2], "-O", "exit", *argv[-2:]], capture_output=True, timeout=15)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
 
 
 def _ssh_failure(t: SSHTarget, stderr: str, step: str) -> EdgekitError:
@@ -95,6 +111,9 @@ def _ssh_failure(t: SSHTarget, stderr: str, step: str) -> EdgekitError:
         if needle in s:
             return DeviceUnreachable(f"device {where} is unreachable ({needle}) while {step}; check that it is on, "
                                      f"reachable and running sshd on port {t.port}")
+    if not s.strip():  # a multiplexed session whose connection died ends with status 255 and no message
+        return DeviceUnreachable(f"device {where} is unreachable (connection lost) while {step}; check that it is "
+                                 f"on, reachable and running sshd on port {t.port}")
     if "permission denied" in s:
         return DeviceError(f"{where} refused the login of '{t.user or 'default user'}' while {step} "
                            f"(permission denied): install your public key on the device or pass --identity")
