@@ -197,7 +197,7 @@ def part_killed(root: Path, m: dict, pg_url: str, trials: int) -> dict:
     devs[2].python = dying_python(devs[2].dir / "python", after=6)
     toml = farm_toml(root / "killed.toml", [(d.name, d.uri(), "host") for d in devs], lock_dir=str(root / "locks3"),
                      recheck_s=3600)
-    plan = StudyPlan(pg_url, "killed", workers=3, heartbeat_s=2, grace_s=10)
+    plan = StudyPlan(pg_url, "killed", workers=3, heartbeat_s=1, grace_s=4)
     seen: dict = {}
 
     def killer(procs):
@@ -256,7 +256,7 @@ def main() -> None:
         m = digits_onnx(root)
         queue = part_queue(root, m, a.measurements)
         same = part_same(root, m, pg.url, a.trials)
-        killed = part_killed(root, m, pg.url, max(24, a.trials))
+        killed = part_killed(root, m, pg.url, max(32, a.trials))
         speed = part_speed(root, m, a.trials, a.pairs)
         summary = {"devices": len(queue["by_device"]), "measurements": queue["asked"], "retried": queue["retried"],
                    "lost": queue["lost"] + killed["search_trials_unmeasured"],

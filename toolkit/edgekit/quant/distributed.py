@@ -60,10 +60,8 @@ def onnx_worker(args: dict[str, Any], folder: Path, index: int) -> tuple[Any, An
     """`edgekit worker` factory: (objective, sampler) for worker `index` of an ONNX policy search."""
     import importlib
 
-    import optuna
-
     from edgekit.quant.evaluate import Scorer
-    from edgekit.quant.search import Constraints, make_objective, population_size
+    from edgekit.quant.search import Constraints, make_objective, nsga_sampler
 
     folder = Path(folder)
     work = folder / f"worker-{index}"
@@ -80,10 +78,7 @@ def onnx_worker(args: dict[str, Any], folder: Path, index: int) -> tuple[Any, An
                     suffix=args["suffix"], device=device)
     if args.get("anchor"):
         scorer.use_anchor(folder / args["anchor"], args["anchor_p50"])
-    extra = {} if hasattr(optuna.trial.Trial, "set_constraint") else {
-        "constraints_func": lambda t: t.user_attrs["constraints"]}
-    sampler = optuna.samplers.NSGAIISampler(population_size=population_size(args["trials"]),
-                                            seed=args["seed"] + index, **extra)
+    sampler = nsga_sampler(args["trials"], args["seed"] + index)
     objective = make_objective(backend.layers, tuple(args["calibrations"]), Constraints(**args["constraints"]),
                                args["use_latency"], scorer.score, prefix=f"w{index}")
     return objective, sampler

@@ -193,11 +193,7 @@ def run_search(layers: list[Layer], ranked: list[str], score: Callable[[Policy, 
     if not calibrations:
         raise SettingsError("search: the backend offers no calibration method")
     population = population_size(trials)
-    # Constraints reach NSGA-II through Trial.set_constraint (optuna >= 5; feasible candidates dominate), or through
-    # the older constraints_func on optuna 4.
-    extra = {} if hasattr(optuna.trial.Trial, "set_constraint") else {
-        "constraints_func": lambda t: t.user_attrs["constraints"]}
-    sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=seed, **extra)
+    sampler = nsga_sampler(trials, seed)
     directions = ["minimize", "minimize", "minimize"] if use_latency else ["minimize", "minimize"]
     seeds = [({**p.layers, "calibration": p.calibration, "symmetric": p.symmetric_activations}, {"label": p.label})
              for p in seed_policies(layers, ranked, calibrations[0], max_seeds=max(population, trials // 2))]
@@ -237,3 +233,13 @@ def run_search(layers: list[Layer], ranked: list[str], score: Callable[[Policy, 
 def population_size(trials: int) -> int:
     """NSGA-II's generation size for a search of `trials` trials (every worker uses the same)."""
     return max(6, min(20, trials // 3))
+
+
+def nsga_sampler(trials: int, seed: int) -> Any:
+    """The search's sampler (a worker passes seed + its index). Constraints reach NSGA-II through
+    Trial.set_constraint (optuna >= 5; feasible candidates dominate), or the older constraints_func on optuna 4."""
+    import optuna
+
+    extra = {} if hasattr(optuna.trial.Trial, "set_constraint") else {
+        "constraints_func": lambda t: t.user_attrs["constraints"]}
+    return optuna.samplers.NSGAIISampler(population_size=population_size(trials), seed=seed, **extra)
