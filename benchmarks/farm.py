@@ -220,22 +220,34 @@ def part_killed(root: Path, m: dict, pg_url: str, trials: int) -> dict:
 
         threading.Thread(target=watch, daemon=True).start()
 
+    def state():
+        complete = complete_trials(optuna.load_study(study_name=plan.name, storage=open_storage(plan)))
+        return complete, {t.system_attrs.get("failed_trial") for t in complete} - {None}
+
+    resumed = False
     try:
         r, dist, wall = search(m, root / "killed", plan=plan, workers=3, device=f"farm:{toml}", trials=trials,
                                killer=killer)
+        complete, retried = state()
+        if seen.get("running") and not set(seen["running"]) <= retried:
+            # The budget was reached before the dead worker's trial went stale: resuming the study (one trial
+            # more, one process) fails it and runs it again.
+            time.sleep(plan.grace_s + 1)
+            search(m, root / "killed-resume", plan=StudyPlan(plan.storage, plan.name, heartbeat_s=1, grace_s=4),
+                   device=f"farm:{toml}", trials=len(complete) + 1)
+            complete, retried = state()
+            resumed = True
     finally:
         for d in devs:
             d.stop()
-    study = optuna.load_study(study_name=plan.name, storage=open_storage(plan))
-    complete = complete_trials(study)
     numbers = {t.number for t in complete}
-    retried = {t.system_attrs.get("failed_trial") for t in complete} - {None}
     unmeasured = [t.number for t in complete if (t.user_attrs.get("candidate") or {}).get("latency_source")
                   != "measured"]
     farm_devices = sorted({(t.user_attrs.get("candidate") or {}).get("extra", {}).get("farm_device") for t in complete}
                           - {None})
     out = {"killed_worker_trials_lost": len(set(seen.get("done", [])) - numbers), "killed_after": seen.get("done"),
            "killed_trial_retried": bool(seen.get("running")) and set(seen["running"]) <= retried,
+           "retried_by_resuming": resumed,
            "trials_complete": len(complete), "search_trials_unmeasured": len(unmeasured),
            "doomed_died": not devs[2].alive, "farm_devices_used": farm_devices, "wall_s": round(wall, 1),
            "worker_exits": dist.workers}
