@@ -94,7 +94,7 @@ class _Evil:
 
 
 def test_factory_without_shape_asks_for_input_shape(tmp_path: Path):
-    r = run_cli("compress", "torch.nn:Identity", "--out", str(tmp_path / "run"))
+    r = run_cli("compress", "torch.nn:Identity", "--trust-model-code", "--out", str(tmp_path / "run"))
     _assert_clean_error(r, "--input-shape")
 
 

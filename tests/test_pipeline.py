@@ -85,9 +85,11 @@ def test_labels_are_checked_before_any_stage_runs(tmp_path: Path):
 def chain_run(tmp_path_factory) -> dict:
     """The issue's full chain on the digits CNN with small budgets (about a minute on 2 cores)."""
     from edgekit import api
+    from edgekit.runfolder import MARKER
 
     out = tmp_path_factory.mktemp("chain") / "run"
     (out / "artifacts").mkdir(parents=True)
+    (out / MARKER).write_text("an earlier edgekit run folder\n")
     (out / "artifacts" / "model_decomposed_old.onnx").write_bytes(b"from an earlier recipe")
     result = api.compress(None, "host", recipe=CHAIN, out=out)
     return {"out": out, "result": result, "report": json.loads((out / "report.json").read_text())}

@@ -15,7 +15,7 @@ from typing import Any
 
 from edgekit.data import DataBundle, from_arrays, load_data
 from edgekit.errors import InputError, SettingsError
-from edgekit.fileio import fingerprint, sha256_file
+from edgekit.fileio import fingerprint, sha256_cached
 from edgekit.importers import check_import
 from edgekit.targets import load_target
 from edgekit.zoo import ModelBundle, calibrate_batchnorm, load_model
@@ -97,7 +97,7 @@ def compress(model: Any = None, target: str = "host", *, data: Any = None, recip
              example_input: Any = None, input_shape: tuple[int, ...] | None = None, weights: str | None = None,
              max_quality_drop: float | None = None, threads: int | None = None, out: str | Path | None = None,
              device: str | None = None, overrides: dict[str, dict[str, Any]] | None = None, resume: bool = True,
-             progress: Any = None, console: Any = None) -> CompressResult:
+             progress: Any = None, console: Any = None, trust_code: bool = False) -> CompressResult:
     """Runs a recipe on a model for a target and writes the run folder.
 
     Args:
@@ -117,18 +117,25 @@ def compress(model: Any = None, target: str = "host", *, data: Any = None, recip
         overrides: {stage: {setting: value}} on top of the recipe (a stage the recipe lacks is an error).
         resume: reuse finished stages of an identical earlier run in `out`.
         progress: rich Progress for the stages' bars.
+        trust_code: allow model sources that run code (module:factory, pickled .pt2 entries); see edgekit.untrusted.
     """
     from edgekit.contract import check_facts
+    from edgekit.measure.device import device_for_report
     from edgekit.pipeline import RunContext, load_recipe, run_pipeline
     from edgekit.report import load_report
+    from edgekit.runfolder import check_run_folder, input_identity
 
     tgt = load_target(target)
+    out = Path(out) if out else default_out_dir(model, tgt.name)
+    check_run_folder(out)  # before anything is loaded or written: never someone else's folder
+    device_id = device_for_report(device)  # checks the URI now, not after the stages ran
+    _check_device(tgt, device)
     recipe = recipe or tgt.default_recipe
     auto = recipe == "auto"
     rec = None if auto else load_recipe(recipe, overrides, first=("check",))  # bad orders fail before any loading
     if max_quality_drop is not None and max_quality_drop < 0:
         raise SettingsError(f"--max-quality-drop must be >= 0, got {max_quality_drop}")
-    bundle, weights_id = _bundle(model, weights, input_shape, example_input, progress)
+    bundle, weights_id = _bundle(model, weights, input_shape, example_input, progress, trust_code)
     ds = _data(data, bundle)
     # A model imported from another tool's file is checked against that file's runtime before any stage runs.
     check_import(bundle, ds.calibration(64), f"calibration inputs of {ds.name}")
@@ -146,14 +153,26 @@ def compress(model: Any = None, target: str = "host", *, data: Any = None, recip
     threads = threads or tgt.threads
     if threads < 1:
         raise SettingsError(f"--threads must be at least 1, got {threads}")
-    out = Path(out) if out else default_out_dir(model, tgt.name)
+    # Files are identified by content: data.npz replaced at the same path is new data.
+    identity = input_identity(str(model) if isinstance(model, (str, Path)) else None,
+                              str(data) if isinstance(data, (str, Path)) else None)
     base_fp = fingerprint(bundle.name, weights_id, bundle.input_shape, ds.name, ds.description, tgt.name, threads,
-                          device, budget)
-    report = _new_report(bundle, ds, tgt, rec, threads, device, budget, plan)
+                          device, budget, *identity)
+    report = _new_report(bundle, ds, tgt, rec, threads, device_id, budget, plan)
     ctx = RunContext(out=out, target=tgt, bundle=bundle, data=ds, threads=threads, report=report, progress=progress,
-                     device=device, console=console, budget=budget, resume=resume)
+                     device=device, console=console, budget=budget)
     run_pipeline(ctx, rec, base_fp, resume=resume)
     return CompressResult(model=bundle.module, report=load_report(out), out=out)
+
+
+def _check_device(tgt: Any, device: str | None) -> None:
+    """--device fits the target's kind, and a farm file is read and checked, before any stage runs (opening a
+    device connects to nothing)."""
+    if device:
+        from edgekit.devices import latency_source, open_device
+
+        latency_source(tgt, device)
+        open_device(device, target=tgt).close()
 
 
 def _new_report(bundle: ModelBundle, ds: DataBundle, tgt: Any, rec: Any, threads: int, device: str | None,
@@ -187,11 +206,11 @@ def _plan(bundle: ModelBundle, ds: DataBundle, tgt: Any, budget: float, override
 
 
 def _bundle(model: Any, weights: str | None, input_shape: tuple[int, ...] | None, example_input: Any,
-            progress: Any) -> tuple[ModelBundle, str]:
+            progress: Any, trust_code: bool = False) -> tuple[ModelBundle, str]:
     """(the model bundle, an id of its weights for the fingerprint)."""
     if model is None or isinstance(model, (str, Path)):
-        bundle = load_model(None if model is None else str(model), weights, input_shape, progress)
-        return bundle, sha256_file(weights) if weights else bundle.weights
+        bundle = load_model(None if model is None else str(model), weights, input_shape, progress, trust_code)
+        return bundle, sha256_cached(weights) if weights else bundle.weights
     import copy
 
     import numpy as np

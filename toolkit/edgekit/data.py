@@ -89,6 +89,10 @@ def load_data(spec: str | None, input_shape: tuple[int, ...], default: str | Non
             raise InputError(f"unknown data '{spec}': use digits, an image folder, or an .npz file with x/y arrays")
         else:
             raise InputError(f"cannot read data from {spec}: expected an image folder or an .npz file")
+    for split, x in (("training", bundle.x_train), ("test", bundle.x_test)):
+        if x.ndim < 2 or len(x) == 0:
+            raise InputError(f"data '{spec}' has no {split} inputs (shape {list(x.shape)}); it needs at least one "
+                             f"array per split")
     expected = tuple(input_shape[1:])
     if tuple(bundle.x_test.shape[1:]) != expected:
         raise InputError(f"data '{spec}' has inputs of shape {list(bundle.x_test.shape[1:])} but the model expects "
@@ -99,7 +103,7 @@ def load_data(spec: str | None, input_shape: tuple[int, ...], default: str | Non
 def _split(name: str, x: np.ndarray, y: np.ndarray | None, description: str) -> DataBundle:
     rng = np.random.default_rng(0)
     order = rng.permutation(len(x))
-    cut = max(1, int(round(len(x) * 0.75)))
+    cut = min(max(1, int(round(len(x) * 0.75))), max(1, len(x) - 1))  # both splits non-empty from 2 rows
     tr, te = order[:cut], order[cut:] if len(x) > 1 else order[:cut]
     return DataBundle(name, x[tr], None if y is None else y[tr], x[te], None if y is None else y[te], description)
 
@@ -109,6 +113,8 @@ def _npz(path: Path) -> DataBundle:
         with np.load(path, allow_pickle=False) as f:
             if "x" not in f:
                 raise InputError(f"{path} has no array named 'x' (found {sorted(f.files)})")
+            if f["x"].ndim == 0:
+                raise InputError(f"{path}: 'x' is a scalar, not an array of inputs")
             x = f["x"].astype(np.float32)
             y = f["y"].astype(np.int64) if "y" in f else None
             # An explicit held-out split (x_test, y_test) is used as given instead of a split of x.
@@ -117,7 +123,9 @@ def _npz(path: Path) -> DataBundle:
     except InputError:
         raise
     except Exception as e:
-        raise InputError(f"{path} is not a readable .npz file ({e})") from None
+        raise InputError(f"{path} is not a readable .npz file ({' '.join(str(e).split())[:200]})") from None
+    if len(x) == 0:
+        raise InputError(f"{path}: 'x' has no rows (no inputs)")
     if y is not None and len(y) != len(x):
         raise InputError(f"{path}: x has {len(x)} rows but y has {len(y)}")
     if x_test is not None:
@@ -130,9 +138,26 @@ def _npz(path: Path) -> DataBundle:
     return _split(str(path), x, y, f"{path}: {len(x)} arrays" + (" with labels" if y is not None else " (no labels)"))
 
 
-def _image_folder(path: Path, input_shape: tuple[int, ...]) -> DataBundle:
-    from PIL import Image, UnidentifiedImageError
+def _read_image(f: Path, mode: str, size: tuple[int, int]):
+    """One image, converted and resized; anything wrong with the file (unreadable, truncated, a decompression bomb
+    above PIL's pixel limit) is a one-line InputError naming it."""
+    import warnings
 
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            # Above MAX_IMAGE_PIXELS PIL only warns (it errors at twice that): refuse both, before decoding.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(f) as img:
+                return img.convert(mode).resize(size)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(f"image {f} is too large to decode safely ({' '.join(str(e).split())[:160]})") from None
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, struct.error... for broken files
+        raise InputError(f"cannot read image {f}: {' '.join(str(e).split())[:160] or type(e).__name__}") from None
+
+
+def _image_folder(path: Path, input_shape: tuple[int, ...]) -> DataBundle:
     classes = sorted(p.name for p in path.iterdir() if p.is_dir())
     if not classes:
         raise InputError(f"{path} has no class sub-folders (expected one folder of images per class)")
@@ -144,10 +169,7 @@ def _image_folder(path: Path, input_shape: tuple[int, ...]) -> DataBundle:
         for f in sorted((path / cls).iterdir()):
             if f.suffix.lower() not in _IMAGE_EXT:
                 continue
-            try:
-                img = Image.open(f).convert("RGB" if c == 3 else "L").resize((w, h))
-            except (UnidentifiedImageError, OSError) as e:
-                raise InputError(f"cannot read image {f}: {e}") from None
+            img = _read_image(f, "RGB" if c == 3 else "L", (w, h))
             arr = np.asarray(img, np.float32) / 255.0
             arr = arr.transpose(2, 0, 1) if c == 3 else arr[None]
             if c == 3:

@@ -6,6 +6,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,6 +68,31 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def sha256_cached(path: str | os.PathLike) -> str:
+    """sha256 of a file, remembered by (path, size, mtime, ctime, inode) in the cache folder, so that large models
+    and data sets are hashed once, while a file replaced or rewritten at the same path is hashed again."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
+    cache = Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit")) / "sha256.json"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    if isinstance(known.get(key), str):
+        return known[key]
+    digest = sha256_file(path)
+    known = {k: v for k, v in known.items() if not k.startswith(f"{path}|")}
+    known[key] = digest
+    try:
+        write_json(cache, dict(list(known.items())[-2000:]))  # a bounded cache; losing it only costs time
+    except OSError:
+        pass
+    return digest
+
+
 def fingerprint(*parts: Any) -> str:
     """A short stable hash of JSON-serialisable parts (settings, upstream fingerprints)."""
     blob = json.dumps(parts, sort_keys=True, default=_json_default).encode()
@@ -93,3 +120,27 @@ def load_state(path: str | os.PathLike, what: str, error: type[Exception]) -> di
     if not isinstance(state, dict):
         raise error(f"{path} does not hold a {what.removesuffix(' file')} (found {type(state).__name__})")
     return state
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+
+def check_file_name(name: Any, what: str) -> str:
+    """A name a setting gives to a file in the run folder must be a plain file name (no folders, no '..').
+
+    Raises:
+        SettingsError: one line naming the setting.
+    """
+    from edgekit.errors import SettingsError
+
+    if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name):
+        raise SettingsError(f"{what} must be a plain file name (letters, digits, '.', '_', '-'; no folders), "
+                            f"got {name!r}")
+    return name
+
+
+def copy_atomic(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Copies a file so that `dest` is either its old content or the whole new one, never a torn copy."""
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
+    return Path(dest)

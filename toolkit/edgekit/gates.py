@@ -7,6 +7,7 @@ checked, nested dicts such as latency and verification included).
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from typing import Any
@@ -28,6 +29,8 @@ def parse_gate(text: str) -> tuple[str, str, float | str | bool]:
     else:
         try:
             value = float(raw)
+            if not math.isfinite(value):
+                raise SettingsError(f"--fail-on '{text}': the threshold must be a finite number, got '{raw}'")
         except ValueError:
             if raw[0] in "<>=!":
                 raise SettingsError(f"--fail-on '{text}' has two operators; write FIELD OP VALUE, "
@@ -90,6 +93,10 @@ def check_gates(report: dict[str, Any], gates: list[str]) -> list[str]:
             continue
         for where, got in hits:
             if got is None:
+                continue
+            if isinstance(got, float) and not math.isfinite(got):
+                # NaN compares false with everything: a NaN quality drop would pass any gate.
+                failures.append(f"{text}: {where} = {got} is not a finite number")
                 continue
             try:
                 bad = _OPS[op](got, value)

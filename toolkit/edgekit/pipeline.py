@@ -52,9 +52,9 @@ class RunContext:
     console: Any = None
     recipe: Recipe | None = None
     budget: float | None = None  # the run's quality budget in points from the loaded model (--max-quality-drop)
-    resume: bool = True  # False with --fresh: stages that keep their own state (a search's study) start over
     model_version: int = -1  # index of the last stage that changed the model (-1: as loaded)
     masks: Any = None  # edgekit.masks.Mask of the pruned weights, carried through the chain
+    resume: bool = True  # False (--fresh): stages also ignore their own checkpoints (lottery rounds, a study)
     _record: dict[str, Any] = field(default_factory=dict)
     _after: ChainPoint | None = None
     _stage_index: int = -1
@@ -210,9 +210,11 @@ def count_params(model: Any) -> tuple[int, int]:
 
 def run_pipeline(ctx: RunContext, recipe: Recipe, base_fingerprint: str, resume: bool = True) -> dict[str, Any]:
     """Runs the recipe's stages into ctx.out, reusing finished ones from an earlier identical run."""
-    out = ctx.out
-    out.mkdir(parents=True, exist_ok=True)
+    from edgekit.runfolder import claim_run_folder
+
+    out = claim_run_folder(ctx.out)  # the marker first; torn .tmp files of a killed run go
     ctx.recipe = recipe
+    ctx.resume = resume
     old = _previous_report(out) if resume else None
     model = ctx.bundle.module
     ctx.reference = copy.deepcopy(model).eval()
@@ -235,7 +237,8 @@ def run_pipeline(ctx: RunContext, recipe: Recipe, base_fingerprint: str, resume:
                 last_state = state_path
                 ctx.model_version = i
             if stage_task is not None:
-                ctx.progress.advance(stage_task)
+                ctx.progress.update(stage_task, description=f"stage {spec.name}: reused (finished in an earlier "
+                                                            f"run)", advance=1)
             continue
         if reusing:
             reusing = False

@@ -15,13 +15,19 @@ from pathlib import Path
 
 from edgekit.errors import SettingsError, unknown
 
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
 
 def project_root() -> Path:
-    """The folder holding targets/, recipes/ and profiles/ (override with EDGEKIT_HOME)."""
+    """The folder holding targets/, recipes/ and profiles/ (override with EDGEKIT_HOME): the package's own _data/
+    in an installed wheel (setup.py copies them there), else the checkout this package lives in."""
     env = os.environ.get("EDGEKIT_HOME")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2]
+    shipped = _PACKAGE_DIR / "_data"
+    if (shipped / "targets").is_dir():
+        return shipped
+    return _PACKAGE_DIR.parents[1]
 
 
 def targets_dir() -> Path:

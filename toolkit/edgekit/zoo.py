@@ -116,7 +116,7 @@ def list_zoo(filter_text: str = "") -> list[str]:
 
 
 def load_model(spec: str | None, weights: str | None = None, input_shape: tuple[int, ...] | None = None,
-               progress: Any = None) -> ModelBundle:
+               progress: Any = None, trust_code: bool = False) -> ModelBundle:
     """Resolves MODEL as the CLI takes it.
 
     Args:
@@ -124,12 +124,13 @@ def load_model(spec: str | None, weights: str | None = None, input_shape: tuple[
         weights: optional state-dict file, loaded with weights_only=True.
         input_shape: overrides the inferred input shape (N,C,H,W).
         progress: a rich Progress for long steps.
+        trust_code: allow what runs code: importing a factory, pickled entries in a .pt2 (edgekit.untrusted).
     """
     spec = spec or DEFAULT_MODEL
     if spec.endswith(".onnx"):
         bundle = _load_onnx(Path(spec), input_shape)
     elif spec.endswith(".pt2"):
-        bundle = _load_pt2(Path(spec))
+        bundle = _load_pt2(Path(spec), trust_code)
     elif spec.startswith("edgekit:"):
         bundle = _load_builtin(spec, weights, progress)
     elif spec.startswith("timm:"):
@@ -141,7 +142,7 @@ def load_model(spec: str | None, weights: str | None = None, input_shape: tuple[
     elif spec.startswith("torchvision:") or (":" not in spec and "/" not in spec):
         bundle = _load_torchvision(spec.removeprefix("torchvision:"))
     elif ":" in spec:
-        bundle = _load_factory(spec, input_shape)
+        bundle = _load_factory(spec, input_shape, trust_code)
     else:
         raise InputError(f"cannot read model '{spec}': expected a zoo name, a .onnx or .pt2 file, or module:factory")
     if weights and not spec.startswith("edgekit:digits_cnn"):
@@ -199,9 +200,12 @@ def _load_timm(name: str) -> ModelBundle:
                        getattr(module, "num_classes", None))
 
 
-def _load_factory(spec: str, input_shape: tuple[int, ...] | None) -> ModelBundle:
+def _load_factory(spec: str, input_shape: tuple[int, ...] | None, trust_code: bool) -> ModelBundle:
     import torch.nn as nn
 
+    from edgekit.untrusted import check_factory
+
+    check_factory(spec, trust_code)
     mod_name, _, attr = spec.partition(":")
     try:
         factory = getattr(importlib.import_module(mod_name), attr)
@@ -255,21 +259,24 @@ def _per_sample(module: nn.Module) -> nn.Module:
     return PerSample(module).eval()
 
 
-def _load_pt2(path: Path) -> ModelBundle:
+def _load_pt2(path: Path, trust_code: bool) -> ModelBundle:
     if not path.is_file():
         raise InputError(f"model file not found: {path}")
+    import io
     import logging
-    import zipfile
 
     import torch
 
-    if not zipfile.is_zipfile(path):
-        raise InputError(f"{path} is not a torch.export archive (not a zip file); is the file complete?")
+    from edgekit.untrusted import check_pt2
+
+    data = path.read_bytes()  # checked and loaded from the same bytes: the file cannot change in between
+    if not trust_code:
+        check_pt2(data, path)
     export_log = logging.getLogger("torch.export")
     level = export_log.level
     export_log.setLevel(logging.CRITICAL)  # torch logs a traceback before raising; the user gets our one line
     try:
-        ep = torch.export.load(str(path))
+        ep = torch.export.load(io.BytesIO(data))
     except Exception as e:
         raise InputError(f"{path} is not a readable torch.export program ({_first_line(e)}); is the file complete?") from None
     finally:

@@ -59,7 +59,33 @@ def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         raise InputError(f"{path} is not a readable safetensors adapter file ({e})") from None
     if meta.get("format") != FORMAT:
         raise InputError(f"{path} is not an edgekit adapter file (format {meta.get('format')!r})")
-    return tensors, json.loads(meta["edgekit"])
+    return tensors, _check_meta(meta.get("edgekit"), path)
+
+
+def _check_meta(raw: str | None, path: Path) -> dict[str, Any]:
+    """The adapter's description from the file's metadata, checked before anything is built from it."""
+    from edgekit.adapters.inject import METHODS
+
+    try:
+        meta = json.loads(raw) if raw is not None else None
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise InputError(f"{path}: the adapter metadata ('edgekit') is missing or not a JSON object")
+    problems = []
+    if meta.get("method") not in METHODS:
+        problems.append(f"method {meta.get('method')!r} (expected one of {', '.join(METHODS)})")
+    if not isinstance(meta.get("rank"), int) or isinstance(meta.get("rank"), bool) or meta["rank"] < 1:
+        problems.append(f"rank {meta.get('rank')!r}")
+    if not isinstance(meta.get("alpha"), (int, float)) or isinstance(meta.get("alpha"), bool):
+        problems.append(f"alpha {meta.get('alpha')!r}")
+    for key in ("layers", "train_modules"):
+        value = meta.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            problems.append(f"{key} {value!r} (expected a list of names)")
+    if problems:
+        raise InputError(f"{path}: malformed adapter metadata: {'; '.join(problems)[:300]}")
+    return meta
 
 
 def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:

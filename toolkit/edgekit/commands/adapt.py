@@ -10,6 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
+from edgekit.commands._options import MODEL_HELP, Sets, TrustCode, stage_default
+
 
 def _split(text: str | None) -> tuple[str, ...] | None:
     return tuple(p.strip() for p in text.split(",") if p.strip()) if text else None
@@ -17,7 +19,7 @@ def _split(text: str | None) -> tuple[str, ...] | None:
 
 def _run(stage: str, values: dict[str, Any], *, model: str | None, target: str, data: str | None,
          weights: str | None, input_shape: str | None, out: Path | None, export: bool, fresh: bool,
-         set_: list[str] | None) -> None:
+         set_: list[str] | None, trust_model_code: bool) -> None:
     from edgekit import api
     from edgekit.cli import _console, _print_summary, parse_sets, progress_bar
 
@@ -32,14 +34,13 @@ def _run(stage: str, values: dict[str, Any], *, model: str | None, target: str, 
     with progress_bar() as progress:
         report = api.compress(model, target, recipe={"stages": stages}, data=data, weights=weights,
                               input_shape=api.parse_shape(input_shape), out=out_dir, overrides=overrides,
-                              resume=not fresh, progress=progress, console=console)
+                              resume=not fresh, progress=progress, console=console, trust_code=trust_model_code)
     rec = next(s for s in report["stages"] if s["name"] == stage)
     console.print(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec["metrics"].items()))
     _print_summary(console, report, out_dir)
 
 
-Model = Annotated[str | None, typer.Argument(help="zoo name, .onnx/.pt2 file or module:factory; default: the "
-                                                  "built-in digits CNN")]
+Model = Annotated[str | None, typer.Argument(help=MODEL_HELP)]
 Target = Annotated[str, typer.Option(help="target whose formats are exported")]
 Data = Annotated[str | None, typer.Option(help="digits, an image folder, or an .npz with x/y")]
 Weights = Annotated[str | None, typer.Option(help="state-dict file (loaded with weights_only=True)")]
@@ -47,14 +48,13 @@ Shape = Annotated[str | None, typer.Option(help="N,C,H,W, e.g. 1,3,224,224")]
 Out = Annotated[Path | None, typer.Option(help="run folder (default runs/<model>-<target>-<stage>)")]
 Export = Annotated[bool, typer.Option(help="export and verify the resulting model")]
 Fresh = Annotated[bool, typer.Option(help="ignore finished stages of an earlier run in --out")]
-Sets = Annotated[list[str] | None, typer.Option("--set", help="stage.field=value, repeatable")]
 
 
 # Options every single-stage command takes: (name, annotated type, default), before and after the stage's own.
 _LEADING: tuple[tuple[str, Any, Any], ...] = (("model", Model, None), ("data", Data, None))
 _TRAILING: tuple[tuple[str, Any, Any], ...] = (
     ("target", Target, "host"), ("weights", Weights, None), ("input_shape", Shape, None), ("out", Out, None),
-    ("export", Export, True), ("fresh", Fresh, False), ("set_", Sets, None))
+    ("export", Export, True), ("fresh", Fresh, False), ("set_", Sets, None), ("trust_model_code", TrustCode, False))
 
 
 def _stage_command(app: typer.Typer, stage: str, doc: str, options: dict[str, tuple[type, str]],
@@ -76,7 +76,8 @@ def _stage_command(app: typer.Typer, stage: str, doc: str, options: dict[str, tu
         _run(stage, {k: convert[k](v) if k in convert else v for k, v in kwargs.items()}, **common)
 
     # typer reads a command's options from its signature; building it here keeps the shared options in one place.
-    own = [(name, Annotated[tp | None, typer.Option(help=text)], None) for name, (tp, text) in options.items()]
+    own = [(name, Annotated[tp | None, typer.Option(help=text, show_default=stage_default(stage, name))], None)
+           for name, (tp, text) in options.items()]
     command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=default)
          for name, ann, default in (*_LEADING, *own, *_TRAILING)])

@@ -56,7 +56,7 @@ def android_harness(
 
 
 def profile_android(artifacts: list[Path] | None, target: str, device: str, from_log: Path | None,
-                    threads: int | None, runs: int | None, warmup: int, save: bool) -> None:
+                    threads: int | None, runs: int | None, warmup: int, save: bool, out: Path | None = None) -> None:
     """`edgekit profile` for Android: --device adb://SERIAL[?tool=apk] measures; --from-log imports a log."""
     from edgekit.errors import InputError, SettingsError
     from edgekit.measure.profile import save_profile
@@ -100,7 +100,7 @@ def profile_android(artifacts: list[Path] | None, target: str, device: str, from
                   f"{p['device'].get('model')} via {e['via']}")
             summary.append({"artifact": e["artifact"], "runtime": e["runtime"],
                             **{k: t[k] for k in ("p50_ms", "p90_ms", "min_ms", "runs")}, "ops": len(e["per_op"])})
-    paths = [str(save_profile(p)) for p in profiles] if save else []
+    paths = [str(save_profile(p, out)) for p in profiles] if save else []
     for path in dict.fromkeys(paths):
         print(f"profile: {path}")
     print(json.dumps({"target": tgt.name, "device_id": profiles[0]["device_id"], "source": profiles[0]["source"],

@@ -8,14 +8,15 @@ from typing import Annotated
 
 import typer
 
+from edgekit.commands._options import MODEL_HELP, TrustCode
+
 
 def register(app: typer.Typer) -> None:
     app.command(name="check")(check)
 
 
 def check(
-    model: Annotated[str | None, typer.Argument(help="zoo name, .onnx/.pt2 file or module:factory; "
-                                                     "default: the built-in digits CNN")] = None,
+    model: Annotated[str | None, typer.Argument(help=MODEL_HELP)] = None,
     target: Annotated[str, typer.Option(help="target name (see `edgekit targets`)")] = "host",
     weights: Annotated[str | None, typer.Option(help="state-dict file (loaded with weights_only=True)")] = None,
     input_shape: Annotated[str | None, typer.Option(help="N,C,H,W, e.g. 1,3,224,224")] = None,
@@ -23,6 +24,7 @@ def check(
                                                  "one-shot to this fraction of zeros (0: as it is)")] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="print the verdicts as JSON")] = False,
     all_layers: Annotated[bool, typer.Option("--all", help="list every layer (default: those that matter)")] = False,
+    trust_model_code: TrustCode = False,
 ) -> None:
     """Will it be faster? Which layers the target's runtimes run sparse / INT8, and what blocks the rest."""
     from rich.console import Console
@@ -35,7 +37,7 @@ def check(
     if not 0 <= sparsity < 1:
         raise SettingsError(f"--sparsity must be in [0, 1), got {sparsity}")
     tgt = api.load_target(target)
-    bundle = api.load_model(model, weights, api.parse_shape(input_shape))
+    bundle = api.load_model(model, weights, api.parse_shape(input_shape), trust_code=trust_model_code)
     if sparsity > 0:
         magnitude_prune(candidate_convs(bundle.module), sparsity)
     verdicts = rules.check_model(bundle.module.eval(), tgt, tuple(bundle.input_shape))

@@ -32,7 +32,10 @@ def profile(
     remote_python: Annotated[str | None, typer.Option(help="ssh: the device's python with the runtime")] = None,
     label: Annotated[str, typer.Option(help="what the artifacts are, kept with each entry (e.g. "
                                             "'torchvision mobilenet_v2, float, seed-0 weights')")] = "",
-    save: Annotated[bool, typer.Option(help="write profiles/<target>/<device-id>.json")] = True,
+    save: Annotated[bool, typer.Option(help="write the profile (<target>/<device-id>.json under --out)")] = True,
+    out: Annotated[Path | None, typer.Option(help="profiles folder to write into (default: the profiles/ the "
+                                                  "latency predictor reads; --validate: runs/profile-validate)")]
+        = None,
     validate: Annotated[bool, typer.Option(help="predict, then measure random INT8 policies of mobilenet_v2 "
                                                 "on this machine, and report the predictor's error")] = False,
     variants: Annotated[int, typer.Option(help="--validate: fresh random policies to predict and measure")] = 20,
@@ -46,23 +49,25 @@ def profile(
     from edgekit.errors import SettingsError
 
     if validate:
-        _validate(target, device, threads or 1, runs or 100, warmup, profile_runs, variants, train, model, sequential)
+        _validate(target, device, threads or 1, runs or 100, warmup, profile_runs, variants, train, model, sequential,
+                  validate_out_dir(out))
         return
     if from_log is not None or device.startswith("adb:"):
         from edgekit.commands.android import profile_android  # Android: benchmark_model over adb, or its log
 
-        profile_android(artifacts, target, device, from_log, threads, runs, warmup, save)
+        profile_android(artifacts, target, device, from_log, threads, runs, warmup, save, out)
         return
     if not artifacts:
         raise SettingsError("edgekit profile needs one or more artifact files (or --validate)")
-    _measure(artifacts, target, device, threads, runs or 50, warmup, profile_runs, label, save,
+    _measure(artifacts, target, device, threads, runs or 50, warmup, profile_runs, label, save, out,
              {"identity": identity, "known_hosts": known_hosts, "python": remote_python,
               "accept_new": True if accept_new_host_key else None})
 
 
 def _measure(artifacts: list[Path], target: str, device: str, threads: int | None, runs: int, warmup: int,
-             profile_runs: int, label: str, save: bool, overrides: dict) -> None:
-    """Times the files on the device (one interleaved session) and writes one profile entry per file."""
+             profile_runs: int, label: str, save: bool, out: Path | None, overrides: dict) -> None:
+    """Times the files on the device (one measurement: side by side) and writes one profile entry per file, into
+    `out` (default: the profiles/ the predictor reads)."""
     from edgekit.devices import Job, open_device
     from edgekit.errors import InputError, RuntimeUnavailable, SettingsError
     from edgekit.fileio import sha256_file
@@ -104,7 +109,7 @@ def _measure(artifacts: list[Path], target: str, device: str, threads: int | Non
               f"({t['runs']} runs, {lat.runtime}, {n_threads} thread(s), {len(per_op)} ops profiled) on {lat.device}")
         summary.append({"artifact": a.name, "runtime": lat.runtime, "device_id": device_id,
                         **{k: t[k] for k in ("p50_ms", "p90_ms", "min_ms", "runs")}})
-    paths = [str(save_profile(p)) for p in profiles.values()] if save else []
+    paths = [str(save_profile(p, out)) for p in profiles.values()] if save else []
     for path in paths:
         print(f"profile: {path}")
     first = next(iter(profiles.values()))
@@ -113,8 +118,14 @@ def _measure(artifacts: list[Path], target: str, device: str, threads: int | Non
                       "artifacts": summary}))
 
 
+def validate_out_dir(out: Path | None) -> Path:
+    """Where --validate writes its profile: the folder the user names, else a run folder, never the profiles/ that
+    ship with edgekit (those change only on purpose: name them with --out)."""
+    return out if out is not None else Path("runs") / "profile-validate"
+
+
 def _validate(target: str, device: str, threads: int, runs: int, warmup: int, profile_runs: int, variants: int,
-              train: int, model: Path | None, sequential: bool) -> None:
+              train: int, model: Path | None, sequential: bool, out: Path) -> None:
     from edgekit.errors import InputError, SettingsError
     from edgekit.measure.validate import validate_host
     from edgekit.targets import load_target
@@ -125,8 +136,10 @@ def _validate(target: str, device: str, threads: int, runs: int, warmup: int, pr
         raise SettingsError("--validate needs --variants >= 5, --train >= 2 and --runs >= 20")
     if model is not None and not model.is_file():
         raise InputError(f"no such model: {model}")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is not a folder")
     result = validate_host(variants=variants, train=train, threads=threads, runs=runs, warmup=warmup,
-                           profile_runs=profile_runs, model=model, sequential=sequential,
+                           profile_runs=profile_runs, model=model, sequential=sequential, profiles_root=out,
                            log=lambda msg: print(f"[validate] {msg}", file=sys.stderr))
     for r in result["rows"]:
         print(f"{r['variant']:>10}: predicted {r['predicted_p50_ms']:8.3f} ms  measured {r['measured_p50_ms']:8.3f} ms"

@@ -8,32 +8,41 @@ from typing import Annotated, Any
 
 import typer
 
+from edgekit.commands._options import MODEL_HELP, Sets, TrustCode
+from edgekit.commands._options import stage_default as _d
+
 
 def register(app: typer.Typer) -> None:
     app.command(name="prune")(prune)
 
 
 def prune(
-    model: Annotated[str | None, typer.Argument(help="zoo name (e.g. edgekit:digits_mlp), .onnx/.pt2 file or "
-                                                     "module:factory; default: the built-in digits CNN")] = None,
+    model: Annotated[str | None, typer.Argument(help=f"e.g. edgekit:digits_mlp; {MODEL_HELP}")] = None,
     data: Annotated[str | None, typer.Option(help="labelled data: digits, an image folder, or an .npz with x/y")] = None,
     target: Annotated[str | None, typer.Option(help="shape the masks for this target's runtime (its sparse "
                                                     "rules); default: no target rules")] = None,
-    rounds: Annotated[int | None, typer.Option(help="pruning rounds after the dense round 0")] = None,
-    rate: Annotated[float | None, typer.Option(help="fraction of surviving weights removed per round")] = None,
-    rewind_step: Annotated[int | None, typer.Option(help="training step the survivors are reset to")] = None,
-    epochs: Annotated[int | None, typer.Option(help="training epochs per round")] = None,
-    pattern: Annotated[str | None, typer.Option(help="unstructured, 1x4, 4x1 or N:M")] = None,
-    ranking: Annotated[str | None, typer.Option(help="layer or global")] = None,
-    seed: Annotated[int | None, typer.Option(help="seed of every random choice")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto")] = None,
+    rounds: Annotated[int | None, typer.Option(help="pruning rounds after the dense round 0",
+                                               show_default=_d("prune", "rounds"))] = None,
+    rate: Annotated[float | None, typer.Option(help="fraction of surviving weights removed per round",
+                                               show_default=_d("prune", "rate"))] = None,
+    rewind_step: Annotated[int | None, typer.Option(help="training step the survivors are reset to",
+                                                    show_default=_d("prune", "rewind_step"))] = None,
+    epochs: Annotated[int | None, typer.Option(help="training epochs per round",
+                                               show_default=_d("prune", "epochs"))] = None,
+    pattern: Annotated[str | None, typer.Option(help="unstructured, 1x4, 4x1 or N:M",
+                                                show_default=_d("prune", "pattern"))] = None,
+    ranking: Annotated[str | None, typer.Option(help="layer or global", show_default=_d("prune", "ranking"))] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of every random choice",
+                                             show_default=_d("prune", "seed"))] = None,
+    torch_device: Annotated[str | None, typer.Option(help="where torch trains: cpu, cuda or auto (setting "
+                                                          "prune.device)", show_default=_d("prune", "device"))] = None,
     controls: Annotated[bool, typer.Option(help="train the re-init and random-mask controls each round")] = True,
     weights: Annotated[str | None, typer.Option(help="state-dict file (loaded with weights_only=True)")] = None,
     input_shape: Annotated[str | None, typer.Option(help="N,C,H,W, e.g. 1,3,224,224")] = None,
     out: Annotated[Path | None, typer.Option(help="run folder (default runs/<model>-prune)")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="field=value for any other prune setting "
-                                                                 "(e.g. lr=0.001, layers=linear), repeatable")] = None,
-    fresh: Annotated[bool, typer.Option(help="ignore finished rounds of an earlier run in --out")] = False,
+    set_: Sets = None,
+    fresh: Annotated[bool, typer.Option(help="ignore finished stages and rounds of an earlier run in --out")] = False,
+    trust_model_code: TrustCode = False,
 ) -> None:
     """Find a winning ticket: iterative magnitude pruning with rewinding, with re-init and random-mask controls."""
     from edgekit import api
@@ -41,26 +50,24 @@ def prune(
 
     settings: dict[str, Any] = {k: v for k, v in {
         "rounds": rounds, "rate": rate, "rewind_step": rewind_step, "epochs": epochs, "pattern": pattern,
-        "ranking": ranking, "seed": seed, "device": device}.items() if v is not None}
+        "ranking": ranking, "seed": seed, "device": torch_device}.items() if v is not None}
     if not controls:
         settings.update(reinit_control=False, random_mask_control=False)
     if target is None:
         settings["target_rules"] = "off"
-    extra = parse_sets([f"prune.{s}" if not s.startswith("prune.") else s for s in set_ or []])
-    settings.update(extra.get("prune", {}))
+    overrides = parse_sets(set_)
+    settings.update(overrides.pop("prune", {}))
     recipe = {"stages": [{"baseline": {}}, {"prune": settings}]}
     shape = api.parse_shape(input_shape)
     tgt = target or "host"
     out_dir = out or Path(str(api.default_out_dir(model, tgt)).removesuffix(f"-{tgt}") + "-prune")
     console = _console()
-    if fresh:
-        import shutil
-
-        # Only the stage's own round checkpoints are dropped; the pipeline's fresh flag handles the rest.
-        shutil.rmtree(out_dir / "prune", ignore_errors=True)
     with progress_bar() as progress:
+        # --fresh reaches the prune stage through the pipeline, after the inputs were checked: a bad model never
+        # costs the rounds of an earlier run.
         report = api.compress(model, tgt, recipe=recipe, data=data, weights=weights, input_shape=shape, out=out_dir,
-                              resume=not fresh, progress=progress, console=console)
+                              overrides=overrides, resume=not fresh, progress=progress, console=console,
+                              trust_code=trust_model_code)
     _print_rounds(console, report, out_dir)
 
 

@@ -7,12 +7,13 @@ from typing import Annotated
 
 import typer
 
+from edgekit.commands._options import MODEL_HELP, Device, Sets, TrustCode
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def quantize(
-        model: Annotated[str | None, typer.Argument(help="zoo name, .onnx/.pt2 file or module:factory; "
-                                                         "default: the built-in digits CNN")] = None,
+        model: Annotated[str | None, typer.Argument(help=MODEL_HELP)] = None,
         target: Annotated[str, typer.Option(help="target name")] = "host",
         data: Annotated[str | None, typer.Option(help="calibration / evaluation data: digits, an image folder, "
                                                       "or an .npz with x (and y for accuracy)")] = None,
@@ -24,22 +25,23 @@ def register(app: typer.Typer) -> None:
         trials: Annotated[int, typer.Option(help="NSGA-II trials of the ONNX search")] = 30,
         formats: Annotated[str, typer.Option(help="comma-separated formats (default: the target's)")] = "",
         out: Annotated[Path | None, typer.Option(help="run folder (default runs/<model>-<target>-quant)")] = None,
-        device: Annotated[str | None, typer.Option(help="measure candidates on a device: ssh://user@host[:port], "
-                                                        "adb://SERIAL, or farm:devices.toml (docs/devices.md)")]
-            = None,
+        device: Device = None,
         workers: Annotated[int, typer.Option(help="processes sharing the ONNX search (docs/quantization.md)")] = 1,
         storage: Annotated[str, typer.Option(help="the search's Optuna storage: sqlite:///PATH, "
                                                   "postgresql://USER@HOST[:PORT]/DB or memory (default: "
                                                   "state/quant_study.db in the run folder)")] = "",
+        set_: Sets = None,
         fresh: Annotated[bool, typer.Option(help="ignore finished stages of an earlier run in --out")] = False,
+        trust_model_code: TrustCode = False,
     ) -> None:
         """Search per-layer INT8 policies scored on latency in each artifact's runtime (recipe `quant`)."""
         from edgekit import api
-        from edgekit.cli import _console, _print_summary, progress_bar
+        from edgekit.cli import _console, _print_summary, parse_sets, progress_bar
 
-        overrides: dict[str, dict[str, object]] = {"quantize": {
-            "max_quality_drop": max_quality_drop, "latency_budget_ms": latency_budget_ms,
-            "max_size_mb": max_size_mb, "trials": trials, "workers": workers, "storage": storage}}
+        overrides = parse_sets(set_)
+        overrides["quantize"] = {"max_quality_drop": max_quality_drop, "latency_budget_ms": latency_budget_ms,
+                                 "max_size_mb": max_size_mb, "trials": trials, "workers": workers,
+                                 "storage": storage, **overrides.get("quantize", {})}
         if formats:
             overrides["quantize"]["formats"] = [f.strip() for f in formats.split(",") if f.strip()]
         out_dir = out or Path(f"{api.default_out_dir(model, target)}-quant")
@@ -47,5 +49,6 @@ def register(app: typer.Typer) -> None:
         with progress_bar() as progress:
             report = api.compress(model, target, recipe="quant", data=data, weights=weights,
                                   input_shape=api.parse_shape(input_shape), out=out_dir, overrides=overrides,
-                                  device=device, resume=not fresh, progress=progress, console=console)
+                                  device=device, resume=not fresh, progress=progress, console=console,
+                                  trust_code=trust_model_code)
         _print_summary(console, report, out_dir)

@@ -2,8 +2,10 @@
 tfjs-tflite (tflite_web.py) measurements.
 
 A throw-away HTTP server serves a staged folder with cross-origin isolation headers, the input tensor at INPUT_PATH,
-and receives the page's JSON result on POST RESULT_PATH; Chromium runs with a fresh profile and no network services.
-The pages take both paths from their query (`input=`, `report=`), so callers put them there.
+and receives the page's JSON result on POST RESULT_PATH/<token>, a random token per run that only the page is told
+(any other local process posting a result gets 403); Chromium runs with a fresh profile and no network services, in
+a process group of its own that is stopped as a whole when the run ends, is interrupted, or edgekit is killed.
+The pages take both paths from their query (`input=`, `report=`); run_page puts the run's result path there.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import http.server
 import json
 import os
 import re
+import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -86,7 +90,13 @@ class PageServer(http.server.ThreadingHTTPServer):
         self.folder, self.input_bytes = folder, input_bytes
         self.result: dict[str, Any] | None = None
         self.done = threading.Event()
+        self.token = secrets.token_urlsafe(24)
         super().__init__(("127.0.0.1", 0), _Handler)
+
+    @property
+    def result_path(self) -> str:
+        """Where this run's page posts its result; results elsewhere are refused."""
+        return f"{RESULT_PATH}/{self.token}"
 
     @property
     def url(self) -> str:
@@ -120,17 +130,17 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         super().do_GET()
 
     def do_POST(self) -> None:
-        if not self.path.startswith(RESULT_PATH):
-            self.send_error(404)
+        if not secrets.compare_digest(self.path.split("?", 1)[0], self.server.result_path):
+            self.send_error(403)
             return
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = self.rfile.read(min(int(self.headers.get("Content-Length", 0) or 0), 64 << 20))
         try:
             self.server.result = json.loads(body)
         except json.JSONDecodeError:
             self.server.result = {"error": "the page posted invalid JSON"}
+        self.server.done.set()  # before the reply: whoever sees the reply also sees the result as done
         self.send_response(204)
         self.end_headers()
-        self.server.done.set()
 
     def log_message(self, *args: Any) -> None:  # the page's requests are not the user's business
         pass
@@ -158,22 +168,62 @@ def run_page(binary: str, folder: Path, query: str, x: np.ndarray, timeout: floa
     """
     server = PageServer(Path(folder), np.ascontiguousarray(x, "<f4").tobytes())
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    query = "&".join([p for p in query.split("&") if p and not p.startswith("report=")]
+                     + [f"report={server.result_path}"])
+    err = ""
     with tempfile.TemporaryDirectory(prefix="edgekit-chromium-") as profile:
         cmd = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"{server.url}/index.html?{query}"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # Its own session (process group): renderers and zygotes go with it, and a Ctrl-C meant for edgekit does not
+        # reach it half-way; the kernel also stops it if edgekit dies without cleaning up (SIGKILL).
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True, preexec_fn=_die_with_parent_fn())
         try:
             finished = _wait(server.done, proc, timeout)
         finally:
-            proc.terminate()
-            try:
-                _, err = proc.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                _, err = proc.communicate()
+            err = _stop_group(proc)
             server.shutdown()
             server.server_close()
     tail = " | ".join(line for line in (err or "").splitlines() if "dbus" not in line.lower())[-300:]
     return PageRun(server.result, finished, proc.returncode, tail)
+
+
+@functools.cache
+def _prctl() -> Any:
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def _die_with_parent_fn() -> Any:
+    """A preexec function asking Linux to SIGKILL the child when edgekit's process dies (None where unsupported).
+
+    prctl is looked up here, in the parent: between fork and exec the child only makes that one call.
+    """
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    return lambda: prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _stop_group(proc: subprocess.Popen) -> str:
+    """Stops the browser's whole process group (TERM, then KILL); returns its stderr."""
+    def signal_group(sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    signal_group(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        signal_group(signal.SIGKILL)
+        _, err = proc.communicate()
+    signal_group(signal.SIGKILL)  # children that ignored TERM or outlived the browser
+    return err or ""
 
 
 def _wait(done: threading.Event, proc: subprocess.Popen, timeout: float) -> bool:

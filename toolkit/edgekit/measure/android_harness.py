@@ -39,16 +39,21 @@ def harness_script(model: Path, target: Target, threads: int, runs: int, warmup:
                    log: str = "edgekit-android.log") -> str:
     """A POSIX shell script with the adb commands `profile_artifact_adb` runs, writing one log that
     `edgekit profile --from-log LOG --target T` imports (device facts and thermal state included)."""
+    for what, value in (("model path", str(model)), ("log", log), ("binary", binary), ("serial", serial)):
+        # Every value is shell-quoted, but a line break would still end a comment line of the script.
+        if not value.isprintable():
+            raise InputError(f"android-harness: the {what} {value!r} contains a line break or control character; "
+                             f"rename it")
     spec = target.runtime_for("tflite")
     remote = remote_model_path(model)
     args = benchmark_args(remote, threads, warmup, runs, xnnpack=bool(spec and spec.delegate == "xnnpack"))
     q = shlex.quote
     adb = "adb" + (f" -s {q(serial)}" if serial else "")
     lines = ["#!/bin/sh",
-             f"# Measure {model.name} on an Android phone with TFLite's benchmark_model ({tool}); written by edgekit",
+             f"# Measure {q(model.name)} on an Android phone with TFLite's benchmark_model ({tool}); written by edgekit",
              f"# for target {target.name}: {threads} thread(s), {warmup} warm-up and {runs} timed runs, op profiling.",
              "# Run it where `adb devices` lists the phone, then import the log:",
-             f"#   edgekit profile {q(model.name)} --target {target.name} --from-log {log}",
+             f"#   edgekit profile {q(model.name)} --target {q(target.name)} --from-log {q(log)}",
              "set -eu", f"ADB={q(adb)}", f"LOG={q(log)}", ": > \"$LOG\"",
              "section() { echo \"=== edgekit: $1 ===\" >> \"$LOG\"; }",
              "$ADB get-state",
@@ -77,13 +82,23 @@ def harness_script(model: Path, target: Target, threads: int, runs: int, warmup:
 
 
 def split_sections(text: str) -> dict[str, str]:
-    """The sections of a harness log; text without section markers is all benchmark_model output."""
-    parts = re.split(r"^=== edgekit: (.+?) ===\s*$", text, flags=re.M)
-    if len(parts) == 1:
+    """The sections of a harness log; text without section markers is all benchmark_model output.
+
+    Read line by line (no regex over the whole log), so a hostile log costs time linear in its length.
+    """
+    head, tail = SECTION.split("{}")
+    out: dict[str, str] = {}
+    name, body = "preamble", []
+    for line in text.splitlines(keepends=True):
+        stripped = line.rstrip()
+        if stripped.startswith(head) and stripped.endswith(tail) and len(stripped) > len(head) + len(tail):
+            out[name] = "".join(body)
+            name, body = stripped[len(head):-len(tail)].strip(), []
+        else:
+            body.append(line)
+    if name == "preamble":
         return {"benchmark_model": text}
-    out = {"preamble": parts[0]}
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        out[name.strip()] = body
+    out[name] = "".join(body)
     return out
 
 

@@ -24,14 +24,36 @@ from typing import Any
 
 from edgekit.errors import InputError
 
+# Logs are untrusted input (`profile --from-log`): every pattern here is anchored, and none has two unbounded parts
+# that can match the same characters, so parsing is linear in the length of a line. Lines are split with str methods
+# and numbers checked token by token.
 # logcat lines: threadtime "11-25 13:02:11.123  4312  4330 I tflite  : msg" and brief "I/tflite  ( 4312): msg".
-_THREADTIME = re.compile(r"^\d\d-\d\d \d\d:\d\d:\d\d\.\d+\s+\d+\s+\d+\s+[VDIWEF]\s+(?P<tag>.*?)\s*: ?(?P<msg>.*)$")
-_BRIEF = re.compile(r"^[VDIWEF]/(?P<tag>[^(]+?)\s*\(\s*\d+\): ?(?P<msg>.*)$")
+_THREADTIME = re.compile(r"\d\d-\d\d \d\d:\d\d:\d\d\.\d+ +\d+ +\d+ +[VDIWEF] ")
+_BRIEF = re.compile(r"[VDIWEF]/")
+_PID = re.compile(r" *\d+\):")
 LOG_TAG = "tflite"  # the tag the benchmark APK (and TFLITE_LOG on Android) logs under
 _INFO = re.compile(r"^(?:INFO|WARNING|ERROR|VERBOSE): ?")
 _NUM = r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
-_STAT = re.compile(rf"(\w+)=({_NUM})")
+_NUM_RE = re.compile(_NUM)
+_NAME = re.compile(r"\w+")
 _PARAM = re.compile(r"^([A-Za-z#][^:\[]*?): \[(.*)\]$")
+
+
+def _logcat(line: str) -> tuple[str, str] | None:
+    """(tag, message) of a logcat line in threadtime or brief format, else None."""
+    if m := _THREADTIME.match(line):
+        tag, sep, msg = line[m.end():].partition(":")
+    elif _BRIEF.match(line):
+        tag, sep, rest = line[2:].partition("(")
+        pid = _PID.match(rest) if sep else None
+        if pid is None:
+            return None
+        msg = rest[pid.end():]
+    else:
+        return None
+    if not sep:
+        return None
+    return tag.strip(), msg[1:] if msg.startswith(" ") else msg
 
 
 def clean_lines(text: str) -> list[str]:
@@ -41,40 +63,77 @@ def clean_lines(text: str) -> list[str]:
     messages interleaved with the tables do not matter.
     """
     raw = text.splitlines()
-    logcat = [m for line in raw if (m := _THREADTIME.match(line) or _BRIEF.match(line))]
+    logcat = [m for line in raw if (m := _logcat(line))]
     if logcat:
-        lines = [m["msg"] for m in logcat if m["tag"].strip() == LOG_TAG]
+        lines = [msg for tag, msg in logcat if tag == LOG_TAG]
     else:
         lines = raw
     return [_INFO.sub("", line.rstrip("\r\n")) for line in lines]
 
 
+def _is_num(token: str) -> bool:
+    return _NUM_RE.fullmatch(token) is not None
+
+
 def _stats(line: str) -> dict[str, float]:
-    return {k: float(v) for k, v in _STAT.findall(line)}
+    """'count=50 first=1 avg=2.5 ...' -> {name: value} (tokens without '=NUMBER' are skipped)."""
+    out = {}
+    for token in line.replace(",", " ").split():
+        key, sep, value = token.partition("=")
+        if sep and _NAME.fullmatch(key) and _is_num(value):
+            out[key] = float(value)
+    return out
 
 
-def _row_regex(header: str) -> re.Pattern[str]:
-    start = rf"\s+(?P<start>{_NUM})" if "[start]" in header else ""
-    return re.compile(rf"^\s*(?P<type>\S.*?){start}\s+(?P<first>{_NUM})\s+(?P<avg>{_NUM})\s+(?P<pct>{_NUM})%"
-                      rf"\s+(?P<cdf>{_NUM})%\s+(?P<mem>{_NUM})\s+(?P<times>\d+)\s+(?P<name>.*?)\s*$")
+def _row(line: str, with_start: bool) -> dict[str, Any] | None:
+    """One operator row: [node type] [start]? [first] [avg ms] [%] [cdf%] [mem KB] [times called] [Name].
+
+    The node type may contain spaces (XNNPACK's names): it ends at the first token from which the numeric columns
+    follow; the name is the rest of the line.
+    """
+    spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", line)]
+    tokens = [line[a:b] for a, b in spans]
+    k = 7 if with_start else 6
+    for i in range(1, len(tokens) - k + 1):
+        cols = tokens[i:i + k]
+        if not _is_num(cols[0]):
+            continue
+        nums = cols[1:] if with_start else cols
+        if not (_is_num(nums[0]) and _is_num(nums[1]) and nums[2].endswith("%") and _is_num(nums[2][:-1])
+                and nums[3].endswith("%") and _is_num(nums[3][:-1]) and _is_num(nums[4]) and nums[5].isdigit()):
+            continue
+        times, avg = int(nums[5]), float(nums[1])
+        name = line[spans[i + k][0]:].strip() if i + k < len(spans) else ""
+        row = {"type": line[spans[0][0]:spans[i - 1][1]].strip(), "name": name, "first_ms": float(nums[0]),
+               "avg_ms": avg, "times_called": times, "percent": float(nums[2][:-1]), "ms": avg * max(times, 1)}
+        if with_start:
+            row["start_ms"] = float(cols[0])
+        return row
+    return None
 
 
 def _read_table(lines: list[str], i: int) -> tuple[list[dict[str, Any]], int]:
     """Reads the table whose title line is lines[i] ("=== Run Order ==="); returns rows and the next index."""
     header = lines[i + 1] if i + 1 < len(lines) else ""
-    row_re = _row_regex(header)
+    with_start = "[start]" in header
     rows, j = [], i + 2
     while j < len(lines) and lines[j].strip():
-        m = row_re.match(lines[j])
-        if m:
-            times, avg = int(m["times"]), float(m["avg"])
-            row = {"type": m["type"].strip(), "name": m["name"], "first_ms": float(m["first"]), "avg_ms": avg,
-                   "times_called": times, "percent": float(m["pct"]), "ms": avg * max(times, 1)}
-            if m.groupdict().get("start") is not None:
-                row["start_ms"] = float(m["start"])
+        row = _row(lines[j], with_start)
+        if row is not None:
             rows.append(row)
         j += 1
     return rows, j
+
+
+def _timings(text: str) -> dict[str, str]:
+    """'Init: 1000, First inference: 2000, Warmup (avg): 1.5e+03, Inference (avg): 95.5' -> {label: number}."""
+    out = {}
+    for part in text.split(","):
+        label, sep, value = part.partition(":")
+        value = value.strip()
+        if sep and _is_num(value):
+            out[label.strip()] = value
+    return out
 
 
 def parse_benchmark_output(text: str) -> dict[str, Any]:
@@ -103,13 +162,14 @@ def parse_benchmark_output(text: str) -> dict[str, Any]:
         elif line.startswith("count=") and "avg=" in line:
             runs.append(_stats(line))
         elif line.startswith("Initialized session in"):
-            res["init_ms"] = float(re.findall(_NUM, line)[0])
+            if m := _NUM_RE.search(line):
+                res["init_ms"] = float(m[0])
         elif line.startswith("The input model file size (MB):"):
             res["model_size_mb"] = float(line.rsplit(":", 1)[1])
         elif line.startswith("Created TensorFlow Lite") and "delegate" in line:
             res["delegates"].append(line.rstrip("."))
         elif "Inference timings in us:" in line:
-            vals = dict(re.findall(rf"([A-Za-z][A-Za-z ()]*?): ({_NUM})", line.split("us:", 1)[1]))
+            vals = _timings(line.split("us:", 1)[1])
             init = vals.get("Init")
             if init is not None:
                 res["init_ms"] = float(init) / 1e3

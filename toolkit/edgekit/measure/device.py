@@ -87,7 +87,34 @@ def parse_device_uri(uri: str) -> DeviceURI:
     bad = set(options) - _SSH_OPTIONS
     if bad:
         raise SettingsError(f"device '{uri}': unknown options {sorted(bad)}; allowed: {sorted(_SSH_OPTIONS)}")
+    _check_ssh_options(uri, options)
     return DeviceURI("ssh", uri, host=host, user=user, port=port, options=options)
+
+
+def _check_ssh_options(uri: str, options: dict[str, str]) -> None:
+    if "timeout" in options and not (options["timeout"].isdigit() and 0 < int(options["timeout"]) <= 86400):
+        raise SettingsError(f"device '{uri}': timeout must be a whole number of seconds from 1 to 86400, "
+                            f"got '{options['timeout']}'")
+    if options.get("accept_new", "0").lower() not in ("0", "1", "true", "false", "yes", "no"):
+        raise SettingsError(f"device '{uri}': accept_new must be 1 or 0, got '{options['accept_new']}'")
+    for key in ("python", "identity", "known_hosts"):
+        if key in options and (not options[key] or any(c in options[key] for c in "\n\r\0")):
+            raise SettingsError(f"device '{uri}': {key} must be a path")
+
+
+def device_for_report(device: str | None) -> str | None:
+    """What report.json keeps of a --device value: scheme, user, host and port, never options such as key paths.
+
+    Raises:
+        SettingsError: when the URI is malformed (checked before a run starts, not when measure reaches it).
+    """
+    if device is None or "://" not in device:
+        return device  # local, node, chromium: names, nothing private
+    scheme = device.split("://", 1)[0]
+    if scheme in ("ssh", "adb"):
+        return parse_device_uri(device).display
+    parsed = urllib.parse.urlsplit(device)
+    return f"{parsed.scheme}://{parsed.hostname or ''}"
 
 
 def run_harness(uri: DeviceURI, artifact: Path, runtime: str, threads: int, runs: int, warmup: int,

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from edgekit import export as exporters
 from edgekit.contract import Contract
 from edgekit.errors import SettingsError
+from edgekit.fileio import check_file_name
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -23,6 +24,7 @@ class Settings:
     name: str = field(default="model_fp32", metadata={"help": "artifact file name without suffix"})
 
     def __post_init__(self) -> None:
+        check_file_name(self.name, "export: name")
         bad = [f for f in self.formats if f not in exporters.formats()]
         if bad:
             raise SettingsError(f"export: unknown formats {bad}; available: {exporters.formats()}")

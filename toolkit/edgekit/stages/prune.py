@@ -113,6 +113,10 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     pattern = parse_pattern(settings.pattern)
     plan = plan_layers(model, settings, ctx.target, ctx.bundle.input_shape, pattern)
     folder = ctx.out / "prune"
+    if not getattr(ctx, "resume", True):  # --fresh: the rounds of an earlier run are not resumed either
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
     before = accuracy(predict(model, data.x_test), data.y_test)  # on the split run_imp scores every round on
     result = run_imp(model, data.x_train, data.y_train, data.x_test, data.y_test, settings, plan.rates, folder,
                      progress=ctx.progress)

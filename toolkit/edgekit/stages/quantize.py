@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgekit.contract import Contract
 from edgekit.errors import EdgekitError, SettingsError
+from edgekit.fileio import copy_atomic
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -304,8 +305,7 @@ def _write_outputs(ctx: RunContext, results: list[Any]) -> None:
         for kind, cand in (("int8", r.int8), ("mixed", r.chosen)):
             if kind == "mixed" and cand is r.int8:
                 continue
-            dest = ctx.artifacts_dir / f"model_{kind}{suffix}"
-            shutil.copyfile(cand.path, dest)
+            dest = copy_atomic(cand.path, ctx.artifacts_dir / f"model_{kind}{suffix}")
             precision = "mixed" if any(m == FLOAT for m in cand.policy.layers.values()) else "int8"
             # INT8 logits differ from float by design: check top-1 agreement, allowing for the spread of a
             # 32-input verification sample around the agreement the search measured on the eval set.

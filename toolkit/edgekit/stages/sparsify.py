@@ -19,6 +19,7 @@ import numpy as np
 
 from edgekit.contract import Contract
 from edgekit.errors import SettingsError
+from edgekit.fileio import check_file_name
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -37,6 +38,7 @@ class Settings:
     check_inputs: int = field(default=8, metadata={"help": "inputs the sparse file is compared on with the dense one"})
 
     def __post_init__(self) -> None:
+        check_file_name(self.name, "sparsify: name")
         if not 0 <= self.oneshot_sparsity < 1:
             raise SettingsError(f"sparsify: oneshot_sparsity must be in [0, 1), got {self.oneshot_sparsity}")
         if not 0 <= self.min_zero_fraction <= 1:
