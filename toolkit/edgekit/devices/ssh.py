@@ -47,7 +47,8 @@ class SSHDevice(BaseDevice):
     def close(self) -> None:
         """Ends the device's multiplexed SSH connection and removes its private socket folder."""
         if self._control:
-            self.ssh.close_master()
+            if any(os.scandir(self._control)):  # a master was started (its socket is there)
+                self.ssh.close_master()
             shutil.rmtree(self._control, ignore_errors=True)
             self._control = ""
 
