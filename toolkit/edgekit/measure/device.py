@@ -3,8 +3,8 @@
 The devices themselves (one interface for local, ssh, adb, browser engines and farms) live in edgekit.devices; this
 module holds the pieces they share and that the Android path uses, so nothing here imports a device module.
 
-URIs:
-    local                                   this machine, through the same harness a remote device runs
+URIs parsed here (every scheme, node, chromium and farm:FILE included, is listed in edgekit.devices):
+    local                                   this machine
     ssh://[user@]host[:port][?options]      a Linux board; options: python=/path/to/python3, identity=KEYFILE,
                                             known_hosts=FILE, accept_new=1 (add an unknown host key on first contact),
                                             timeout=SECONDS
