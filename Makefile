@@ -5,9 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= runs/default
-# Debian packages the tests use (ARM cross build + qemu, WebAssembly toolchain, loopback sshd,
-# debootstrap for the slow arm64 qemu test, headless Chromium).
-APT_PACKAGES := gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user openssh-server openssh-client debootstrap clang lld wasi-libc chromium
+# Debian packages the tests use (ARM cross build + qemu, WebAssembly toolchain, loopback sshd devices,
+# debootstrap for the slow arm64 qemu test, headless Chromium, a PostgreSQL server for the shared search study).
+APT_PACKAGES := gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user openssh-server openssh-client debootstrap clang lld wasi-libc chromium postgresql
 
 .PHONY: run test test-all lint format bench system-deps install node-deps kernels clean
 

@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from conftest import run_cli
+from edgekit.devices import Job
 from edgekit.errors import InputError, RuntimeUnavailable, SettingsError
 from edgekit.measure import android
 from edgekit.measure.android_harness import harness_script, profile_from_harness_log, split_sections
@@ -219,22 +221,35 @@ def test_offline_device_and_emulator_are_refused(tflite):
         android.Adb("-s evil", runner=FakeAdb())
 
 
-def test_measure_stage_fills_latency_and_run_folder_profile(tflite, tmp_path):
+def test_adb_device_and_measure_stage_fill_latency_and_run_folder_profile(tflite, tmp_path):
+    from edgekit.devices import latency_source
+    from edgekit.devices.adb import AndroidDevice
+    from edgekit.measure.record import record_latencies
+
     out = tmp_path / "run"
     (out / "artifacts").mkdir(parents=True)
     art_path = out / "artifacts" / "model_fp32.tflite"
     art_path.write_bytes(tflite.read_bytes())
     arts = [Artifact("artifacts/model_fp32.tflite", "tflite", "litert", 1, None, 0),
             Artifact("artifacts/m.onnx", "onnx", "onnxruntime", 1, None, 0)]
-    ctx = SimpleNamespace(out=out, target=load_target("android-arm64"), threads=4, device="adb://R58M123")
-    profiles = android.measure_artifacts_adb(arts, SimpleNamespace(runs=50, warmup=5), ctx, "R58M123",
-                                             adb=android.Adb("R58M123", runner=FakeAdb()))
+    tgt = load_target("android-arm64")
+    phone = AndroidDevice("adb://R58M123", target=tgt, adb=android.Adb("R58M123", runner=FakeAdb()))
+    lats = phone.time([Job.from_artifact(a, out) for a in arts], runs=50, warmup=5, threads=4)
+    assert lats[0].extra["raw"]["profile"]["device"]["model"] == "Pixel 7"
+    sections = []
+    ctx = SimpleNamespace(out=out, target=tgt, add_section=lambda t, m: sections.append(t))
+    written = record_latencies([(a, [lat]) for a, lat in zip(arts, lats, strict=True)],
+                               latency_source(tgt, "adb://R58M123"), ctx)
     lat = arts[0].latency
     assert lat.source == "measured" and "Pixel 7" in lat.device and "Android 14" in lat.device
-    assert lat.p50_ms == pytest.approx(8.6024) and lat.threads == 4 and lat.device_id
+    assert lat.p50_ms == pytest.approx(8.6024) and lat.threads == 4 and lat.device_id and lat.via == "adb://R58M123"
+    assert "raw" not in lat.extra and arts[0].latencies == [lat]
     assert arts[1].latency.source == "none" and "benchmark_model" in arts[1].latency.reason
-    (p,) = profiles
-    assert load_profile_file(out / "profiles" / "android-arm64" / f"{p['device_id']}.json")["entries"]
+    (path,) = written
+    assert load_profile_file(out / path)["entries"] and path.startswith("profiles/android-arm64/")
+    assert sections == ["Device latency"]
+    with pytest.raises(RuntimeUnavailable, match="returns no outputs"):
+        phone.run(Job.from_artifact(arts[0], out), np.zeros((1, 1, 8, 8), np.float32))
 
 
 def test_harness_script_runs_the_same_benchmark_command(tflite, monkeypatch):

@@ -153,9 +153,13 @@ def test_latency_is_measured_only_for_the_host_target():
     from edgekit.stages.quantize import _latency_mode
     from edgekit.targets import load_target
 
-    assert _latency_mode(SimpleNamespace(target=load_target("host"), device=None))[0] == "measured"
-    mode, predictor = _latency_mode(SimpleNamespace(target=load_target("rpi4"), device=None))
-    assert mode in ("predicted", "none") and (predictor is None) == (mode == "none")
+    assert _latency_mode(SimpleNamespace(target=load_target("host"), device=None)) == ("measured", None, None)
+    mode, predictor, device = _latency_mode(SimpleNamespace(target=load_target("rpi4"), device=None))
+    assert mode in ("predicted", "none") and (predictor is None) == (mode == "none") and device is None
+    # The browser target's engines are not started per candidate: without --device the search does not measure.
+    assert _latency_mode(SimpleNamespace(target=load_target("wasm"), device=None))[0] in ("predicted", "none")
+    mode, _, device = _latency_mode(SimpleNamespace(target=load_target("host"), device="ssh://me@127.0.0.1"))
+    assert mode == "measured" and device.uri == "ssh://me@127.0.0.1:22"  # candidates timed on that device
 
 
 def test_gates_read_the_baseline_anchored_summary_and_fail_on_missing_or_unmeasured_values():

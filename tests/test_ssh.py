@@ -4,79 +4,40 @@ as the device's working directory), with real TFLite and ONNX artifacts."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from conftest import run_cli
+from edgekit.devices import Job, open_device
 from edgekit.errors import RuntimeUnavailable, SettingsError
 from edgekit.fileio import sha256_file
-from edgekit.measure.device import device_facts, measure_artifacts_on_device, parse_device_uri
+from edgekit.measure.device import device_facts, parse_device_uri
 from edgekit.measure.ssh import DeviceError, DeviceUnreachable, HostKeyError, SSHTarget, measure_over_ssh
-from edgekit.report import Artifact
 from edgekit.targets import host_facts, load_target
-
-SSHD = "/usr/sbin/sshd"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _keygen(path: Path) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, timeout=30)
+from loopback import Missing, free_port, keygen, start_sshd
 
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
-    """A real sshd on a free loopback port; yields paths and an SSHTarget template."""
-    if not (Path(SSHD).exists() and shutil.which("ssh") and shutil.which("ssh-keygen")):
-        pytest.skip("openssh-server / openssh-client not installed (Makefile APT_PACKAGES lists them)")
-    if not Path("/run/sshd").is_dir():
-        try:
-            Path("/run/sshd").mkdir(mode=0o755, parents=True)  # sshd's privilege-separation directory
-        except OSError:
-            pytest.skip("sshd needs /run/sshd and this user cannot create it")
+    """A real sshd on a free loopback port (tests/loopback.py); yields paths and an SSHTarget template."""
     d = tmp_path_factory.mktemp("sshd")
-    home = d / "device-home"
-    home.mkdir()
-    _keygen(d / "host_key")
-    _keygen(d / "client_key")
-    _keygen(d / "other_key")
-    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
-    port = _free_port()
-    (d / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
-        "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
-        f"PidFile {d / 'sshd.pid'}\nSetEnv TMPDIR={home}\n")
-    host_pub = " ".join((d / "host_key.pub").read_text().split()[:2])
-    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n")
-    proc = subprocess.Popen([SSHD, "-D", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log")])
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"sshd exited: {(d / 'sshd.log').read_text()}")
-            time.sleep(0.1)
-    user = os.environ.get("USER") or "root"
-    target = SSHTarget(host="127.0.0.1", user=user, port=port, identity=str(d / "client_key"),
+    try:
+        keygen(d / "client_key")
+        keygen(d / "other_key")
+        dev = start_sshd(d, "device", d / "client_key")
+    except Missing as e:
+        pytest.skip(str(e))
+    shutil.copy(dev.known_hosts, d / "known_hosts")
+    target = SSHTarget(host="127.0.0.1", user=dev.user, port=dev.port, identity=str(d / "client_key"),
                        known_hosts=str(d / "known_hosts"), python=sys.executable, timeout=300)
-    yield SimpleNamespace(dir=d, home=home, port=port, target=target, user=user)
-    proc.terminate()
-    proc.wait(timeout=10)
+    yield SimpleNamespace(dir=d, home=dev.home, port=dev.port, target=target, user=dev.user)
+    dev.stop()
 
 
 def _uri(s, **opts: str) -> str:
@@ -114,24 +75,35 @@ def test_profile_command_over_ssh(sshd, digits_run: Path):
     assert facts["hostname"] == host_facts()["hostname"] and facts["cores"] >= 1
 
 
-def test_measure_stage_over_ssh_reports_remote_facts(sshd, digits_run: Path):
-    report = json.loads((digits_run / "report.json").read_text())
-    arts = [Artifact.from_dict(a) for a in report["artifacts"]
-            if a.get("runtime") in ("litert", "onnxruntime", "executorch") and a["precision"] == "fp32"]
-    ctx = SimpleNamespace(device=_uri(sshd), target=load_target("host"), threads=1, out=digits_run)
-    measure_artifacts_on_device(arts, SimpleNamespace(runs=20, warmup=2), ctx)
-    assert len(arts) == 3
-    for a in arts:
-        lat = a.latency
-        assert lat.source == "measured" and lat.via.startswith("ssh://") and lat.p50_ms > 0
-        assert lat.device_facts["hostname"] == host_facts()["hostname"]
-    # ExecuTorch's ETDump travels back raw and is decoded here onto the program's layers.
-    pte = next(a.latency for a in arts if a.runtime == "executorch")
-    assert pte.extra["per_op_mapped"] and {r["layer"] for r in pte.extra["per_layer"]} >= {"0", "3", "7", "10", "15"}
+def test_ssh_device_times_side_by_side_and_checks_the_target(sshd, digits_run: Path):
+    arts = digits_run / "artifacts"
+    jobs = [Job(arts / "model_fp32.onnx", "onnxruntime"), Job(arts / "model_fp32.tflite", "litert"),
+            Job(arts / "model_fp32.onnx", "tvm")]
+    with open_device(_uri(sshd), target=load_target("host")) as dev:
+        onnx, tfl, tvm = dev.time(jobs, runs=20, warmup=2)
+        for lat, runtime in ((onnx, "onnxruntime"), (tfl, "litert")):
+            assert lat.source == "measured" and lat.via == dev.uri and lat.p50_ms > 0
+            assert lat.runtime.startswith(runtime) and lat.device_id.endswith("-via-ssh")
+            assert lat.device_facts["hostname"] == host_facts()["hostname"]
+            assert lat.extra["raw"]["sha256"] == sha256_file(jobs[0 if runtime == "onnxruntime" else 1].path)
+        assert tvm.source == "none" and "not tvm" in tvm.reason
+        # The device computes what this machine computes (the same file in the same runtime).
+        from edgekit.data import digits
+
+        x = digits().x_test[:16].astype("float32")
+        from edgekit.quant.evaluate import run_all
+        from edgekit.runtimes import load_runner
+
+        here = run_all(load_runner("onnxruntime", jobs[0].path), x)
+        np.testing.assert_allclose(dev.run(jobs[0], x), here.reshape(len(x), -1), atol=1e-5)
+        # ExecuTorch's ETDump travels back raw and is decoded here onto the program's layers.
+        (pte,) = dev.time([Job(arts / "model_fp32.pte", "executorch")], runs=20, warmup=2, profile_runs=5)
+        assert pte.source == "measured" and pte.extra["per_op_mapped"]
+        assert {r["layer"] for r in pte.extra["per_layer"]} >= {"0", "3", "7", "10", "15"}
     # A loopback machine is not a Raspberry Pi: its timings are refused as rpi4 latencies.
-    ctx.target = load_target("rpi4")
     with pytest.raises(SettingsError, match="not be rpi4 latencies"):
-        measure_artifacts_on_device(arts, SimpleNamespace(runs=20, warmup=2), ctx)
+        open_device(_uri(sshd), target=load_target("rpi4")).time(jobs[:1], runs=20, warmup=2)
+    assert not list(sshd.home.glob("edgekit.*"))
 
 
 def test_missing_runtime_on_device_names_the_install_command(sshd, digits_run: Path, tmp_path: Path):
@@ -149,7 +121,7 @@ def test_missing_runtime_on_device_names_the_install_command(sshd, digits_run: P
 
 
 def test_unreachable_host_is_one_clear_error(sshd, digits_run: Path):
-    closed = SSHTarget(**{**sshd.target.__dict__, "port": _free_port(), "connect_timeout": 5})
+    closed = SSHTarget(**{**sshd.target.__dict__, "port": free_port(), "connect_timeout": 5})
     with pytest.raises(DeviceUnreachable, match="unreachable .connection refused"):
         measure_over_ssh(closed, digits_run / "artifacts" / "model_fp32.onnx", runs=5)
     r = run_cli("profile", str(digits_run / "artifacts" / "model_fp32.onnx"), "--device",

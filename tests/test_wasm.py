@@ -158,10 +158,19 @@ def test_plain_onnx_artifact_is_measured_in_node(small_onnx):
 
 
 def test_unknown_browser_device_is_a_settings_error():
+    from edgekit.devices import latency_source
     from edgekit.errors import SettingsError
+    from edgekit.targets import load_target
 
+    wasm = load_target("wasm")
     with pytest.raises(SettingsError, match="node, chromium"):
-        browser.engines_for("firefox")
+        latency_source(wasm, "firefox")
+    with pytest.raises(SettingsError, match="node, chromium"):
+        latency_source(wasm, "ssh://pi@board")
+    with pytest.raises(SettingsError, match="measures the browser target"):
+        latency_source(load_target("host"), "node")
+    assert latency_source(wasm, None).devices == ("node", "chromium")
+    assert latency_source(wasm, None).primary == "chromium"
 
 
 @pytest.mark.browser

@@ -129,6 +129,7 @@ def compress(model: Any = None, target: str = "host", *, data: Any = None, recip
     out = Path(out) if out else default_out_dir(model, tgt.name)
     check_run_folder(out)  # before anything is loaded or written: never someone else's folder
     device_id = device_for_report(device)  # checks the URI now, not after the stages ran
+    _check_device(tgt, device)
     recipe = recipe or tgt.default_recipe
     auto = recipe == "auto"
     rec = None if auto else load_recipe(recipe, overrides, first=("check",))  # bad orders fail before any loading
@@ -164,6 +165,16 @@ def compress(model: Any = None, target: str = "host", *, data: Any = None, recip
                      device=device, console=console, budget=budget)
     run_pipeline(ctx, rec, base_fp, resume=resume)
     return CompressResult(model=bundle.module, report=load_report(out), out=out)
+
+
+def _check_device(tgt: Any, device: str | None) -> None:
+    """--device fits the target's kind, and a farm file is read and checked, before any stage runs (opening a
+    device connects to nothing)."""
+    if device:
+        from edgekit.devices import latency_source, open_device
+
+        latency_source(tgt, device)
+        open_device(device, target=tgt).close()
 
 
 def _new_report(bundle: ModelBundle, ds: DataBundle, tgt: Any, rec: Any, threads: int, device: str | None,

@@ -54,7 +54,7 @@ class RunContext:
     budget: float | None = None  # the run's quality budget in points from the loaded model (--max-quality-drop)
     model_version: int = -1  # index of the last stage that changed the model (-1: as loaded)
     masks: Any = None  # edgekit.masks.Mask of the pruned weights, carried through the chain
-    resume: bool = True  # False (--fresh): stages also ignore their own checkpoints (e.g. lottery rounds)
+    resume: bool = True  # False (--fresh): stages also ignore their own checkpoints (lottery rounds, a study)
     _record: dict[str, Any] = field(default_factory=dict)
     _after: ChainPoint | None = None
     _stage_index: int = -1

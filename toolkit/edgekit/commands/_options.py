@@ -13,8 +13,8 @@ Sets = Annotated[list[str] | None, typer.Option(
     "--set", help="stage.field=value for any stage setting, e.g. measure.runs=100 (values are YAML scalars or "
                   "lists); repeatable")]
 Device = Annotated[str | None, typer.Option(
-    help="measure on a device: ssh://user@host[:port], adb://SERIAL, node, chromium (default: this machine for the "
-         "host target)")]
+    help="measure on a device: ssh://user@host[:port], adb://SERIAL, node, chromium, or a farm: farm:devices.toml "
+         "(default: this machine for the host target)")]
 MODEL_HELP = ("zoo name, .onnx/.tflite/.pt2 file or module:factory (imports and runs Python code: needs "
               "--trust-model-code); default: the built-in digits CNN")
 

@@ -80,17 +80,17 @@ def profile_android(artifacts: list[Path] | None, target: str, device: str, from
                                         (artifacts or [None])[0], threads, via=f"log:{from_log.name}")
         profiles = [prof]
     else:
-        from edgekit.measure.android import _tool, profile_artifact_adb
-        from edgekit.measure.device import parse_device_uri
+        from edgekit.devices import Job, open_device
 
-        uri = parse_device_uri(device)
-        if uri.scheme != "adb" or not artifacts:
+        if not device.startswith("adb:") or not artifacts:
             raise SettingsError("Android profiling needs --device adb://SERIAL and one or more .tflite files")
         bad = [a for a in artifacts if a.suffix != ".tflite"]
         if bad:
             raise SettingsError(f"{bad[0]}: benchmark_model runs .tflite files")
-        profiles = [profile_artifact_adb(a, tgt, uri.serial, threads or tgt.threads, runs or 50, warmup,
-                                         _tool(device)) for a in artifacts]
+        with open_device(device, target=tgt) as phone:
+            lats = phone.time([Job(a, "litert") for a in artifacts], runs or 50, warmup=warmup,
+                              threads=threads or tgt.threads)
+        profiles = [lat.extra["raw"]["profile"] for lat in lats]
     summary = []
     for p in profiles:
         for e in p["entries"]:

@@ -17,7 +17,8 @@ def register(app: typer.Typer) -> None:
 def profile(
     artifacts: Annotated[list[Path] | None, typer.Argument(help=".tflite / .onnx / .pte files to measure")] = None,
     target: Annotated[str, typer.Option(help="target the device is (see `edgekit targets`)")] = "host",
-    device: Annotated[str, typer.Option(help="local, ssh://user@host:port or adb://SERIAL[?tool=apk]")] = "local",
+    device: Annotated[str, typer.Option(help="local, ssh://user@host:port, adb://SERIAL[?tool=apk] or "
+                                             "farm:devices.toml")] = "local",
     from_log: Annotated[Path | None, typer.Option("--from-log", help="import a captured benchmark_model output "
                                                                     "(Android; see `edgekit android-harness`)")] = None,
     threads: Annotated[int | None, typer.Option(help="runtime threads (default: the target's)")] = None,
@@ -58,51 +59,63 @@ def profile(
         return
     if not artifacts:
         raise SettingsError("edgekit profile needs one or more artifact files (or --validate)")
-    from edgekit.measure.device import check_device_fits_target, device_label, parse_device_uri, run_harness
+    _measure(artifacts, target, device, threads, runs or 50, warmup, profile_runs, label, save, out,
+             {"identity": identity, "known_hosts": known_hosts, "python": remote_python,
+              "accept_new": True if accept_new_host_key else None})
+
+
+def _measure(artifacts: list[Path], target: str, device: str, threads: int | None, runs: int, warmup: int,
+             profile_runs: int, label: str, save: bool, out: Path | None, overrides: dict) -> None:
+    """Times the files on the device (one measurement: side by side) and writes one profile entry per file, into
+    `out` (default: the profiles/ the predictor reads)."""
+    from edgekit.devices import Job, open_device
+    from edgekit.errors import InputError, RuntimeUnavailable, SettingsError
+    from edgekit.fileio import sha256_file
+    from edgekit.measure.device import SUFFIX_RUNTIMES
     from edgekit.measure.profile import add_entry, device_id_from_facts, new_profile, save_profile
     from edgekit.targets import load_target
 
     for a in artifacts:
         if not a.is_file():
-            from edgekit.errors import InputError
-
             raise InputError(f"no such artifact: {a}")
-        if a.suffix not in (".tflite", ".onnx", ".pte"):
-            raise SettingsError(f"{a}: the harness runs .tflite (litert), .onnx (onnxruntime) and .pte "
-                                f"(executorch) files")
-    runs = runs or 50
+        if a.suffix not in SUFFIX_RUNTIMES:
+            raise SettingsError(f"{a}: the harness runs {', '.join(sorted(SUFFIX_RUNTIMES))} files")
     if runs < 5 or warmup < 0:
         raise SettingsError(f"--runs must be at least 5 and --warmup at least 0, got {runs} and {warmup}")
     tgt = load_target(target)
-    uri = parse_device_uri(device)
-    if uri.scheme == "adb":
-        raise SettingsError("adb:// devices are profiled by `edgekit compress --device adb://...`")
-    overrides = {"identity": identity, "known_hosts": known_hosts, "python": remote_python,
-                 "accept_new": True if accept_new_host_key else None}
     n_threads = threads or tgt.threads
-    prof = None
+    with open_device(device, target=tgt, **overrides) as dev:
+        lats = dev.time([Job(a, SUFFIX_RUNTIMES[a.suffix]) for a in artifacts], runs, warmup=warmup,
+                        threads=n_threads, profile_runs=profile_runs)
+        facts = dev.facts() if not any(lat.device_facts for lat in lats) else {}
+    profiles: dict[str, dict] = {}  # one per device (a farm spreads the files over several)
     summary = []
-    for a in artifacts:
-        res = run_harness(uri, a, "", n_threads, runs, warmup, profile_runs, **overrides)
-        check_device_fits_target(res["device"], tgt, uri)
-        if prof is None:
-            prof = new_profile(tgt.name, device_id_from_facts(res["device"], uri.scheme), res["device"], uri.scheme)
-        prof["device"] = res["device"]
-        add_entry(prof, a.name, res["format"], res["runtime"], n_threads, res["timing"], res["per_op"],
-                  sha256=res["sha256"], via=uri.display, conditions=res["conditions"],
-                  extra={"per_op_note": res.get("per_op_note", ""), "harness": res.get("harness"),
+    for a, lat in zip(artifacts, lats, strict=True):
+        if lat.source != "measured":
+            raise RuntimeUnavailable(lat.reason or f"{a.name} was not measured")
+        raw = lat.extra.pop("raw", None) or {}
+        via = lat.via or dev.uri
+        d_facts = lat.device_facts or facts
+        device_id = lat.device_id or device_id_from_facts(d_facts, via)
+        prof = profiles.setdefault(device_id, new_profile(tgt.name, device_id, d_facts, via.split("://", 1)[0]))
+        t = {k: getattr(lat, k) for k in ("p50_ms", "p90_ms", "min_ms", "mean_ms", "runs")}
+        per_op = raw.get("per_op") or []
+        add_entry(prof, a.name, a.suffix[1:], lat.runtime, n_threads, {**t, "warmup": warmup}, per_op,
+                  sha256=raw.get("sha256") or sha256_file(a), via=via, conditions=lat.conditions,
+                  extra={"per_op_note": raw.get("per_op_note", ""), "harness": raw.get("harness"),
+                         **({"farm_device": lat.extra["farm"]["device"]} if lat.extra.get("farm") else {}),
                          **({"label": label} if label else {})})
-        t = res["timing"]
         print(f"{a.name}: p50 {t['p50_ms']:.3f} ms, p90 {t['p90_ms']:.3f} ms, min {t['min_ms']:.3f} ms "
-              f"({t['runs']} runs, {res['runtime']}, {n_threads} thread(s), {len(res['per_op'])} ops profiled) "
-              f"on {device_label(res['device'], uri)}")
-        summary.append({"artifact": a.name, "runtime": res["runtime"], **{k: t[k] for k in ("p50_ms", "p90_ms",
-                                                                                               "min_ms", "runs")}})
-    path = save_profile(prof, out) if save else None
-    if path:
+              f"({t['runs']} runs, {lat.runtime}, {n_threads} thread(s), {len(per_op)} ops profiled) on {lat.device}")
+        summary.append({"artifact": a.name, "runtime": lat.runtime, "device_id": device_id,
+                        **{k: t[k] for k in ("p50_ms", "p90_ms", "min_ms", "runs")}})
+    paths = [str(save_profile(p, out)) for p in profiles.values()] if save else []
+    for path in paths:
         print(f"profile: {path}")
-    print(json.dumps({"target": tgt.name, "device_id": prof["device_id"], "via": uri.display,
-                      "profile": str(path) if path else None, "source": "measured", "artifacts": summary}))
+    first = next(iter(profiles.values()))
+    print(json.dumps({"target": tgt.name, "device_id": first["device_id"], "via": dev.uri,
+                      "profile": paths[0] if paths else None, "profiles": paths, "source": "measured",
+                      "artifacts": summary}))
 
 
 def validate_out_dir(out: Path | None) -> Path:

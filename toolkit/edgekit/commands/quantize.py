@@ -27,6 +27,10 @@ def register(app: typer.Typer) -> None:
         formats: Annotated[str, typer.Option(help="comma-separated formats (default: the target's)")] = "",
         out: Annotated[Path | None, typer.Option(help="run folder (default runs/<model>-<target>-quant)")] = None,
         device: Device = None,
+        workers: Annotated[int, typer.Option(help="processes sharing the ONNX search (docs/quantization.md)")] = 1,
+        storage: Annotated[str, typer.Option(help="the search's Optuna storage: sqlite:///PATH, "
+                                                  "postgresql://USER@HOST[:PORT]/DB or memory (default: "
+                                                  "state/quant_study.db in the run folder)")] = "",
         set_: Sets = None,
         fresh: Annotated[bool, typer.Option(help="ignore finished stages of an earlier run in --out")] = False,
         trust_model_code: TrustCode = False,
@@ -37,7 +41,8 @@ def register(app: typer.Typer) -> None:
 
         overrides = parse_sets(set_)
         overrides["quantize"] = {"max_quality_drop": max_quality_drop, "latency_budget_ms": latency_budget_ms,
-                                 "max_size_mb": max_size_mb, "trials": trials, **overrides.get("quantize", {})}
+                                 "max_size_mb": max_size_mb, "trials": trials, "workers": workers,
+                                 "storage": storage, **overrides.get("quantize", {})}
         if formats:
             overrides["quantize"]["formats"] = [f.strip() for f in formats.split(",") if f.strip()]
         out_dir = out or Path(f"{api.default_out_dir(model, target)}-quant")

@@ -8,6 +8,7 @@ Two ways to run the tool, both documented by TFLite:
 Every adb call goes through `Adb`, which takes an argv runner, so the whole sequence is tested with a recording fake.
 THIS PATH HAS NOT RUN ON A PHONE: no Android SDK, NDK or device existed where it was written. The parser is tested on
 text in the documented benchmark_model format and the adb sequence on recorded commands (tests/test_android.py).
+The device `adb://SERIAL` (edgekit.devices.adb) is built on these functions.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ from edgekit.fileio import sha256_file
 from edgekit.measure.benchmark_log import parse_benchmark_output
 
 if TYPE_CHECKING:
-    from edgekit.pipeline import RunContext
-    from edgekit.report import Artifact
     from edgekit.targets import Target
 
 REMOTE_DIR = "/data/local/tmp"
@@ -288,12 +287,12 @@ def _tool(device_uri: str | None) -> str:
 def profile_artifact_adb(path: Path, target: Target, serial: str, threads: int, runs: int, warmup: int,
                          tool: str = "binary", adb: Adb | None = None) -> dict[str, Any]:
     """Measures one .tflite file on the phone and returns its profile (device facts and thermal state included)."""
-    from edgekit.measure.device import check_device_fits_target, parse_device_uri
+    from edgekit.measure.device import check_device_fits_target
 
     adb = adb or Adb(serial)
     adb.check_online()
     facts = device_facts_adb(adb)
-    check_device_fits_target(facts, target, parse_device_uri(f"adb://{serial}"))
+    check_device_fits_target(facts, target, f"adb://{serial}")
     spec = target.runtime_for("tflite")
     args = benchmark_args(remote_model_path(path), threads, warmup, runs,
                           xnnpack=bool(spec and spec.delegate == "xnnpack"))
@@ -305,40 +304,3 @@ def profile_artifact_adb(path: Path, target: Target, serial: str, threads: int, 
                   "temperature_c": after.get("temperature_c"), "tool": tool}
     return profile_from_log(text, target, artifact_name=path.name, sha256=sha256_file(path), device_facts=facts,
                             threads=threads, via=f"adb://{serial}", conditions=conditions)
-
-
-def measure_artifacts_adb(arts: list[Artifact], settings: Any, ctx: RunContext, serial: str,
-                          adb: Adb | None = None) -> list[dict[str, Any]]:
-    """Fills each TFLite artifact's latency, measured on the phone; returns the profiles.
-
-    Called by edgekit.measure.device for --device adb://SERIAL[?tool=apk]. Profiles are also written under the run
-    folder (profiles/<target>/<device-id>.json).
-    """
-    from edgekit.measure import profile as prof
-
-    tool = _tool(ctx.device)
-    adb = adb or Adb(serial)
-    merged: dict[str, dict[str, Any]] = {}
-    from edgekit.report import Latency
-
-    for a in arts:
-        if a.format != "tflite":
-            a.latency = Latency.none(f"benchmark_model runs .tflite files, not {a.format}",
-                                     device=ctx.target.description)
-            continue
-        p = profile_artifact_adb(ctx.out / a.path, ctx.target, serial, ctx.threads, settings.runs,
-                                 settings.warmup, tool, adb)
-        e = p["entries"][0]
-        d = p["device"]
-        a.latency = Latency.measured(e["timing"], device=f"{d.get('manufacturer')} {d.get('model')} ({d.get('soc')}, "
-                                                         f"Android {d.get('android_version')}) via adb",
-                                     runtime=e["runtime"], threads=e["threads"], device_id=p["device_id"],
-                                     percentiles=e["timing"]["percentiles"], via=e["via"], conditions=e["conditions"])
-        if p["device_id"] in merged:
-            merged[p["device_id"]]["entries"].append(e)
-        else:
-            merged[p["device_id"]] = p
-    for p in merged.values():
-        prof.save_profile(p, root=ctx.out / "profiles")
-    return list(merged.values())
-

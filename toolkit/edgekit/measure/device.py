@@ -1,7 +1,10 @@
-"""Device URIs and measuring artifacts on a device (local harness, SSH; adb delegates to edgekit.measure.android).
+"""Device URIs, the harness run locally or over SSH, and the honesty check every device applies to its facts.
 
-URIs:
-    local                                   this machine, through the same harness a remote device runs
+The devices themselves (one interface for local, ssh, adb, browser engines and farms) live in edgekit.devices; this
+module holds the pieces they share and that the Android path uses, so nothing here imports a device module.
+
+URIs parsed here (every scheme, node, chromium and farm:FILE included, is listed in edgekit.devices):
+    local                                   this machine
     ssh://[user@]host[:port][?options]      a Linux board; options: python=/path/to/python3, identity=KEYFILE,
                                             known_hosts=FILE, accept_new=1 (add an unknown host key on first contact),
                                             timeout=SECONDS
@@ -24,12 +27,12 @@ from edgekit.errors import EdgekitError, RuntimeUnavailable, SettingsError
 from edgekit.measure.ssh import HARNESS, SSHTarget, _parse_json, device_facts_over_ssh, measure_over_ssh
 
 if TYPE_CHECKING:
-    from edgekit.pipeline import RunContext
-    from edgekit.report import Artifact
     from edgekit.targets import Target
 
 _SSH_OPTIONS = {"python", "identity", "known_hosts", "accept_new", "timeout"}
 HARNESS_RUNTIMES = ("litert", "onnxruntime", "executorch")
+# what the harness runs a file with
+SUFFIX_RUNTIMES = {".tflite": "litert", ".onnx": "onnxruntime", ".pte": "executorch"}
 
 
 @dataclass(frozen=True)
@@ -164,13 +167,20 @@ def run_local_harness(artifacts: list[Path], runtime: str, threads: int, runs: i
     return results
 
 
-def check_device_fits_target(facts: dict[str, Any], target: Target, uri: DeviceURI) -> None:
+def check_device_fits_target(facts: dict[str, Any], target: Target, uri: DeviceURI | str) -> None:
     """Refuses to call a timing "measured" for a target the device is not.
 
     The host target's device is this machine: a remote device must be this machine (loopback). Other targets need
     the same architecture; an emulated device never counts.
+
+    Args:
+        facts: the device's facts, as they came back with the timing.
+        target: the target the timing would describe.
+        uri: the device (its display form names it in the error).
     """
     from edgekit.targets import host_facts
+
+    uri = DeviceURI("?", uri) if isinstance(uri, str) else uri
 
     if facts.get("emulated"):
         raise SettingsError(f"device {uri.display} is an emulator ({facts.get('cpu')}): emulated timings are "
@@ -190,9 +200,11 @@ def check_device_fits_target(facts: dict[str, Any], target: Target, uri: DeviceU
                             f"{target.name} latencies")
 
 
-def device_label(facts: dict[str, Any], uri: DeviceURI) -> str:
+def device_label(facts: dict[str, Any], uri: DeviceURI | str) -> str:
+    """'raspberrypi: Raspberry Pi 4 Model B Rev 1.4 (4 cores, aarch64) via ssh://pi@raspberrypi:22'."""
     model = facts.get("model") or facts.get("cpu")
-    return f"{facts.get('hostname')}: {model} ({facts.get('cores')} cores, {facts.get('arch')}) via {uri.display}"
+    via = uri if isinstance(uri, str) else uri.display
+    return f"{facts.get('hostname')}: {model} ({facts.get('cores')} cores, {facts.get('arch')}) via {via}"
 
 
 def device_facts(uri: DeviceURI, **ssh_overrides: Any) -> dict[str, Any]:
@@ -201,51 +213,3 @@ def device_facts(uri: DeviceURI, **ssh_overrides: Any) -> dict[str, Any]:
     from edgekit.measure.harness import device_facts as local_facts
 
     return local_facts()
-
-
-def measure_artifacts_on_device(arts: list[Artifact], settings: Any, ctx: RunContext) -> None:
-    """Fills each artifact's latency, timed on ctx.device (called by stages/measure.py).
-
-    Args:
-        arts: the report's artifact records (verified ones).
-        settings: the measure stage's Settings (runs, warmup).
-        ctx: the run context (target, threads, run folder, device URI).
-    """
-    uri = parse_device_uri(ctx.device)
-    if uri.scheme == "adb":
-        try:
-            from edgekit.measure.android import measure_artifacts_adb
-        except ModuleNotFoundError as e:
-            if e.name != "edgekit.measure.android":
-                raise
-            raise RuntimeUnavailable("Android measurement (edgekit.measure.android) is not available in this "
-                                     "edgekit installation") from None
-        measure_artifacts_adb(arts, settings, ctx, uri.serial)
-        return
-    from edgekit.measure.op_profile import runtime_profiler
-
-    # The device's facts come back with every timing and are checked before any number is kept.
-    from edgekit.report import Latency
-
-    label = uri.display
-    for a in arts:
-        if a.runtime not in HARNESS_RUNTIMES:
-            continue
-        try:
-            res = run_harness(uri, ctx.out / a.path, a.runtime, ctx.threads, settings.runs, settings.warmup,
-                              profile_runs=10 if runtime_profiler(a.runtime) else 0)  # per-layer times
-        except RuntimeUnavailable as e:  # this runtime is missing on the device: the others are still measured
-            a.latency = Latency.none(str(e), device=uri.display)
-            continue
-        check_device_fits_target(res["device"], ctx.target, uri)
-        label = device_label(res["device"], uri)
-        a.latency = Latency.measured(res["timing"], device=label, runtime=res["runtime"], threads=ctx.threads,
-                                     via=uri.display, device_facts=res["device"], conditions=res["conditions"])
-        if res.get("per_op_profile"):
-            from edgekit.measure.op_profile import per_op_fields
-
-            a.latency.extra.update(per_op_fields({"per_op": res["per_op"], **res["per_op_profile"]}))
-    for a in arts:
-        if a.runtime not in HARNESS_RUNTIMES:
-            a.latency = Latency.none(f"the device harness runs {', '.join(HARNESS_RUNTIMES)}, not {a.runtime}",
-                                     device=label)

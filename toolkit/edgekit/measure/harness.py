@@ -7,6 +7,7 @@ the executorch wheel (and the torch it needs) for .pte).
 
     python3 harness.py MODEL [MODEL ...] [--runtime litert|onnxruntime|executorch] [--threads 1] [--runs 50] [--warmup 5] [--profile-runs 10]
     [--profile-models K]
+    python3 harness.py MODEL --run-inputs INPUTS.npy     # run the model on the inputs; print its outputs (base64)
 
 Output (stdout, one line): {"ok": true, "harness": 1, "artifact", "sha256", "format", "runtime", "runtime_name",
 "threads", "timing": {"p50_ms", "p90_ms", "min_ms", "mean_ms", "runs", "warmup"}, "per_op": [{"name", "type", "ms",
@@ -140,8 +141,25 @@ def device_facts() -> dict:
         "uname": " ".join([u.sysname, u.nodename, u.release, u.version, u.machine]),
         "model": _read("/proc/device-tree/model"),
         "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
-        "python": platform.python_version(), "emulated": emulated(arch, cpu),
+        "python": platform.python_version(), "emulated": emulated(arch, cpu), "runtimes": installed_runtimes(),
     }
+
+
+def installed_runtimes() -> list:
+    """The runtimes this Python can import (found, not imported: reading facts stays fast)."""
+    import importlib.util
+
+    found = {"litert": ("ai_edge_litert", "tflite_runtime"), "onnxruntime": ("onnxruntime",)}
+    out = []
+    for name, modules in found.items():
+        for mod in modules:
+            try:
+                if importlib.util.find_spec(mod) is not None:
+                    out.append(name)
+                    break
+            except (ImportError, ValueError):
+                pass
+    return out
 
 
 def _percentile(sorted_ms: list[float], q: float) -> float:
@@ -408,6 +426,66 @@ def measure(paths: list[str], runtime: str, threads: int, runs: int, warmup: int
             for m, s, ops in zip(models, samples, per_ops)]  # noqa: B905 (the device may run Python < 3.10)
 
 
+def run_inputs(path: str, runtime: str, threads: int, inputs_path: str) -> dict:
+    """Runs one model on every batch of an .npy file (batches of the model's input shape); returns its first
+    output, float32, base64-encoded, so the host can compare what the device computes with what it verified."""
+    import base64
+
+    import numpy as np
+
+    fmt = "tflite" if path.endswith(".tflite") else "onnx"
+    runtime = runtime or {"tflite": "litert", "onnx": "onnxruntime"}[fmt]
+    try:
+        x = np.load(inputs_path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise HarnessError("bad_args", f"cannot read the inputs: {e}") from None
+    call, shape = _caller(path, runtime, threads)
+    batch = shape[0] if shape else 1
+    outs = [np.asarray(call(x[i:i + batch].reshape(shape)), np.float32).reshape(batch, -1)
+            for i in range(0, len(x) - len(x) % batch, batch)]
+    if not outs:
+        raise HarnessError("bad_args", f"fewer inputs ({len(x)}) than one batch of {batch}")
+    y = np.concatenate(outs)
+    return {"ok": True, "harness": HARNESS_VERSION, "artifact": os.path.basename(path), "sha256": sha256(path),
+            "outputs_b64": base64.b64encode(y.tobytes()).decode(), "shape": list(y.shape), "dtype": "float32",
+            "device": device_facts()}
+
+
+def _caller(path: str, runtime: str, threads: int):
+    """(call(x) -> first output, input shape) for one model."""
+    import numpy as np
+
+    if runtime == "onnxruntime":
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise HarnessError("missing_runtime", "onnxruntime is not installed", INSTALL["onnxruntime"]) from None
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        i = sess.get_inputs()[0]
+        shape = tuple(d if isinstance(d, int) else 1 for d in i.shape)
+        return (lambda x: sess.run(None, {i.name: x.astype(np.float32)})[0]), shape
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            raise HarnessError("missing_runtime", "the TFLite runtime (ai-edge-litert) is not installed",
+                               INSTALL["litert"]) from None
+    interp = Interpreter(model_path=path, num_threads=threads)
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+
+    def call(x):
+        interp.set_tensor(inp["index"], x.astype(inp["dtype"]))
+        interp.invoke()
+        return interp.get_tensor(out["index"])
+
+    return call, tuple(int(d) for d in inp["shape"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="time one model file and print JSON")
     p.add_argument("model", nargs="+", help="model file(s); several are timed interleaved")
@@ -418,10 +496,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-runs", type=int, default=10, help="extra profiled runs for per-operator times (0: off)")
     p.add_argument("--profile-models", type=int, default=-1, help="profile only the first K models (-1: all)")
     p.add_argument("--facts-only", action="store_true", help="print the device facts and exit")
+    p.add_argument("--run-inputs", default="", help="run the model on these inputs (.npy) and print its outputs")
     a = p.parse_args(argv)
     try:
         if a.facts_only:
             result = {"ok": True, "harness": HARNESS_VERSION, "device": device_facts()}
+        elif a.run_inputs:
+            result = run_inputs(a.model[0], a.runtime, a.threads, a.run_inputs)
         else:
             if a.runs < 1 or a.warmup < 0 or a.threads < 1:
                 raise HarnessError("bad_args", "runs and threads must be at least 1, warmup at least 0")

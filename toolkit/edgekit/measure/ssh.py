@@ -47,6 +47,8 @@ class SSHTarget:
         connect_timeout: seconds for the TCP connection + handshake.
         timeout: seconds for each remote step (copy, run, clean-up).
         ssh: the ssh client binary.
+        control_dir: a private folder for a multiplexed connection (OpenSSH ControlMaster): the measurements of
+            one device then share one authenticated connection instead of a handshake each; "" : none.
     """
 
     host: str
@@ -59,6 +61,7 @@ class SSHTarget:
     connect_timeout: int = 10
     timeout: int = 600
     ssh: str = "ssh"
+    control_dir: str = ""
 
     @property
     def uri(self) -> str:
@@ -73,8 +76,21 @@ class SSHTarget:
             args += ["-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null"]
         if self.identity:
             args += ["-i", self.identity, "-o", "IdentitiesOnly=yes"]
+        if self.control_dir:  # the master lives on alone for 60 s idle at most, if close() never comes
+            args += ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_dir}/%C",
+                     "-o", "ControlPersist=60"]
         args += ["--", f"{self.user}@{self.host}" if self.user else self.host]
         return args
+
+    def close_master(self) -> None:
+        """Ends the multiplexed connection (if one is open)."""
+        if not self.control_dir:
+            return
+        argv = self.base_args()
+        try:
+            subprocess.run([*argv[:-2], "-O", "exit", *argv[-2:]], capture_output=True, timeout=15)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
 
 
 def _ssh_failure(t: SSHTarget, stderr: str, step: str) -> EdgekitError:
@@ -91,10 +107,13 @@ def _ssh_failure(t: SSHTarget, stderr: str, step: str) -> EdgekitError:
                             f"key, never replaces a changed one)")
     for needle in ("connection refused", "no route to host", "connection timed out", "could not resolve",
                    "network is unreachable", "name or service not known", "operation timed out",
-                   "connection closed by", "connection reset"):
+                   "connection closed by", "closed by remote host", "connection reset"):
         if needle in s:
             return DeviceUnreachable(f"device {where} is unreachable ({needle}) while {step}; check that it is on, "
                                      f"reachable and running sshd on port {t.port}")
+    if not s.strip():  # a multiplexed session whose connection died ends with status 255 and no message
+        return DeviceUnreachable(f"device {where} is unreachable (connection lost) while {step}; check that it is "
+                                 f"on, reachable and running sshd on port {t.port}")
     if "permission denied" in s:
         return DeviceError(f"{where} refused the login of '{t.user or 'default user'}' while {step} "
                            f"(permission denied): install your public key on the device or pass --identity")
@@ -119,35 +138,39 @@ def run_remote(t: SSHTarget, argv: list[str], step: str, stdin: bytes | None = N
     return r
 
 
-# Creates the temporary folder and fills it from stdin (harness, then model: their sizes are the arguments) in one
-# connection. No remote shell parsing of any name: the script is fixed, values arrive as positional parameters.
-_UPLOAD = ('d=$(mktemp -d -t edgekit.XXXXXXXX) || exit 1; '
-           'head -c "$1" > "$d/harness.py" && head -c "$2" > "$d/$3" && '
-           # sizes checked: a `head` that reads ahead would otherwise truncate the model silently
-           '[ "$(wc -c < "$d/harness.py")" -eq "$1" ] && [ "$(wc -c < "$d/$3")" -eq "$2" ] && echo "$d" '
-           '|| { rm -rf "$d"; echo "incomplete copy" >&2; exit 1; }')
-# Runs the harness and removes the folder whatever the outcome; the harness's exit status is kept.
-_RUN = 'cd "$1" || exit 1; shift; "$@"; rc=$?; cd / && rm -rf -- "$OLDPWD"; exit $rc'
+# One connection per measurement: creates a temporary folder, fills it from stdin (the harness, then each file: name
+# and size are the arguments, in pairs, up to "--"), runs the command after "--" in it, and removes the folder
+# whatever the outcome (also when the command is cut off: the trap). No remote shell parsing of any name: the script
+# is fixed, values arrive as positional parameters. Sizes are checked: a `head` that reads ahead would otherwise
+# truncate a file silently. Exit status 17: the copy failed; otherwise the command's own.
+COPY_FAILED = 17
+_UPLOAD_RUN = ('d=$(mktemp -d -t edgekit.XXXXXXXX) || exit 1; trap \'cd /; rm -rf -- "$d"\' EXIT HUP TERM; '
+               'n=$1; shift; head -c "$n" > "$d/harness.py" && [ "$(wc -c < "$d/harness.py")" -eq "$n" ] || '
+               '{ echo "incomplete copy" >&2; exit 17; }; '
+               'while [ "$1" != "--" ]; do head -c "$2" > "$d/$1" && [ "$(wc -c < "$d/$1")" -eq "$2" ] || '
+               '{ echo "incomplete copy" >&2; exit 17; }; shift 2; done; shift; cd "$d" || exit 1; "$@"')
 
 
-def _upload(t: SSHTarget, files: list[Path], model_name: str) -> str:
-    """Copies the harness and the model into a new temporary folder on the device; returns its path."""
-    harness, model = HARNESS.read_bytes(), files[0].read_bytes()
-    r = run_remote(t, ["sh", "-c", _UPLOAD, "sh", str(len(harness)), str(len(model)), model_name],
-                   f"copying {files[0].name}", stdin=harness + model)
-    workdir = r.stdout.decode(errors="replace").strip()
-    if r.returncode != 0 or not workdir.startswith("/"):
-        raise DeviceError(f"{t.host}: copying {files[0].name} to a temporary folder failed: "
+def _upload_and_run(t: SSHTarget, files: list[tuple[str, bytes]], argv: list[str], what: str,
+                    step: str) -> subprocess.CompletedProcess:
+    """Copies the harness and `files` ((remote name, content) pairs) into a fresh temporary folder on the device
+    and runs `argv` there, in one connection (a connection is the costly part of a measurement on a small board)."""
+    harness = HARNESS.read_bytes()
+    sizes = [w for name, data in files for w in (name, str(len(data)))]
+    r = run_remote(t, ["sh", "-c", _UPLOAD_RUN, "sh", str(len(harness)), *sizes, "--", *argv], step,
+                   stdin=harness + b"".join(data for _, data in files))
+    if r.returncode == COPY_FAILED and b"incomplete copy" in r.stderr:
+        raise DeviceError(f"{t.host}: copying {what} to a temporary folder failed: "
                           f"{r.stderr.decode(errors='replace').strip()[:200] or 'no message'}")
-    return workdir
+    return r
 
 
 def measure_over_ssh(t: SSHTarget, artifact: str | Path, runtime: str = "", threads: int = 1, runs: int = 50,
                      warmup: int = 5, profile_runs: int = 10) -> dict[str, Any]:
     """Times `artifact` on the device and returns the harness's JSON (see harness.py).
 
-    Two connections: upload (harness + model into a fresh temporary folder), then run (the folder is removed when
-    the harness ends); a third one cleans up only when the run step itself failed to finish.
+    One connection: the harness and the model are copied into a fresh temporary folder, the harness runs there,
+    and the folder is removed when it ends.
 
     Args:
         t: the device.
@@ -158,26 +181,54 @@ def measure_over_ssh(t: SSHTarget, artifact: str | Path, runtime: str = "", thre
         warmup: untimed runs first.
         profile_runs: extra profiled runs for per-operator timings (0: off).
     """
-    artifact = Path(artifact)
-    if not artifact.is_file():
-        raise InputError(f"no such artifact: {artifact}")
-    model_name = f"model{artifact.suffix}"
-    workdir = _upload(t, [artifact], model_name)
-    argv = [t.python, "harness.py", model_name, "--threads", str(threads), "--runs", str(runs), "--warmup",
+    return measure_many_over_ssh(t, [artifact], runtime, threads, runs, warmup, profile_runs)[0]
+
+
+def measure_many_over_ssh(t: SSHTarget, artifacts: list[str | Path], runtime: str = "", threads: int = 1,
+                          runs: int = 50, warmup: int = 5, profile_runs: int = 10) -> list[dict[str, Any]]:
+    """Times several artifacts in one harness process on the device, interleaved (one run of each per round, so a
+    slow phase of the device hits them alike); one result per artifact, in order. Arguments as measure_over_ssh."""
+    paths = [Path(a) for a in artifacts]
+    for p in paths:
+        if not p.is_file():
+            raise InputError(f"no such artifact: {p}")
+    names = [f"model{i}{p.suffix}" for i, p in enumerate(paths)]
+    what = paths[0].name if len(paths) == 1 else f"{len(paths)} artifacts"
+    argv = [t.python, "harness.py", *names, "--threads", str(threads), "--runs", str(runs), "--warmup",
             str(warmup), "--profile-runs", str(profile_runs)]
     if runtime:
         argv += ["--runtime", runtime]
-    finished = False
-    try:
-        r = run_remote(t, ["sh", "-c", _RUN, "sh", workdir, *argv], f"timing {artifact.name}")
-        finished = True
-    finally:
-        if not finished:
-            try:
-                run_remote(t, ["rm", "-rf", "--", workdir], "cleaning up", timeout=60)
-            except EdgekitError:
-                pass  # the measurement's own error is the one worth reporting
-    return _harness_result(t, r, artifact.name)
+    r = _upload_and_run(t, [(n, p.read_bytes()) for n, p in zip(names, paths, strict=True)], argv, what,
+                        f"timing {what}")
+    result = _harness_result(t, r, paths[0].name)
+    results = result.get("results", [result])
+    for res, p in zip(results, paths, strict=True):
+        res["artifact"], res["via"] = p.name, t.uri
+    return results
+
+
+def run_over_ssh(t: SSHTarget, artifact: str | Path, inputs: Any, runtime: str = "", threads: int = 1) -> Any:
+    """Runs `artifact` on the device on `inputs` (an array of batches of its input shape) and returns its first
+    output as a float32 array (one row per input)."""
+    import base64
+    import io
+
+    import numpy as np
+
+    path = Path(artifact)
+    if not path.is_file():
+        raise InputError(f"no such artifact: {path}")
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(inputs, np.float32), allow_pickle=False)
+    name = f"model{path.suffix}"
+    argv = [t.python, "harness.py", name, "--threads", str(threads), "--run-inputs", "inputs.npy"]
+    if runtime:
+        argv += ["--runtime", runtime]
+    r = _upload_and_run(t, [(name, path.read_bytes()), ("inputs.npy", buf.getvalue())], argv, path.name,
+                        f"running {path.name}")
+    res = _harness_result(t, r, path.name)
+    out = np.frombuffer(base64.b64decode(res["outputs_b64"]), np.float32)
+    return out.reshape(res["shape"])
 
 
 def _harness_result(t: SSHTarget, r: subprocess.CompletedProcess, name: str) -> dict[str, Any]:

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.measure.device import run_local_harness
 from edgekit.measure.predictor import predictor_from_profile_dicts
 from edgekit.measure.profile import add_entry, device_id_from_facts, new_profile, now_iso, save_profile
 
@@ -53,6 +52,17 @@ class _Calibration:
 
     def get_next(self) -> dict | None:
         return next(self.items, None)
+
+
+def _time_here(paths: list[Path], threads: int, runs: int, warmup: int, profile_runs: int,
+               profile_first: int = -1) -> list[dict[str, Any]]:
+    """The harness results of timing `paths` interleaved on this machine (the `local` device, harness mode)."""
+    from edgekit.devices import Job, open_device
+
+    dev = open_device("local", harness=True)
+    lats = dev.time([Job(p, "onnxruntime") for p in paths], runs, warmup=warmup, threads=threads,
+                    profile_runs=profile_runs, profile_first=profile_first)
+    return [lat.extra["raw"] for lat in lats]
 
 
 def make_variants(float_onnx: Path, workdir: Path, seeds: list[int]
@@ -133,12 +143,11 @@ def validate_host(variants: int = 20, train: int = 8, threads: int = 1, runs: in
         held_out = [paths[s] for s in val_seeds]
         if sequential:
             log(f"profiling {len(named)} models (float, all-INT8, {train} random policies), per-operator")
-            results = run_local_harness(list(named.values()), "onnxruntime", threads, runs, warmup, profile_runs)
+            results = _time_here(list(named.values()), threads, runs, warmup, profile_runs)
         else:
             log(f"timing {len(named)} profile models (float, all-INT8, {train} random policies) and {variants} "
                 f"held-out policies, interleaved; per-operator profiles of the profile models only")
-            both = run_local_harness([*named.values(), *held_out], "onnxruntime", threads, runs, warmup,
-                                     profile_runs, profile_models=len(named))
+            both = _time_here([*named.values(), *held_out], threads, runs, warmup, profile_runs, len(named))
             results, measured = both[: len(named)], both[len(named):]
         facts = results[0]["device"]
         profile = new_profile("host", device_id_from_facts(facts), facts, "local")
@@ -155,8 +164,7 @@ def validate_host(variants: int = 20, train: int = 8, threads: int = 1, runs: in
         drift = None
         if sequential:
             log(f"timing the {variants} policies (interleaved, with the float and all-INT8 models as drift anchors)")
-            measured = run_local_harness([*held_out, named[names[0]], named[names[1]]], "onnxruntime", threads,
-                                         runs, warmup, 0)
+            measured = _time_here([*held_out, named[names[0]], named[names[1]]], threads, runs, warmup, 0)
             profiled = {r["artifact"]: r["timing"]["p50_ms"] for r in results}
             drift = {r["artifact"]: round((r["timing"]["p50_ms"] / profiled[r["artifact"]] - 1) * 100, 1)
                      for r in measured[-2:]}

@@ -43,6 +43,7 @@ class SearchResult:
     timings: dict[str, dict[str, float]] = field(default_factory=dict)  # final, interleaved
     extra: dict[str, Candidate] = field(default_factory=dict)  # e.g. NNCF default INT8
     noise_floor: float | None = None  # drop of the float model under 40 dB input noise (points)
+    study: dict[str, Any] | None = None  # the shared study: name, storage, workers (edgekit.study)
 
     def p50(self, name: str) -> float | None:
         return (self.timings.get(name) or {}).get("p50_ms")
@@ -67,14 +68,14 @@ class SearchResult:
                 "evaluated": self.evaluated, "noise40db_drop": self.noise_floor,
                 "front": [c.as_dict() for c in self.front],
                 "sensitivity": [s.as_dict() for s in self.sensitivity], "verdict": self.verdict(),
-                "extra": {k: c.as_dict() for k, c in self.extra.items()}}
+                "extra": {k: c.as_dict() for k, c in self.extra.items()}, "study": self.study}
 
 
 def search_runtime(scorer: Scorer, *, fmt: str, backend_name: str, calibrations: tuple[str, ...], trials: int,
                    constraints: Constraints, seed: int = 0, max_seconds: float | None = None,
                    latency_slack: float = 0.10, final_runs: int = 100, ranked: list[str] | None = None,
                    sensitivity: list[LayerSensitivity] | None = None, shares: dict[str, float] | None = None,
-                   progress: Any = None) -> SearchResult:
+                   progress: Any = None, distributed: Any = None) -> SearchResult:
     """Runs the whole search for one runtime.
 
     Args:
@@ -83,6 +84,8 @@ def search_runtime(scorer: Scorer, *, fmt: str, backend_name: str, calibrations:
         trials: NSGA-II trials; 0 evaluates only the seeds given by `ranked` (no sensitivity pass).
         ranked: a sensitivity ranking computed elsewhere (e.g. by the ONNX search) to skip this runtime's pass.
         shares: each layer's share of float latency (for the per-layer table).
+        distributed: a quant.search.Distributed (shared study, other workers); its `spawn` is called with the
+            scorer once the anchor is timed (what the workers need is known then). None: in memory, this process.
     """
     start = time.perf_counter()
     layers = scorer.backend.layers
@@ -97,11 +100,15 @@ def search_runtime(scorer: Scorer, *, fmt: str, backend_name: str, calibrations:
     ranked = ranked or ranking(sensitivity)
     use_latency = scorer.latency != "none"
     remaining = None if max_seconds is None else max(10.0, max_seconds - (time.perf_counter() - start))
+    if distributed is not None and distributed.spawn is not None:
+        spawn = distributed.spawn
+        distributed.spawn = lambda: spawn(scorer, remaining)
     cands = run_search(layers, ranked, lambda p, n: scorer.score(p, n), trials=max(trials, 1),
                        calibrations=calibrations, constraints=constraints, seed=seed, max_seconds=remaining,
-                       use_latency=use_latency, progress=progress)
+                       use_latency=use_latency, progress=progress, distributed=distributed)
     int8 = scorer.score(full, "full-int8")  # the cached candidate, now timed
     chosen, reason, met = choose(cands, constraints, latency_slack)
+    chosen = _local(scorer, chosen)
     seconds = time.perf_counter() - start
     timings = _final(scorer, int8, chosen, final_runs)
     return SearchResult(fmt=fmt, backend=backend_name, runtime=scorer.float_runner.runtime, metric=scorer.metric,
@@ -112,13 +119,30 @@ def search_runtime(scorer: Scorer, *, fmt: str, backend_name: str, calibrations:
                         timings=timings, noise_floor=round(scorer.noise_floor(), 3))
 
 
+def _local(scorer: Scorer, cand: Candidate) -> Candidate:
+    """A candidate another worker scored (its file is on that worker's disk): applied and scored again here, so the
+    artifact written is one this process made and checked; its search latency is kept."""
+    if cand.path.is_file() and not cand.extra.get("worker_trial"):
+        return cand
+    here = scorer.score(cand.policy, f"chosen-{cand.trial:03d}", time_it=False)
+    here.p50_ms, here.p50_raw_ms, here.latency_source = cand.p50_ms, cand.p50_raw_ms, cand.latency_source
+    here.trial, here.extra = cand.trial, {**cand.extra, **here.extra}
+    return here
+
+
 def _final(scorer: Scorer, int8: Candidate, chosen: Candidate, runs: int) -> dict[str, dict[str, float]]:
-    """Final figures: float, full INT8 and the chosen artifact timed interleaved (the same file once)."""
+    """Final figures: float, full INT8 and the chosen artifact timed interleaved (the same file once), on the
+    search's device when it has one."""
     if scorer.latency == "measured":
         paths = {"float": scorer.float_path, "int8": int8.path}
         if chosen is not int8:
             paths["chosen"] = chosen.path
-        timings = final_timing(paths, scorer.runtime, scorer.x, scorer.threads, runs)
+        if scorer.device is not None:
+            lats = scorer.device.time([scorer._job(p) for p in paths.values()], runs, warmup=5, threads=scorer.threads)
+            timings = {n: {k: getattr(lat, k) for k in ("p50_ms", "p90_ms", "min_ms", "mean_ms", "runs")}
+                       | {"device": lat.via} for n, lat in zip(paths, lats, strict=True) if lat.source == "measured"}
+        else:
+            timings = final_timing(paths, scorer.runtime, scorer.x, scorer.threads, runs)
         timings.setdefault("chosen", timings["int8"])
         return timings
     if scorer.latency == "predicted":

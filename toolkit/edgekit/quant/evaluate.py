@@ -5,8 +5,11 @@ runtime) plus SQNR of the logits. A drop is always in points (percentage points 
 
 Latency: for the host target, measured here in the artifact's runtime, interleaved with an anchor artifact (the full
 INT8 model) so that a slow phase of a shared machine hits both; the search objective is the candidate's p50 scaled by
-the anchor's p50 ratio (less noisy than raw p50s taken minutes apart). For another target, predicted from the target's
-profile when one exists, else unavailable: host timings are never reported as another device's latency.
+the anchor's p50 ratio (less noisy than raw p50s taken minutes apart). On a device (--device URI, or a farm of
+them), each candidate is timed interleaved with the anchor in one session on whichever device runs it, and the same
+ratio times the anchor's p50 (timed once) is its objective: boards of one model that differ a little in speed, or
+a slow phase of one of them, cancel out. For another target without a device, predicted from the target's profile
+when one exists, else unavailable: host timings are never reported as another device's latency.
 """
 
 from __future__ import annotations
@@ -77,11 +80,13 @@ class Scorer:
         latency: "measured" (host target), "predicted" (predictor given) or "none".
         predictor: an edgekit.measure.predictor Predictor for "predicted".
         timing_runs: interleaved rounds per candidate.
+        device: an edgekit.devices Device that times candidates ("measured" on a device or farm); None: this
+            process (the host target).
     """
 
     def __init__(self, backend: Backend, runtime: str, float_path: Path, x_eval: np.ndarray,
                  y_eval: np.ndarray | None, workdir: Path, threads: int = 1, latency: str = "measured",
-                 predictor: Any = None, timing_runs: int = 20, suffix: str = ".onnx") -> None:
+                 predictor: Any = None, timing_runs: int = 20, suffix: str = ".onnx", device: Any = None) -> None:
         self.backend = backend
         self.runtime = runtime
         self.float_path = Path(float_path)
@@ -94,6 +99,8 @@ class Scorer:
         self.predictor = predictor
         self.timing_runs = timing_runs
         self.suffix = suffix
+        self.device = device
+        self.anchor_path: Path | None = None
         self.float_runner = load_runner(runtime, float_path, threads)
         self.float_logits = run_all(self.float_runner, self.x)
         self.y = None if y_eval is None else y_eval[: len(self.float_logits)]
@@ -116,10 +123,31 @@ class Scorer:
         """Times the anchor (full INT8) against the float artifact; candidates are scaled by it."""
         if self.latency != "measured":
             return None
+        self.anchor_path = Path(path)
+        if self.device is not None:
+            lat = self.device.time([self._job(path), self._job(self.float_path)], runs, warmup=5,
+                                   threads=self.threads)[0]
+            if lat.source != "measured":
+                raise EdgekitError(f"the search's anchor could not be timed on {self.device.uri}: {lat.reason}")
+            self.anchor_p50 = lat.p50_ms
+            return self.anchor_p50
         self.anchor = load_runner(self.runtime, path, self.threads)
         t = time_interleaved([self.anchor, self.float_runner], self.x[:1].reshape(self.anchor.input_shape), 5, runs)
         self.anchor_p50 = t[0].p50_ms
         return self.anchor_p50
+
+    def use_anchor(self, path: Path, p50_ms: float | None) -> None:
+        """Takes an anchor another process timed (a worker of a shared search scales by the same figure)."""
+        if self.latency != "measured":
+            return
+        self.anchor_path, self.anchor_p50 = Path(path), p50_ms
+        if self.device is None:
+            self.anchor = load_runner(self.runtime, path, self.threads)
+
+    def _job(self, path: Path) -> Any:
+        from edgekit.devices import Job
+
+        return Job(Path(path), self.runtime, input=self.x[:1])
 
     def score(self, policy: Policy, name: str, time_it: bool = True) -> Candidate:
         """Applies, runs and times `policy`; identical policies are evaluated once."""
@@ -143,6 +171,9 @@ class Scorer:
         self._cache[key] = cand
         return cand
 
+    def _time_on_device(self, cand: Candidate, path: Path) -> None:
+        _time_on_device_impl(self, cand, path)
+
     def noise_floor(self, snr_db: float = 40.0, seed: int = 3) -> float:
         """Quality drop (points) of the FLOAT artifact when its input gets Gaussian noise at `snr_db` (about the
         SQNR of one INT8 tensor): how much drop this model's own sensitivity explains, before any quantisation."""
@@ -163,7 +194,9 @@ class Scorer:
         return cand
 
     def _time(self, cand: Candidate, runner: Runner, path: Path) -> None:
-        if self.latency == "measured":
+        if self.latency == "measured" and self.device is not None:
+            self._time_on_device(cand, path)
+        elif self.latency == "measured":
             anchor = self.anchor or self.float_runner
             x = self.x[:1].reshape(runner.input_shape)
             raw, ratio = paired_timing(runner, anchor, x, self.timing_runs)
@@ -180,6 +213,23 @@ class Scorer:
             cand.p50_ms = float(pred["p50_ms"])
             cand.latency_source = "predicted"
             cand.extra["predicted_error_pct"] = pred.get("error_pct")
+
+
+def _time_on_device_impl(scorer: Scorer, cand: Candidate, path: Path) -> None:
+    """The candidate and the anchor interleaved in one session on the device (or a farm's device)."""
+    anchor = scorer.anchor_path or scorer.float_path
+    lat, ref = scorer.device.time([scorer._job(path), scorer._job(anchor)], scorer.timing_runs, warmup=3,
+                                  threads=scorer.threads)
+    if lat.source != "measured" or ref.source != "measured":
+        cand.extra["latency_reason"] = lat.reason or ref.reason
+        return
+    ratio = lat.p50_ms / ref.p50_ms
+    cand.p50_raw_ms = lat.p50_ms
+    cand.p50_ms = lat.p50_ms if scorer.anchor_p50 is None else scorer.anchor_p50 * ratio
+    cand.latency_source = "measured"
+    cand.extra.update(ratio_to_anchor=ratio, device=lat.via, device_id=lat.device_id)
+    if lat.extra.get("farm"):
+        cand.extra["farm_device"] = lat.extra["farm"]["device"]
 
 
 def paired_timing(runner: Runner, anchor: Runner, x: np.ndarray, runs: int, warmup: int = 3

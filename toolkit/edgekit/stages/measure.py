@@ -1,7 +1,8 @@
-"""measure: latency of every verified artifact where the target's device can be reached.
+"""measure: latency of every verified artifact on the target's device.
 
-For the host target the device is this machine, so its timings are measured. For any other target, latency.source
-is "none" unless a device runner reaches the device; a host figure is never reported as a device figure.
+Where the latency comes from is decided by edgekit.devices.latency_source (this machine for the host target, Node
+and Chromium for the browser target, the --device URI otherwise, else "none": a host figure is never reported as a
+device figure). The devices time; edgekit.measure.record writes what they return into the report.
 """
 
 from __future__ import annotations
@@ -10,10 +11,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from edgekit.contract import Contract
-from edgekit.errors import SettingsError
+from edgekit.errors import RuntimeUnavailable, SettingsError
 from edgekit.report import Latency
-from edgekit.runtimes import load_runner, time_interleaved
-from edgekit.targets import host_facts
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -35,43 +34,51 @@ class Settings:
             raise SettingsError(f"measure: warmup must be at least 1, got {self.warmup}")
 
 
-def host_device_name() -> str:
-    f = host_facts()
-    return f"host: {f['cpu']} ({f['cores']} cores, {f['arch']})"
-
-
 def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
+    from edgekit.devices import latency_source
+    from edgekit.measure.record import record_latencies
+
     # The model as loaded (baseline/) is timed with the final artifacts, side by side: before and after alike.
     arts = [a for a in ctx.all_artifacts() if a.passed]
-    local = ctx.target.is_host and ctx.device in (None, "local")
-    if ctx.target.device_kind == "browser" and ctx.device in (None, "node", "chromium"):
-        # The browser target's device is a real JavaScript engine on this machine: Node and headless Chromium.
-        from edgekit.measure.browser import measure_artifacts_in_browsers
-
-        measure_artifacts_in_browsers(arts, settings, ctx)
-    elif not local and ctx.device:
-        from edgekit.measure.device import measure_artifacts_on_device  # ssh://, adb://
-
-        measure_artifacts_on_device(arts, settings, ctx)
-    elif not local:
+    src = latency_source(ctx.target, ctx.device)
+    written: list[str] = []
+    if src.source != "measured":
         for a in arts:
-            a.latency = Latency.none(f"no {ctx.target.name} device attached (pass --device URI to measure there); "
-                                     f"host timings are not reported as {ctx.target.name} latencies",
-                                     device=ctx.target.description)
+            a.latency = Latency.none(src.reason, device=ctx.target.description)
     else:
-        measurable = [a for a in arts if a.meta.get("host_runnable") is not False]
-        runners = [load_runner(a.runtime, ctx.out / a.path, ctx.threads) for a in measurable]
-        x = [ctx.example_input.reshape(r.input_shape) if r.input_shape else ctx.example_input for r in runners]
-        timings = time_interleaved(runners, x, settings.warmup, settings.runs, ctx.progress)
-        for a, r, t in zip(measurable, runners, timings, strict=True):
-            a.latency = Latency.measured(t, device=host_device_name(), runtime=r.runtime, threads=ctx.threads,
-                                         via="local")
-        from edgekit.measure.op_profile import profile_host_artifacts
+        if src.local:  # files only another machine runs (e.g. an aarch64 TVM library) are not timed here
+            arts = [a for a in arts if a.meta.get("host_runnable") is not False]
+        per_device = [_time_on(uri, arts, settings, ctx, src.explicit, src.local) for uri in src.devices]
+        written = record_latencies([(a, [lats[i] for lats in per_device]) for i, a in enumerate(arts)], src, ctx)
+        if src.local:  # per-operator times where the runtime offers them (ExecuTorch), apart from the timing runs
+            from edgekit.measure.op_profile import profile_host_artifacts
 
-        profile_host_artifacts(measurable, ctx)  # per-operator times where the runtime offers them (ExecuTorch)
+            profile_host_artifacts(arts, ctx)
     from edgekit.measure.op_profile import add_sections
 
     add_sections(arts, ctx)
-    ctx.record(details={"measured": sum(a.latency.source == "measured" for a in arts),
-                        "artifacts": len(arts), "device": ctx.report.get("device") or ("local" if local else None)})
+    measured = [a for a in arts if a.latency.source == "measured"]
+    ctx.record(details={"measured": len(measured), "artifacts": len(arts),
+                        "device": ctx.report.get("device") or ("local" if src.local else None),
+                        "devices": sorted({a.latency.via or "local" for a in measured}), "profiles": written})
     return model
+
+
+def _time_on(uri: str, arts: list, settings: Settings, ctx: RunContext, explicit: bool,
+             local: bool) -> list[Latency]:
+    """One device's latencies for the artifacts. A device the user did not name (Chromium for the browser target)
+    that is not installed gives "none" with the reason; a named one fails the stage."""
+    from edgekit.devices import Job, open_device
+    from edgekit.measure.op_profile import runtime_profiler
+
+    jobs = [Job.from_artifact(a, ctx.out, ctx.example_input) for a in arts]
+    try:
+        with open_device(uri, target=ctx.target) as dev:
+            # a remote harness profiles operators where the runtime can (the local device is profiled apart)
+            profile_runs = 10 if not local and any(runtime_profiler(a.runtime) for a in arts) else 0
+            return dev.time(jobs, settings.runs, warmup=settings.warmup, threads=ctx.threads,
+                            progress=ctx.progress, profile_runs=profile_runs)
+    except RuntimeUnavailable as e:
+        if explicit:
+            raise
+        return [Latency.none(str(e), engine=uri, runtime=a.runtime) for a in arts]

@@ -32,7 +32,7 @@ TORCH_BACKENDS = {"litert-pt2e"}
 def contract(settings: Settings) -> Contract:
     return Contract(needs=frozenset({"torch"}), changes=frozenset({"artifacts"}), stale="refuse",
                     stale_note="whose INT8 policy was searched and calibrated for the model before that change",
-                    outputs=("quant", "quant_pareto.png"), native=frozenset(_native_sources(settings)))
+                    outputs=("quant", "quant_pareto.png", "state/quant_study.db"), native=frozenset(_native_sources(settings)))
 
 
 def _native_sources(settings: Settings) -> set[str]:
@@ -73,6 +73,11 @@ class Settings:
     max_seconds: float = field(default=540.0, metadata={"help": "time limit of one search"})
     nncf_baseline: bool = field(default=False, metadata={"help": "also score NNCF's default INT8 (ONNX)"})
     seed: int = field(default=0, metadata={"help": "sampler seed"})
+    workers: int = field(default=1, metadata={"help": "processes working on the ONNX search's shared study (this "
+                                                      "one included; more join with `edgekit worker`)"})
+    storage: str = field(default="", metadata={"help": "the study's storage: sqlite:///PATH, postgresql://USER@HOST"
+                                                       "[:PORT]/DB (several machines) or memory; default: "
+                                                       "state/quant_study.db in the run folder"})
     skip_failing_formats: bool = field(default=False, metadata={
         "help": "a format whose INT8 conversion fails is reported and skipped instead of stopping the run"})
 
@@ -94,6 +99,16 @@ class Settings:
         if self.calibration_inputs < 1 or self.eval_inputs < 8 or self.timing_runs < 5 or self.final_runs < 20:
             raise SettingsError("quantize: need calibration_inputs >= 1, eval_inputs >= 8, timing_runs >= 5, "
                                 "final_runs >= 20")
+        if not 1 <= self.workers <= 64:
+            raise SettingsError(f"quantize: workers must be from 1 to 64, got {self.workers}")
+        if self.storage:
+            from pathlib import Path
+
+            from edgekit.study import storage_url
+
+            storage_url(self.storage, Path("."))  # one-line error for a bad URL before anything runs
+        if self.workers > 1 and self.storage == "memory":
+            raise SettingsError("quantize: several workers share a study through a storage, not memory")
 
 
 def _float_artifact(ctx: RunContext, model: nn.Module, fmt: str) -> Any:
@@ -121,13 +136,32 @@ def _max_drop(settings: Settings, ctx: RunContext) -> tuple[float, str]:
     return settings.max_quality_drop, "quantize.max_quality_drop"
 
 
-def _latency_mode(ctx: RunContext) -> tuple[str, Any]:
-    from edgekit.quant.driver import load_predictor
+def _latency_mode(ctx: RunContext) -> tuple[str, Any, Any]:
+    """(measured / predicted / none, predictor, device): edgekit.devices.latency_source decides. A device is
+    opened when the search measures somewhere other than in this process (a board, a phone, a farm)."""
+    from edgekit.devices import latency_source, open_device
 
-    if ctx.target.is_host and ctx.device in (None, "local"):
-        return "measured", None
-    predictor = load_predictor(ctx.target.name)
-    return ("predicted", predictor) if predictor is not None else ("none", None)
+    src = latency_source(ctx.target, ctx.device, for_search=True)
+    device = open_device(src.devices[0], target=ctx.target) if src.source == "measured" and not src.local else None
+    return src.source, src.predictor, device
+
+
+def _plan(settings: Settings, ctx: RunContext, fmt: str, float_path: Any, job: _Job) -> Any:
+    """The search's shared study: its storage and a name derived from everything it depends on, so a killed run
+    resumes its study and a changed input starts a new one."""
+    import dataclasses
+    import hashlib
+
+    from edgekit.fileio import fingerprint, sha256_file
+    from edgekit.study import StudyPlan, storage_url
+
+    data = hashlib.sha256(job.calib.tobytes() + job.x_eval.tobytes()
+                          + (b"" if job.y_eval is None else job.y_eval.tobytes())).hexdigest()
+    keep = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("workers", "storage")}
+    name = fingerprint(fmt, sha256_file(float_path), keep, data, ctx.target.name, ctx.threads,
+                       getattr(job.common["device"], "uri", None), job.common["latency"])[:16]
+    url = storage_url(settings.storage, ctx.out / "state" / "quant_study.db")
+    return StudyPlan(url, f"quant-{fmt}-{name}", workers=settings.workers if fmt == "onnx" else 1)
 
 
 @dataclass
@@ -157,10 +191,14 @@ def _search_onnx(job: _Job) -> Any:
     backend = (mod.NncfQuantizer if mod is nncf_backend else mod.OnnxQuantizer)(float_onnx, job.calib, work)
     scorer = Scorer(backend, "onnxruntime", float_onnx, job.x_eval, job.y_eval, work, **job.common)
     shares = onnx_latency_shares(float_onnx, backend.layers, job.x_eval, work, threads=ctx.threads)
+    plan = _plan(settings, ctx, "onnx", float_onnx, job)
     result = search_runtime(scorer, fmt="onnx", backend_name=mod.NAME, calibrations=mod.CALIBRATIONS,
                             trials=settings.trials, constraints=job.constraints, seed=settings.seed,
                             max_seconds=settings.max_seconds, latency_slack=settings.latency_slack,
-                            final_runs=settings.final_runs, shares=shares, progress=ctx.progress)
+                            final_runs=settings.final_runs, shares=shares, progress=ctx.progress,
+                            distributed=(dist := _distributed(plan, job, mod.NAME, mod.CALIBRATIONS, work)))
+    result.study = {"name": plan.name, "storage": plan.storage, "workers": plan.workers,
+                    "worker_exits": dist.workers if dist else []}
     if settings.nncf_baseline:
         nq = nncf_backend.NncfQuantizer(float_onnx, job.calib)
         path = nq.default_int8(work / "nncf-default.onnx")
@@ -187,11 +225,16 @@ def _search_tflite(job: _Job) -> Any:
     kw = {"fmt": "tflite", "backend_name": mod.NAME, "calibrations": mod.CALIBRATIONS,
           "constraints": job.constraints, "final_runs": settings.final_runs}
     if on_file or settings.tflite_trials or onnx_result is None:
+        from edgekit.quant.search import Distributed
+
         # The ONNX search's layer names are torch module names; a .tflite file's layers are its weight tensors.
         ranked = ranking(onnx_result.sensitivity) if onnx_result and not on_file else None
         trials = settings.tflite_trials or (settings.trials if on_file else 1)
+        # TFLite candidates are made in this process (a worker would need the model): one process, its study
+        plan = _plan(settings, ctx, "tflite", float_tfl, job)
         return search_runtime(scorer, trials=trials, seed=settings.seed, max_seconds=settings.max_seconds,
-                              latency_slack=settings.latency_slack, ranked=ranked, progress=ctx.progress, **kw)
+                              latency_slack=settings.latency_slack, ranked=ranked, progress=ctx.progress,
+                              distributed=Distributed(plan, fresh=not ctx.resume) if plan.persistent else None, **kw)
     return transfer_runtime(scorer, onnx_result.chosen.policy, source="onnxruntime", **kw)
 
 
@@ -199,6 +242,28 @@ def _tflite_backend(settings: Settings, ctx: RunContext) -> str:
     if settings.tflite_backend != "auto":
         return settings.tflite_backend
     return "ai-edge-quantizer" if ctx.native is not None else "litert-pt2e"
+
+
+def _distributed(plan: Any, job: _Job, backend_name: str, calibrations: tuple[str, ...], work: Any) -> Any:
+    """The ONNX search's Distributed: its study, and how the other workers start (after the anchor is timed)."""
+    from edgekit.quant.distributed import write_onnx_spec
+    from edgekit.quant.search import Distributed
+    from edgekit.study import launch_workers
+
+    if not plan.persistent:
+        return None
+    settings, ctx = job.settings, job.ctx
+
+    def spawn(scorer: Any, remaining: float | None) -> list[Any]:
+        if plan.workers < 2:
+            return []
+        spec = write_onnx_spec(work / "worker", scorer, backend_name, job.calib,
+                               calibrations=calibrations, constraints=job.constraints,
+                               use_latency=scorer.latency != "none", trials=settings.trials, seed=settings.seed,
+                               plan=plan, target=ctx.target.name, device=ctx.device, max_seconds=remaining)
+        return launch_workers(spec, plan.workers - 1)
+
+    return Distributed(plan, spawn=spawn, fresh=not ctx.resume)
 
 
 def _search_pte(job: _Job) -> Any:
@@ -233,6 +298,22 @@ def _native_sources_of(model_format: str, settings: Settings) -> list[str]:
             and (f != "tflite" or settings.tflite_backend not in TORCH_BACKENDS)]
 
 
+def _run_searches(fmts: list[str], job: _Job, settings: Settings) -> tuple[list[Any], dict[str, str]]:
+    results, failed = [], {}
+    try:
+        for fmt in fmts:
+            try:
+                results.append(SEARCHES[fmt](job))
+            except EdgekitError as e:
+                if not settings.skip_failing_formats:
+                    raise
+                failed[fmt] = str(e)
+    finally:
+        if job.common["device"] is not None:
+            job.common["device"].close()
+    return results, failed
+
+
 def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     from edgekit.quant.report import markdown, plot_pareto
     from edgekit.quant.search import Constraints
@@ -242,22 +323,15 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
         why = f" ({'; '.join(f'{k}: {v}' for k, v in failed.items())})" if failed else ""
         raise SettingsError(f"quantize: target {ctx.target.name} has no format with an INT8 backend "
                             f"({sorted(BACKENDS)}) for this model{why}")
-    latency, predictor = _latency_mode(ctx)
+    latency, predictor, device = _latency_mode(ctx)
     max_drop, drop_source = _max_drop(settings, ctx)
     job = _Job(model, settings, ctx, ctx.data.calibration(settings.calibration_inputs).astype("float32"),
                ctx.data.x_test[: settings.eval_inputs].astype("float32"),
                None if ctx.data.y_test is None else ctx.data.y_test[: settings.eval_inputs],
                Constraints(max_drop, settings.latency_budget_ms or None, settings.max_size_mb or None),
                {"threads": ctx.threads, "latency": latency, "predictor": predictor,
-                "timing_runs": settings.timing_runs})
-    results = []
-    for fmt in fmts:
-        try:
-            results.append(SEARCHES[fmt](job))
-        except EdgekitError as e:
-            if not settings.skip_failing_formats:
-                raise
-            failed[fmt] = str(e)
+                "timing_runs": settings.timing_runs, "device": device})
+    results, failed = _run_searches(fmts, job, settings)
     if not results:
         raise SettingsError(f"quantize: no format could be quantised ({'; '.join(f'{k}: {v}' for k, v in failed.items())})")
     _write_outputs(ctx, results)
@@ -272,6 +346,7 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
                         "int8_quality_drop": round(main.int8.drop, 4), "constraints_met": main.constraints_met,
                         "policy_met_bar": main.verdict()["met"], "max_quality_drop": max_drop},
                details={"searches": [r.as_dict() for r in results], "latency": latency, "failed_formats": failed,
+                        "latency_device": getattr(device, "uri", None),
                         "plot": plot.name if plot else None, "max_quality_drop_from": drop_source})
     from edgekit.report import ChainPoint
 

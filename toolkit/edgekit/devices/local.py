@@ -1,0 +1,133 @@
+"""`local`: this machine. Artifacts are timed side by side in this process, through the same runtime modules
+verify uses (edgekit.runtimes); when per-operator times are asked for (`profile_runs` > 0), the harness runs them
+in a subprocess, the very code a remote device runs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgekit.devices import BaseDevice, Job
+from edgekit.errors import RuntimeUnavailable, SettingsError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from edgekit.report import Latency
+    from edgekit.targets import Target
+
+
+def host_device_name() -> str:
+    from edgekit.targets import host_facts
+
+    f = host_facts()
+    return f"host: {f['cpu']} ({f['cores']} cores, {f['arch']})"
+
+
+class LocalDevice(BaseDevice):
+    """This machine (`local`).
+
+    Args:
+        harness: time every artifact through the harness in a subprocess (the code path a remote device runs),
+            not only when per-operator times are asked for.
+    """
+
+    scheme = "local"
+
+    def __init__(self, uri: str = "local", target: Target | None = None, harness: bool = False, **_: Any) -> None:
+        super().__init__(target)
+        if uri not in ("local", "local://"):
+            raise SettingsError(f"device '{uri}': the local device takes no options")
+        self.uri = "local"
+        self.harness = harness  # always time through the harness subprocess (results in extra["raw"])
+
+    def _read_facts(self) -> dict[str, Any]:
+        from edgekit.measure.harness import device_facts
+
+        return device_facts()
+
+    def runtimes(self) -> tuple[str, ...]:
+        from edgekit.runtimes import available
+
+        return tuple(available())
+
+    def time(self, artifacts: Sequence[Job], runs: int, *, warmup: int = 5, threads: int = 1,
+             profile_runs: int = 0, progress: Any = None, profile_first: int = -1) -> list[Latency]:
+        """In-process interleaved timing; with `profile_runs` the harness in a subprocess (per-operator times of
+        the first `profile_first` artifacts, -1: all), for the runtimes it runs."""
+        self.check(self.facts())
+        if profile_runs > 0 or self.harness:
+            return self._harness(artifacts, runs, warmup, threads, profile_runs, profile_first)
+        return self._in_process(artifacts, runs, warmup, threads, progress)
+
+    def _in_process(self, jobs: Sequence[Job], runs: int, warmup: int, threads: int, progress: Any) -> list[Latency]:
+        from edgekit.measure.profile import device_id_from_facts
+        from edgekit.report import Latency
+        from edgekit.runtimes import load_runner, time_interleaved
+
+        out: list[Latency | None] = [None] * len(jobs)
+        loaded, runners = [], []
+        for i, j in enumerate(jobs):
+            try:
+                runners.append(load_runner(j.runtime, j.path, threads))
+                loaded.append(i)
+            except RuntimeUnavailable as e:
+                out[i] = Latency.none(str(e), device=host_device_name(), runtime=j.runtime)
+        xs = [_input_for(jobs[i], r.input_shape) for i, r in zip(loaded, runners, strict=True)]
+        timings = time_interleaved(runners, xs, warmup, runs, progress) if runners else []
+        device_id = device_id_from_facts(self.facts())
+        for i, r, t in zip(loaded, runners, timings, strict=True):
+            out[i] = Latency.measured(t, device=host_device_name(), runtime=r.runtime, threads=threads, via="local",
+                                      device_id=device_id)
+        return [x for x in out if x is not None]
+
+    def _harness(self, jobs: Sequence[Job], runs: int, warmup: int, threads: int, profile_runs: int,
+                 profile_first: int) -> list[Latency]:
+        from edgekit.measure.device import HARNESS_RUNTIMES, run_local_harness
+        from edgekit.report import Latency
+
+        ok = [j for j in jobs if j.runtime in HARNESS_RUNTIMES]
+        runtime = ok[0].runtime if len({j.runtime for j in ok}) == 1 else ""
+        results = iter(run_local_harness([j.path for j in ok], runtime, threads, runs, warmup, profile_runs,
+                                         profile_models=profile_first) if ok else [])
+        return [harness_latency(next(results), "local", threads, j.path) if j.runtime in HARNESS_RUNTIMES else
+                Latency.none(f"the harness runs {', '.join(HARNESS_RUNTIMES)}, not {j.runtime}",
+                             device=host_device_name(), runtime=j.runtime) for j in jobs]
+
+    def run(self, artifact: Job, inputs: np.ndarray) -> np.ndarray:
+        from edgekit.quant.evaluate import run_all
+        from edgekit.runtimes import load_runner
+
+        return run_all(load_runner(artifact.runtime, artifact.path, 1), np.asarray(inputs, np.float32))
+
+
+def _input_for(job: Job, shape: tuple[int, ...] | None) -> np.ndarray:
+    if job.input is not None:
+        x = np.asarray(job.input, np.float32)
+        return x.reshape(shape) if shape else x
+    return np.random.default_rng(0).standard_normal(shape or (1,)).astype(np.float32)
+
+
+def harness_latency(res: dict[str, Any], via: str, threads: int, artifact: Path | None = None) -> Latency:
+    """A measured Latency from one harness result (local or over SSH); the whole result stays in extra["raw"]
+    (per-operator times, sha256) for profiles, and is dropped from report.json by whoever records it. An ExecuTorch
+    result's raw ETDump is decoded here onto the program's layers (the device needs no devtools); those per-operator
+    fields go into the latency record itself."""
+    from edgekit.measure.device import decode_per_op, device_label
+    from edgekit.measure.profile import device_id_from_facts
+    from edgekit.report import Latency
+
+    if artifact is not None:
+        decode_per_op(res, artifact)
+    facts = res["device"]
+    label = device_label(facts, via) if via != "local" else host_device_name()
+    lat = Latency.measured(res["timing"], device=label, runtime=res["runtime"], threads=threads, via=via,
+                           device_id=device_id_from_facts(facts, via), device_facts=facts,
+                           conditions=res["conditions"], raw=res)
+    if res.get("per_op_profile"):
+        from edgekit.measure.op_profile import per_op_fields
+
+        lat.extra.update(per_op_fields({"per_op": res["per_op"], **res["per_op_profile"]}))
+    return lat
