@@ -24,6 +24,8 @@ def prune(
     rewind_step: Annotated[int | None, typer.Option(help="training step the survivors are reset to")] = None,
     epochs: Annotated[int | None, typer.Option(help="training epochs per round")] = None,
     pattern: Annotated[str | None, typer.Option(help="unstructured, 1x4, 4x1 or N:M")] = None,
+    structure: Annotated[str | None, typer.Option(help="weights (sparse masks) or channel (whole channel groups: "
+                                                       "a thinner dense network)")] = None,
     ranking: Annotated[str | None, typer.Option(help="layer or global")] = None,
     seed: Annotated[int | None, typer.Option(help="seed of every random choice")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or auto")] = None,
@@ -35,13 +37,14 @@ def prune(
                                                                  "(e.g. lr=0.001, layers=linear), repeatable")] = None,
     fresh: Annotated[bool, typer.Option(help="ignore finished rounds of an earlier run in --out")] = False,
 ) -> None:
-    """Find a winning ticket: iterative magnitude pruning with rewinding, with re-init and random-mask controls."""
+    """Find a winning ticket: iterative magnitude pruning with rewinding, with re-init and random-mask controls
+    (--structure channel: over channel groups, giving a thinner dense network)."""
     from edgekit import api
     from edgekit.cli import _console, parse_sets, progress_bar
 
     settings: dict[str, Any] = {k: v for k, v in {
         "rounds": rounds, "rate": rate, "rewind_step": rewind_step, "epochs": epochs, "pattern": pattern,
-        "ranking": ranking, "seed": seed, "device": device}.items() if v is not None}
+        "structure": structure, "ranking": ranking, "seed": seed, "device": device}.items() if v is not None}
     if not controls:
         settings.update(reinit_control=False, random_mask_control=False)
     if target is None:
@@ -68,12 +71,16 @@ def _print_rounds(console: Any, report: dict[str, Any], out_dir: Path) -> None:
     from rich.table import Table
 
     stage = next(s for s in report["stages"] if s["name"] == "prune")
-    table = Table(title=f"lottery ticket: {report['model']}")
-    for col in ("round", "weights remaining", "ticket", "re-init", "random mask"):
+    channels = stage["details"].get("structure") == "channel"
+    table = Table(title=f"{'structured ' if channels else ''}lottery ticket: {report['model']}")
+    for col in ("round", "weights remaining", *(("channels",) if channels else ()), "ticket", "re-init",
+                "random channels" if channels else "random mask"):
         table.add_column(col, justify="right")
     for r in stage["details"]["rounds"]:
-        table.add_row(str(r["round"]), f"{100 * r['remaining']:.2f}%",
+        ch = (f"{100 * r['channels_remaining']:.1f}%",) if channels else ()
+        table.add_row(str(r["round"]), f"{100 * r['remaining']:.2f}%", *ch,
                       *[("–" if r[k] is None else f"{100 * r[k]:.2f}%") for k in ("ticket", "reinit", "random_masks")])
     console.print(table)
-    console.print(f"report: {out_dir / 'report.json'}  (Markdown: {out_dir / 'report.md'}); "
-                  f"mask: {out_dir / stage['details']['mask']}")
+    kept = f"channels: {out_dir / stage['details']['channels']}" if channels else \
+        f"mask: {out_dir / stage['details']['mask']}"
+    console.print(f"report: {out_dir / 'report.json'}  (Markdown: {out_dir / 'report.md'}); {kept}")
