@@ -184,6 +184,15 @@ def plan_removal(pruner: ChannelPruner, keep: Mapping[str, int]) -> dict[str, li
     return out
 
 
+def prune_to_counts(model: nn.Module, example: Any, keep: Mapping[str, int], ignored: Iterable[str] = ()
+                    ) -> list[list[Any]]:
+    """Prunes the named groups to exactly `keep[name]` channels (lowest magnitude first), in place; returns the
+    pruning history."""
+    pruner = ChannelPruner(model, example, ignored)
+    pruner.prune(plan_removal(pruner, keep))
+    return pruner.history()
+
+
 def replay(model: nn.Module, example: Any, history: list[list[Any]]) -> nn.Module:
     """Redoes a pruning history on `model` (the original architecture) in place and returns it."""
     import torch
