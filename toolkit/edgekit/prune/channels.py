@@ -14,7 +14,6 @@ depthwise convolution with a channel multiplier, are left as they are and say wh
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -43,14 +42,14 @@ class ChannelGroup:
 
 
 def round_channels(keep: float, total: int, multiple: int) -> int:
-    """The channel count to keep: the multiple of `multiple` nearest to `keep`, at least one multiple, at most
-    `total` (a group with no more than one multiple of channels keeps them all)."""
+    """The channel count to keep: of the multiples of `multiple` below `total` and `total` itself, the one nearest
+    to `keep` (a group with no more than one multiple of channels keeps them all)."""
     if multiple < 1:
         raise SettingsError(f"channel multiple must be >= 1, got {multiple}")
     if total <= multiple:
         return total
-    k = max(multiple, int(math.floor(keep / multiple + 0.5)) * multiple)
-    return min(k, total)
+    allowed = [*range(multiple, total, multiple), total]
+    return min(allowed, key=lambda c: (abs(c - keep), -c))  # a tie keeps more channels
 
 
 def example_tensor(example: Any) -> torch.Tensor:
