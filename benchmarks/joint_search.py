@@ -155,7 +155,7 @@ def bench_mnv2(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     res = prune_to_widths(model, torch.as_tensor(x), 0.5, multiple)
     paths["half_onnxruntime"] = onnx_export.export(model, x, work / "mnv2_half.onnx")
     paths["half_litert"] = tflite_export.export(model, x, work / "mnv2_half.tflite")
-    t = final_timing(paths, x, max(30, args.runs // 4))
+    t = final_timing(paths, x, args.mnv2_runs)
     dense = min(t["dense_onnxruntime"]["p50_ms"], t["dense_litert"]["p50_ms"])
     half = min(t["half_onnxruntime"]["p50_ms"], t["half_litert"]["p50_ms"])
     out = {"model": "mnv2", "timings": t, "params_before": res.params_before, "params_after": res.params_after,
@@ -207,18 +207,21 @@ def bench_late_rewind(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
+    from edgekit.errors import EdgekitError
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", default="cls,digits,mnv2,lottery")
     ap.add_argument("--trials", type=int, default=60)
     ap.add_argument("--max-seconds", type=float, default=1080.0, help="per search")
     ap.add_argument("--finetune-epochs", type=int, default=2)
     ap.add_argument("--runs", type=int, default=400, help="interleaved rounds of the final timing")
+    ap.add_argument("--mnv2-runs", type=int, default=300, help="interleaved rounds timing mobilenet_v2")
     ap.add_argument("--cls-train", type=int, default=3000)
     ap.add_argument("--cls-val", type=int, default=500)
     ap.add_argument("--cls-test", type=int, default=1000)
     ap.add_argument("--cls-epochs", type=int, default=3, help="fine-tuning of the unmodified classifier")
     ap.add_argument("--seeds", type=int, default=3, help="late-rewinding lottery seeds")
-    ap.add_argument("--late-rewind-step", type=int, default=22)
+    ap.add_argument("--late-rewind-step", type=int, default=66)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     parts = args.parts.split(",")
@@ -229,8 +232,14 @@ def main() -> None:
         "cls_dense_p50_ms", "cls_joint_p50_ms", "cls_joint_speedup", "cls_joint_drop_pts", "cls_channel_only_speedup",
         "cls_int8_only_speedup", "digits_joint_speedup", "digits_joint_drop_pts", "mnv2_channel50_speedup",
         "search_seconds", "candidates_measured", "w_ticket_mlp_late_rewind")}
+    c = None
     if "cls" in parts:
-        c = bench_cls(args, work)
+        try:
+            c = bench_cls(args, work)
+        except EdgekitError as e:  # the Paddle file needs edgekit's ONNX import pass (issue 12)
+            summary["cls_note"] = f"cls not measured: {e}"
+            log(model="cls", error=str(e))
+    if c is not None:
         summary.update(cls_dense_p50_ms=c["dense_p50_ms"], cls_joint_p50_ms=c["joint"]["p50_ms"],
                        cls_joint_speedup=c["joint"]["speedup"], cls_joint_drop_pts=c["joint"]["holdout_drop_pts"],
                        cls_channel_only_speedup=c["channel_only"]["speedup"],

@@ -10,8 +10,9 @@ group's channels per round, kept counts multiples of 8), with the re-init contro
 initialisation) and random channels; its results carry the suffix `_cnn_channel`.
 
 Late rewinding (Frankle et al. 2019, "Stabilizing the Lottery Ticket Hypothesis"): the MLP is also run with the
-survivors reset to their weights after `--late-rewind-step` training steps of round 0 (default: one epoch, 22 steps,
-2% of a round) instead of to initialisation; its results carry the suffix `_late_rewind`.
+survivors reset to their weights after `--late-rewind-step` training steps of round 0 (default: three epochs, 66
+steps, 6% of a round; one epoch, 22 steps, was measured too) instead of to initialisation; its results carry the
+suffix `_late_rewind`.
 
 Prints one JSON line per network, seed and round, one per network with the mean curve, and last one JSON object:
     dense_acc_mlp, w_ticket_mlp, w_reinit_mlp, w_random_mlp, acc_ticket_mlp_at_1pct, acc_reinit_mlp_at_1pct,
@@ -108,8 +109,8 @@ def main() -> None:
     ap.add_argument("--mlp-epochs", type=int, default=50)
     ap.add_argument("--cnn-rounds", type=int, default=15)
     ap.add_argument("--cnn-epochs", type=int, default=15)
-    ap.add_argument("--late-rewind-step", type=int, default=22,
-                    help="rewind step of the late-rewinding MLP runs (22 steps: one epoch of batch 64)")
+    ap.add_argument("--late-rewind-step", type=int, default=66,
+                    help="rewind step of the late-rewinding MLP runs (66 steps: three epochs of batch 64, 6%% of a round)")
     ap.add_argument("--cnn-channel-rounds", type=int, default=5)
     ap.add_argument("--only", choices=["mlp", "cnn", "mlp_late", "cnn_channel"], action="append",
                     help="run only these series (repeatable; default: all four)")
