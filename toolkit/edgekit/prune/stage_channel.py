@@ -39,7 +39,8 @@ def run_channel(model: nn.Module, settings: Any, ctx: RunContext) -> nn.Module:
                                     f"multiples of {multiple}", prune_report.CHANNEL_LABELS)
     rel = plot.relative_to(ctx.out).as_posix()
     ctx.add_section("Structured lottery ticket: accuracy vs weights remaining",
-                    prune_report.rounds_markdown(rounds, rel, channels=True) + "\n\n" + _verdict(last))
+                    prune_report.rounds_markdown(rounds, rel, channels=True) + "\n\n"
+                    + _verdict(last, ctx.bundle.weights, settings.rewind_step))
     ctx.add_section("Structured lottery ticket: channel groups",
                     prune_report.groups_markdown(result.groups, result.widths, multiple))
     ctx.record(
@@ -55,14 +56,19 @@ def run_channel(model: nn.Module, settings: Any, ctx: RunContext) -> nn.Module:
     return result.model
 
 
-def _verdict(last: dict[str, Any]) -> str:
+def _verdict(last: dict[str, Any], weights: str, rewind_step: int) -> str:
     if last["reinit"] is None:
         return "The re-init control was off: whether the ticket beats the thin network trained from scratch is unknown."
     diff = 100 * (last["ticket"] - last["reinit"])
     word = "beats" if diff > 0 else "does not beat"
-    return (f"At {100 * last['remaining']:.1f}% of the weights the structured ticket {word} the same thin network "
+    text = (f"At {100 * last['remaining']:.1f}% of the weights the structured ticket {word} the same thin network "
             f"trained from a fresh initialisation ({100 * last['ticket']:.2f}% vs {100 * last['reinit']:.2f}%, "
             f"{diff:+.2f} points).")
+    if rewind_step == 0 and not weights.startswith("initialisation"):
+        text += (f" Note: round 0 started from the weights as loaded ({weights}), so the rewind point is a trained "
+                 "network and the ticket inherits that training; a lottery-ticket comparison needs an untrained "
+                 "initialisation (e.g. edgekit:digits_mlp, or a zoo model without --weights).")
+    return text
 
 
 def restore_channels(model: nn.Module, ctx: RunContext) -> nn.Module:
