@@ -131,3 +131,38 @@ def test_another_target_never_gets_host_timings(tmp_path):
     assert r.latency in ("predicted", "none") and not r.timings
     assert all(c.latency_source != "measured" for c in r.candidates)
     assert r.measured == 0
+
+
+def test_sparsity_is_searched_only_where_the_runtime_runs_sparse_weights(tmp_path):
+    """rpi4's XNNPACK runs the 1x1 convolutions of a stem-to-mean group sparse: those layers get a sparsity choice,
+    a sparse decision is fine-tuned with its zeros held and stored sparse; the AVX host offers no sparsity."""
+    import numpy as np
+
+    from edgekit.joint.build import Builder, TrainData
+    from edgekit.rules import read_tflite
+
+    nn = torch.nn
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU6(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU6(), nn.Conv2d(8, 16, 1), nn.ReLU6(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU6(), nn.Conv2d(16, 32, 1), nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32), dtype=np.float32)
+    s = Settings(sparsities=(0.0, 0.75), finetune_epochs=1, batch_size=8)
+    space = build_space(model, x, load_target("rpi4"), s, ["litert"], 8)
+    assert space.sparse_layers == ["4", "8"]  # the stem and the depthwise layers stay dense
+    d = space.make("litert", int8=True, sparsity=0.75)
+    assert dict(d.sparsity) == {"4": 0.75, "8": 0.75} and not set(d.int8) & {"4", "8"}  # sparse kernels are float
+    assert not build_space(model, x, load_target("host"), s, ["litert"], 8).sparse_layers
+    xs = np.random.default_rng(1).standard_normal((16, 3, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        ys = model(torch.as_tensor(xs)).argmax(1).numpy()
+    builder = Builder(model, x, TrainData(xs, ys, False), s, tmp_path)
+    sparse = Decision("litert", sparsity=(("4", 0.75), ("8", 0.75)))
+    tuned = builder.tuned(sparse)
+    for name in ("4", "8"):
+        w = dict(tuned.named_parameters())[f"{name}.weight"]
+        assert float((w == 0).float().mean()) == pytest.approx(0.75, abs=0.01)  # held through fine-tuning
+    graph = read_tflite(builder.artifact(tuned, sparse, "sparse"))
+    assert graph.has_densify
