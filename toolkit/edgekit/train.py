@@ -24,7 +24,7 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int = 10, lr:
         batch_size: int = 64, seed: int = 0, optimizer: str = "adam", weight_decay: float = 0.0,
         schedule: str = "none", device: str = "cpu", params: Any = None,
         after_step: Callable[[nn.Module, int], None] | None = None, progress: Any = None,
-        description: str = "training") -> int:
+        description: str = "training", probabilities: bool = False) -> int:
     """Supervised training with cross-entropy; returns the number of optimiser steps taken.
 
     Args:
@@ -36,6 +36,8 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int = 10, lr:
         params: parameters to optimise (default: all with requires_grad).
         after_step: called after every optimiser step with (model, step), e.g. to re-apply pruning masks.
         progress: a rich Progress; a task is added when given.
+        probabilities: the model ends in a softmax (e.g. an imported deployment graph): the loss is the negative
+            log-likelihood of its outputs instead of cross-entropy on logits.
     """
     import torch
     import torch.nn.functional as F
@@ -63,7 +65,8 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int = 10, lr:
             idx = order[i:i + batch_size]
             xb, yb = xt[idx].to(device), yt[idx].to(device)
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xb), yb)
+            out = model(xb)
+            loss = F.nll_loss(torch.log(out.clamp_min(1e-12)), yb) if probabilities else F.cross_entropy(out, yb)
             loss.backward()
             opt.step()
             if sched is not None:
@@ -77,6 +80,13 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int = 10, lr:
         progress.remove_task(task)
     model.eval()
     return step
+
+
+def outputs_are_probabilities(model: nn.Module, x: np.ndarray) -> bool:
+    """Whether the model's outputs on `x` are probability rows (non-negative, summing to 1): a graph exported for
+    deployment often ends in a softmax, and training it needs the log-likelihood, not cross-entropy on logits."""
+    out = predict(model, x[:8]).reshape(min(len(x), 8), -1)
+    return bool(out.shape[1] > 1 and (out >= 0).all() and np.allclose(out.sum(1), 1.0, atol=1e-4))
 
 
 def predict(model: nn.Module | Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -72,6 +72,9 @@ class Builder:
         self.calib = train.x[: settings.calibration_inputs].astype(np.float32)
         self._tuned: OrderedDict[str, nn.Module] = OrderedDict()
         self._cache_size = cache_size
+        from edgekit.train import outputs_are_probabilities
+
+        self.probabilities = outputs_are_probabilities(self.base, train.x)
         self.histories: dict[str, list[list[Any]]] = {}
         self.finetunes = 0
 
@@ -128,7 +131,7 @@ class Builder:
         n = self.s.train_inputs or len(self.train.x)
         fit(model, self.train.x[:n], self.train.y[:n], epochs=epochs, lr=self.s.lr, batch_size=self.s.batch_size,
             seed=self.s.seed, device="cpu", after_step=keep_zeros if pairs else None, progress=self.progress,
-            description=what)
+            description=what, probabilities=self.probabilities)
         model.eval()
         self.finetunes += 1
 

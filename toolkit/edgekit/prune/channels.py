@@ -67,7 +67,7 @@ class ChannelPruner:
         ignored: module names whose output channels must not change (besides the output layer, always kept).
     """
 
-    def __init__(self, model: nn.Module, example: Any, ignored: Iterable[str] = ()) -> None:
+    def __init__(self, model: nn.Module, example: Any, ignored: Iterable[str] = (), probe: bool = True) -> None:
         import torch
         import torch_pruning as tp
 
@@ -82,8 +82,40 @@ class ChannelPruner:
         with torch.enable_grad():
             self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_tensor(example))
         self._ignored = [modules[n] for n in ignored]
+        self._ignored_names = tuple(ignored)
         self._roots: dict[str, tuple[Any, Any]] = {}
         self.groups = self._collect()
+        if probe:
+            self._probe(example_tensor(example))
+
+    def _probe(self, example: torch.Tensor) -> None:
+        """Leaves as they are the groups whose pruning breaks the forward pass: shapes Torch-Pruning cannot see,
+        e.g. a reshape to a constant shape in a graph imported from ONNX. One trial prune of every group first; only
+        when that fails, each group alone."""
+        cands = [g for g in self.groups if g.prunable and g.channels > 1]
+        if not cands or self._breaks(cands, example) is None:
+            return
+        for g in cands:
+            err = self._breaks([g], example)
+            if err is not None:
+                g.prunable, g.reason = False, f"pruning it breaks the forward pass ({err})"
+
+    def _breaks(self, groups: list[ChannelGroup], example: torch.Tensor) -> str | None:
+        """Why removing one channel of each group (on a copy) breaks the model, or None."""
+        import copy
+
+        import torch
+
+        trial = copy.deepcopy(self.model)
+        try:
+            pruner = ChannelPruner(trial, example, self._ignored_names, probe=False)
+            pruner.prune({g.name: [0] for g in groups})
+            with torch.no_grad():
+                trial(example)
+        except Exception as e:  # any failure means: this group must stay as it is
+            lines = str(e).strip().splitlines()
+            return (lines[0] if lines else type(e).__name__)[:160]
+        return None
 
     def _collect(self) -> list[ChannelGroup]:
         import torch.nn as nn
