@@ -122,7 +122,8 @@ def settings_for(args: argparse.Namespace, **kw: Any) -> Any:
     from edgekit.joint.settings import Settings
 
     base = {"trials": args.trials, "max_seconds": args.max_seconds, "max_quality_drop": 1.0,
-            "finetune_epochs": args.finetune_epochs, "eval_inputs": 10**6, "final_runs": 100}
+            "finetune_epochs": args.finetune_epochs, "train_inputs": args.train_inputs, "eval_inputs": 10**6,
+            "final_runs": 100}
     return Settings(**{**base, **kw})
 
 
@@ -170,7 +171,7 @@ def bench_cls(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from _common import ppocr_cls_onnx, text_lines
 
     from edgekit.data import DataBundle
-    from edgekit.train import accuracy, fit, predict
+    from edgekit.train import accuracy, fit, outputs_are_probabilities, predict
     from edgekit.zoo import load_model
 
     torch.set_num_threads(1)
@@ -180,7 +181,8 @@ def bench_cls(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     xt, yt = text_lines(args.cls_test, seed=1000)
     before = accuracy(predict(model, xt), yt)
     start = time.perf_counter()
-    fit(model, x[args.cls_val:], y[args.cls_val:], epochs=args.cls_epochs, lr=3e-4, batch_size=32, seed=0)
+    fit(model, x[args.cls_val:], y[args.cls_val:], epochs=args.cls_epochs, lr=3e-4, batch_size=32, seed=0,
+        probabilities=outputs_are_probabilities(model, x))
     after = accuracy(predict(model, xt), yt)
     log(model="cls", imported_acc=before, finetuned_acc=after, finetune_seconds=round(time.perf_counter() - start, 1))
     data = DataBundle("text lines", x[args.cls_val:], y[args.cls_val:], x[: args.cls_val], y[: args.cls_val],
@@ -215,6 +217,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=60)
     ap.add_argument("--max-seconds", type=float, default=1080.0, help="per search")
     ap.add_argument("--finetune-epochs", type=int, default=2)
+    ap.add_argument("--train-inputs", type=int, default=1000, help="training inputs per fine-tuning epoch")
     ap.add_argument("--runs", type=int, default=400, help="interleaved rounds of the final timing")
     ap.add_argument("--mnv2-runs", type=int, default=300, help="interleaved rounds timing mobilenet_v2")
     ap.add_argument("--cls-train", type=int, default=3000)
