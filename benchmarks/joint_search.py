@@ -86,7 +86,11 @@ def compare(name: str, model: Any, data: Any, test: tuple[np.ndarray, np.ndarray
         log(model=name, search=kind, seconds=round(walls[kind], 1), load_average_start=la,
             load_average_end=load(), chosen=r.chosen.as_dict(), reason=r.reason, measured=r.measured,
             screened_out=r.screened_out, finetunes=r.finetunes, evaluated=sum(c.status == "evaluated"
-                                                                            for c in r.candidates), notes=r.notes)
+                                                                            for c in r.candidates), notes=r.notes,
+            candidates=[[c.label, c.decision.runtime, c.status, None if c.drop is None else round(c.drop, 2),
+                         None if c.p50_ms is None else round(c.p50_ms, 4),
+                         None if c.screen_ms is None else round(c.screen_ms, 4), round(c.seconds, 1)]
+                        for c in r.candidates])
     first = next(iter(results.values()))
     paths = {f"dense_{rt}": c.path for rt, c in first.dense.items()}
     paths.update({kind: r.chosen.path for kind, r in results.items()})
