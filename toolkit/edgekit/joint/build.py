@@ -75,6 +75,7 @@ class Builder:
         from edgekit.train import outputs_are_probabilities
 
         self.probabilities = outputs_are_probabilities(self.base, train.x)
+        self._teacher: np.ndarray | None = None
         self.histories: dict[str, list[list[Any]]] = {}
         self.finetunes = 0
 
@@ -131,9 +132,25 @@ class Builder:
         n = self.s.train_inputs or len(self.train.x)
         fit(model, self.train.x[:n], self.train.y[:n], epochs=epochs, lr=self.s.lr, batch_size=self.s.batch_size,
             seed=self.s.seed, device="cpu", after_step=keep_zeros if pairs else None, progress=self.progress,
-            description=what, probabilities=self.probabilities)
+            description=what, probabilities=self.probabilities, teacher=self.teacher(n),
+            teacher_weight=self.s.distill)
         model.eval()
         self.finetunes += 1
+
+    def teacher(self, n: int) -> np.ndarray | None:
+        """The unmodified model's class probabilities on the first n training inputs (computed once), for
+        distillation; None when `distill` is 0."""
+        if not self.s.distill:
+            return None
+        if self._teacher is None or len(self._teacher) < n:
+            from edgekit.train import predict
+
+            out = predict(self.base, self.train.x[:n]).reshape(n, -1).astype(np.float64)
+            if not self.probabilities:
+                out = np.exp(out - out.max(1, keepdims=True))
+                out /= out.sum(1, keepdims=True)
+            self._teacher = out.astype(np.float32)
+        return self._teacher[:n]
 
     def artifact(self, model: nn.Module, d: Decision, name: str) -> Path:
         """Writes the decision's artifact for its runtime (float export, sparse storage or INT8 policy)."""

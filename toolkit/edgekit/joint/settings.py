@@ -32,6 +32,9 @@ class Settings:
     finetune_epochs: int = field(default=2, metadata={"help": "fine-tuning epochs of each pruned candidate"})
     final_epochs: int = field(default=0, metadata={"help": "extra fine-tuning epochs of the chosen candidate"})
     lr: float = field(default=5e-4, metadata={"help": "fine-tuning learning rate (Adam)"})
+    distill: float = field(default=0.5, metadata={
+        "help": "weight of distillation from the unmodified model (KL to its class probabilities) in the "
+                "fine-tuning loss; the rest is the label loss (0: labels only)"})
     batch_size: int = field(default=64, metadata={"help": "fine-tuning batch size"})
     train_inputs: int = field(default=0, metadata={"help": "training inputs per fine-tuning epoch (0: all)"})
     calibration_inputs: int = field(default=64, metadata={"help": "INT8 calibration inputs (train split)"})
@@ -68,5 +71,7 @@ class Settings:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
                 raise SettingsError(f"joint: {name} must be an integer >= {low}, got {v!r}")
+        if not 0 <= self.distill <= 1:
+            raise SettingsError(f"joint: distill must be in [0, 1], got {self.distill}")
         if self.lr <= 0:
             raise SettingsError(f"joint: lr must be positive, got {self.lr}")
