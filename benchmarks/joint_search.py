@@ -194,7 +194,40 @@ def bench_cls(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     searches = {"joint": settings_for(args),
                 "channel_only": settings_for(args, dimensions=("width",), trials=max(8, args.trials // 2)),
                 "int8_only": settings_for(args, dimensions=("precision",), trials=max(8, args.trials // 2))}
-    return compare("cls", model, data, (xt, yt), searches, work / "cls", args.runs)
+    out = compare("cls", model, data, (xt, yt), searches, work / "cls", args.runs)
+    out["width_floor"] = width_floor(model, xt, work / "cls", args.runs)
+    return out
+
+
+def width_floor(model: Any, x: np.ndarray, work: Path, runs: int) -> dict[str, Any]:
+    """The most channel pruning can give: every prunable group cut to one channel multiple (untrained, speed
+    only), against the unmodified model, both runtimes interleaved."""
+    import copy
+
+    import torch
+
+    from edgekit.export import onnx as onnx_export
+    from edgekit.export import tflite as tflite_export
+    from edgekit.prune.channels import ChannelPruner, prune_to_counts
+    from edgekit.targets import load_target
+
+    multiple = load_target("host").channel_multiple
+    ex = torch.as_tensor(x[:1])
+    thin = copy.deepcopy(model)
+    keep = {g.name: min(g.channels, multiple) for g in ChannelPruner(copy.deepcopy(model), ex).prunable()}
+    prune_to_counts(thin, ex, keep)
+    paths = {}
+    for tag, m in (("dense", model), ("floor", thin)):
+        paths[f"{tag}_onnxruntime"] = onnx_export.export(m, x[:1], work / f"{tag}.onnx")
+        paths[f"{tag}_litert"] = tflite_export.export(m, x[:1], work / f"{tag}.tflite")
+    t = final_timing(paths, x, runs)
+    dense = min(t["dense_onnxruntime"]["p50_ms"], t["dense_litert"]["p50_ms"])
+    floor = min(t["floor_onnxruntime"]["p50_ms"], t["floor_litert"]["p50_ms"])
+    out = {"timings": t, "groups_cut": len(keep), "multiple": multiple, "speedup": round(dense / floor, 3),
+           "params_before": sum(p.numel() for p in model.parameters()),
+           "params_after": sum(p.numel() for p in thin.parameters())}
+    log(model="cls", width_floor=out)
+    return out
 
 
 def bench_late_rewind(args: argparse.Namespace) -> dict[str, Any]:
@@ -225,8 +258,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=400, help="interleaved rounds of the final timing")
     ap.add_argument("--mnv2-runs", type=int, default=300, help="interleaved rounds timing mobilenet_v2")
     ap.add_argument("--cls-train", type=int, default=3000)
-    ap.add_argument("--cls-val", type=int, default=500)
-    ap.add_argument("--cls-test", type=int, default=1000)
+    ap.add_argument("--cls-val", type=int, default=2000, help="validation lines the searches score on")
+    ap.add_argument("--cls-test", type=int, default=2000, help="held-out lines the reported drops are on")
     ap.add_argument("--cls-epochs", type=int, default=3, help="fine-tuning of the unmodified classifier")
     ap.add_argument("--seeds", type=int, default=3, help="late-rewinding lottery seeds")
     ap.add_argument("--late-rewind-step", type=int, default=66)
@@ -254,7 +287,8 @@ def main() -> None:
                        cls_channel_only_drop_pts=c["channel_only"]["holdout_drop_pts"],
                        cls_int8_only_speedup=c["int8_only"]["speedup"],
                        cls_int8_only_drop_pts=c["int8_only"]["holdout_drop_pts"],
-                       search_seconds=c["joint"]["search_seconds"], candidates_measured=c["joint"]["measured"])
+                       search_seconds=c["joint"]["search_seconds"], candidates_measured=c["joint"]["measured"],
+                       cls_width_floor_speedup=c["width_floor"]["speedup"])
     if "digits" in parts:
         d = bench_digits(args, work)
         summary.update(digits_joint_speedup=d["joint"]["speedup"], digits_joint_drop_pts=d["joint"]["holdout_drop_pts"])

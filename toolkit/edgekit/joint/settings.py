@@ -32,7 +32,7 @@ class Settings:
     finetune_epochs: int = field(default=2, metadata={"help": "fine-tuning epochs of each pruned candidate"})
     final_epochs: int = field(default=0, metadata={"help": "extra fine-tuning epochs of the chosen candidate"})
     lr: float = field(default=5e-4, metadata={"help": "fine-tuning learning rate (Adam)"})
-    distill: float = field(default=0.5, metadata={
+    distill: float = field(default=0.0, metadata={
         "help": "weight of distillation from the unmodified model (KL to its class probabilities) in the "
                 "fine-tuning loss; the rest is the label loss (0: labels only)"})
     batch_size: int = field(default=64, metadata={"help": "fine-tuning batch size"})
