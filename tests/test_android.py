@@ -18,6 +18,7 @@ from edgekit.measure import android
 from edgekit.measure.android_harness import harness_script, profile_from_harness_log, split_sections
 from edgekit.measure.benchmark_log import parse_benchmark_output
 from edgekit.measure.profile import load_profile_file, save_profile
+from edgekit.report import Artifact
 from edgekit.targets import load_target
 
 FIX = Path(__file__).parent / "fixtures" / "android"
@@ -223,14 +224,15 @@ def test_measure_stage_fills_latency_and_run_folder_profile(tflite, tmp_path):
     (out / "artifacts").mkdir(parents=True)
     art_path = out / "artifacts" / "model_fp32.tflite"
     art_path.write_bytes(tflite.read_bytes())
-    arts = [{"path": "artifacts/model_fp32.tflite", "format": "tflite"}, {"path": "artifacts/m.onnx", "format": "onnx"}]
+    arts = [Artifact("artifacts/model_fp32.tflite", "tflite", "litert", 1, None, 0),
+            Artifact("artifacts/m.onnx", "onnx", "onnxruntime", 1, None, 0)]
     ctx = SimpleNamespace(out=out, target=load_target("android-arm64"), threads=4, device="adb://R58M123")
     profiles = android.measure_artifacts_adb(arts, SimpleNamespace(runs=50, warmup=5), ctx, "R58M123",
                                              adb=android.Adb("R58M123", runner=FakeAdb()))
-    lat = arts[0]["latency"]
-    assert lat["source"] == "measured" and "Pixel 7" in lat["device"] and "Android 14" in lat["device"]
-    assert lat["p50_ms"] == pytest.approx(8.6024) and lat["threads"] == 4
-    assert arts[1]["latency"]["source"] == "none"
+    lat = arts[0].latency
+    assert lat.source == "measured" and "Pixel 7" in lat.device and "Android 14" in lat.device
+    assert lat.p50_ms == pytest.approx(8.6024) and lat.threads == 4 and lat.device_id
+    assert arts[1].latency.source == "none" and "benchmark_model" in arts[1].latency.reason
     (p,) = profiles
     assert load_profile_file(out / "profiles" / "android-arm64" / f"{p['device_id']}.json")["entries"]
 

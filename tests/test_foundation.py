@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import run_cli
 from edgekit.fileio import sha256_file
 
@@ -25,27 +27,43 @@ def test_import_and_help_stay_light():
 
 
 def test_default_run_writes_verified_measured_artifacts(digits_run: Path):
+    """The default (`--recipe auto` on the host): no sparse runtime here, so the plan is the INT8 policy search."""
     report = json.loads((digits_run / "report.json").read_text())
-    assert report["schema"] == 1 and report["model"] == "edgekit:digits_cnn" and report["target"] == "host"
-    assert [s["name"] for s in report["stages"]] == ["check", "baseline", "export", "verify", "measure"]
+    assert report["schema"] == 2 and report["model"] == "edgekit:digits_cnn" and report["target"] == "host"
+    assert [s["name"] for s in report["stages"]] == ["check", "baseline", "export", "quantize", "verify", "measure"]
     assert report["stages"][1]["metrics"]["accuracy"] > 0.9  # trained on real digits
+    plan = {t["name"]: t for t in report["plan"]["techniques"]}
+    assert plan["quantize"]["used"] and not plan["prune"]["used"] and "x86" in plan["prune"]["why"]
     check = report["stages"][0]["details"]["findings"]
     assert {f["runtime"] for f in check} == {"litert", "onnxruntime"}
     assert not any(f["sparse"] for f in check)  # the digits CNN's stem blocks XNNPACK's sparse path
-    formats = {a["format"]: a for a in report["artifacts"]}
-    assert {"onnx", "tflite"} <= set(formats)
-    for art in formats.values():
+    arts = report["artifacts"]
+    assert {(a["format"], a["precision"]) for a in arts} >= {("onnx", "fp32"), ("tflite", "fp32"), ("onnx", "int8"),
+                                                             ("tflite", "int8")}
+    for art in arts:
         path = digits_run / art["path"]
         assert path.is_file() and path.stat().st_size == art["size_bytes"]
         assert sha256_file(path) == art["sha256"]
         v = art["verification"]
-        assert v["passed"] is True and v["max_abs_err"] <= v["tolerance"]["max_abs_err_limit"]
-        assert v["top1_agreement"] >= 0.98
+        assert v["passed"] is True and v["quality"]["inputs"] == 450
+        if art["precision"] == "fp32":
+            assert v["max_abs_err"] <= v["tolerance"]["max_abs_err_limit"] and v["top1_agreement"] >= 0.98
         lat = art["latency"]
         assert lat["source"] == "measured" and lat["device"].startswith("host:")
         assert lat["runs"] >= 20 and 0 < lat["p50_ms"] <= lat["p90_ms"]
+    s = report["summary"]  # anchored at the model as loaded, after = the recommended artifact
+    assert s["quality_before"] == report["stages"][1]["metrics"]["accuracy"]
+    rec = next(a for a in arts if a["path"] == s["artifact"])
+    assert s["quality_after"] == rec["verification"]["quality"]["value"]
+    assert s["quality_drop"] == pytest.approx(100 * (s["quality_before"] - s["quality_after"]), abs=1e-3)
+    assert s["quality_drop"] <= s["budget"] == 1.0 and s["budget_met"] is True
+    assert s["p50_ms_after"] == min(a["latency"]["p50_ms"] for a in arts
+                                    if 100 * (s["quality_before"] - a["verification"]["quality"]["value"]) <= 1.0)
+    assert s["p50_ms_before"] == min(a["latency"]["p50_ms"] for a in arts if a["precision"] == "fp32")
+    listed = {a["path"] for a in arts} | {f["path"] for f in report["files"]}
+    assert {p.relative_to(digits_run).as_posix() for p in (digits_run / "artifacts").iterdir()} == listed
     md = (digits_run / "report.md").read_text()
-    assert "model_fp32.onnx" in md and "measured" in md
+    assert "model_fp32.onnx" in md and "measured" in md and "## Plan" in md and "## Chain" in md
     assert (digits_run / "artifacts.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(digits_run.rglob("*.tmp")), "temporary files left behind"
 
@@ -67,14 +85,17 @@ def test_second_run_reuses_finished_stages(digits_run: Path, tmp_path: Path):
     r = run_cli("compress", "--target", "host", "--out", str(out), "--set", "measure.runs=25")
     assert r.returncode == 0, r.stderr
     changed = json.loads((out / "report.json").read_text())
-    assert changed["stages"][3]["seconds"] == before["stages"][3]["seconds"]
-    assert changed["stages"][4]["fingerprint"] != before["stages"][4]["fingerprint"]
+    names = [s["name"] for s in before["stages"]]
+    verify, measure = names.index("verify"), names.index("measure")
+    assert changed["stages"][verify]["seconds"] == before["stages"][verify]["seconds"]
+    assert changed["stages"][measure]["fingerprint"] != before["stages"][measure]["fingerprint"]
     assert all(a["latency"]["runs"] == 25 for a in changed["artifacts"])
 
 
 def test_rpi4_run_reports_no_device_latency(tmp_path: Path):
     out = tmp_path / "rpi4"
-    r = run_cli("compress", "--target", "rpi4", "--out", str(out), "--set", "export.formats=[onnx]")
+    r = run_cli("compress", "--target", "rpi4", "--recipe", "basic", "--out", str(out), "--set",
+                "export.formats=[onnx]")
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["threads"] == 4
@@ -120,7 +141,7 @@ def test_onnx_and_pt2_models_compress(tmp_path: Path):
     for name in ("user.onnx", "user.pt2"):
         out = tmp_path / f"run-{name}"
         r = run_cli("compress", str(tmp_path / name), "--target", "host", "--data", "digits", "--out", str(out),
-                    "--set", "export.formats=[onnx]")
+                    "--recipe", "basic", "--set", "export.formats=[onnx]")
         assert r.returncode == 0, r.stderr
         report = json.loads((out / "report.json").read_text())
         assert report["input_shape"] == [1, 1, 8, 8]

@@ -158,21 +158,37 @@ def test_latency_is_measured_only_for_the_host_target():
     assert mode in ("predicted", "none") and (predictor is None) == (mode == "none")
 
 
-def test_gates_read_the_summary_and_fail_on_missing_or_unmeasured_values():
+def test_gates_read_the_baseline_anchored_summary_and_fail_on_missing_or_unmeasured_values():
     from edgekit.gates import check_gates
     from edgekit.report import summarize
 
-    report = {"data": {"quality_metric": "accuracy"},
-              "stages": [{"name": "baseline", "metrics": {"accuracy": 0.95}},
-                         {"name": "quantize", "metrics": {"quality_before": 0.95, "quality_after": 0.93,
-                                                          "quality_drop": 2.0}}],
-              "artifacts": [{"path": "a", "precision": "fp32", "size_bytes": 400, "latency": {"source": "none"}},
-                            {"path": "b", "precision": "int8", "size_bytes": 100, "latency": {"source": "none"}}]}
+    def art(path, precision, size, quality, latency=None):
+        return {"path": path, "precision": precision, "size_bytes": size, "runtime": "onnxruntime",
+                "model_version": 1, "latency": latency or {"source": "none"},
+                "verification": {"passed": True, "quality": {"metric": "accuracy", "value": quality, "inputs": 100}}}
+
+    # Loaded model 0.95; a prune stage lost one point (0.94); INT8 loses another (0.93). The summary is anchored at
+    # the loaded model: 2 points, not the 1 point quantize sees from its own input.
+    report = {"schema": 2, "data": {"quality_metric": "accuracy"},
+              "baseline": {"point": {"quality": 0.95, "weights_bytes": 400}, "artifacts": [
+                  {"path": "baseline/a", "precision": "fp32", "size_bytes": 400, "latency": {"source": "none"}}]},
+              "stages": [{"name": "prune", "index": 1, "changes": ["weights", "masks"], "after": {"quality": 0.94}},
+                         {"name": "quantize", "index": 2, "changes": ["artifacts"],
+                          "metrics": {"quality_before": 0.94, "quality_after": 0.93, "quality_drop": 1.0}}],
+              "artifacts": [art("a", "fp32", 400, 0.94), art("b", "int8", 100, 0.93)]}
     report["summary"] = summarize(report)
-    assert report["summary"]["size_after_bytes"] == 100 and report["summary"]["p50_ms"] is None
+    s = report["summary"]
+    assert s["quality_before"] == 0.95 and s["quality_after"] == 0.93 and s["quality_drop"] == pytest.approx(2.0)
+    assert s["size_before_bytes"] == 400 and s["size_after_bytes"] == 100 and s["p50_ms"] is None
     assert check_gates(report, ["quality_drop>2.5", "size_after_bytes>200"]) == []
     assert check_gates(report, ["quality_drop>1.0"]) == ["quality_drop>1.0: summary.quality_drop = 2.0"]
     assert "no value" in check_gates(report, ["p50_ms>20"])[0]  # unmeasured latency must not pass a gate
     report["artifacts"][1]["latency"] = {"source": "measured", "p50_ms": 3.0}
     report["summary"] = summarize(report)
     assert report["summary"]["p50_ms"] == 3.0 and check_gates(report, ["p50_ms>20"]) == []
+    # A budget picks the fastest artifact within it: INT8 (2 points) is out of a 1.5-point budget, fp32 is in.
+    report["budget"] = {"max_quality_drop": 1.5}
+    report["artifacts"][0]["latency"] = {"source": "measured", "p50_ms": 5.0}
+    s = summarize(report)
+    assert s["artifact"] == "a" and s["quality_drop"] == pytest.approx(1.0) and s["budget_met"] is True
+    assert s["quality_drop_max"] == pytest.approx(2.0)

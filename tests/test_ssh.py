@@ -20,6 +20,7 @@ from edgekit.errors import RuntimeUnavailable, SettingsError
 from edgekit.fileio import sha256_file
 from edgekit.measure.device import device_facts, measure_artifacts_on_device, parse_device_uri
 from edgekit.measure.ssh import DeviceError, DeviceUnreachable, HostKeyError, SSHTarget, measure_over_ssh
+from edgekit.report import Artifact
 from edgekit.targets import host_facts, load_target
 
 SSHD = "/usr/sbin/sshd"
@@ -115,17 +116,18 @@ def test_profile_command_over_ssh(sshd, digits_run: Path):
 
 def test_measure_stage_over_ssh_reports_remote_facts(sshd, digits_run: Path):
     report = json.loads((digits_run / "report.json").read_text())
-    arts = [dict(a) for a in report["artifacts"] if a.get("runtime") in ("litert", "onnxruntime")]
+    arts = [Artifact.from_dict(a) for a in report["artifacts"]
+            if a.get("runtime") in ("litert", "onnxruntime") and a["precision"] == "fp32"]
     ctx = SimpleNamespace(device=_uri(sshd), target=load_target("host"), threads=1, out=digits_run)
     measure_artifacts_on_device(arts, SimpleNamespace(runs=20, warmup=2), ctx)
     for a in arts:
-        lat = a["latency"]
-        assert lat["source"] == "measured" and lat["via"].startswith("ssh://")
-        assert lat["device_facts"]["hostname"] == host_facts()["hostname"]
+        lat = a.latency
+        assert lat.source == "measured" and lat.via.startswith("ssh://") and lat.p50_ms > 0
+        assert lat.device_facts["hostname"] == host_facts()["hostname"]
     # A loopback machine is not a Raspberry Pi: its timings are refused as rpi4 latencies.
     ctx.target = load_target("rpi4")
     with pytest.raises(SettingsError, match="not be rpi4 latencies"):
-        measure_artifacts_on_device([dict(a) for a in arts], SimpleNamespace(runs=20, warmup=2), ctx)
+        measure_artifacts_on_device(arts, SimpleNamespace(runs=20, warmup=2), ctx)
 
 
 def test_missing_runtime_on_device_names_the_install_command(sshd, digits_run: Path, tmp_path: Path):

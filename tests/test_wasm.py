@@ -133,7 +133,7 @@ def test_compress_wasm_writes_bundle_verified_in_node(wasm_run):
     assert art["format"] == "web" and art["runtime"] == "onnxruntime-web"
     assert (out / art["path"] / "index.html").is_file() and (out / art["path"] / "model.onnx").is_file()
     v = art["verification"]
-    assert v["passed"] and v["runtime"].startswith("onnxruntime-web ") and v["inputs"] == 32
+    assert v["passed"] and v["runtime"].startswith("onnxruntime-web ") and v["inputs"] == 450  # the quality split
     node = next(e for e in art["latencies"] if e["engine"] == "node")
     assert node["source"] == "measured" and node["runs"] == 20
     assert node["device"].startswith("node v")

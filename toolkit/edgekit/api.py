@@ -1,19 +1,29 @@
-"""Public functions: compress(), load_model(), load_target(), load_data()."""
+"""Public functions: compress(), load_model(), load_target(), load_data().
+
+`edgekit.compress(model, target=..., data=..., recipe="auto")` takes a model (an nn.Module with an example input,
+a zoo name or a file), data (arrays, a torch DataLoader, or what --data takes), runs a recipe into a run folder and
+returns a `CompressResult`: the compressed torch model, the artifact paths and the report.
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.data import load_data
-from edgekit.errors import SettingsError
+from edgekit.data import DataBundle, from_arrays, load_data
+from edgekit.errors import InputError, SettingsError
 from edgekit.fileio import fingerprint, sha256_file
+from edgekit.importers import check_import
 from edgekit.targets import load_target
-from edgekit.zoo import calibrate_batchnorm, load_model
+from edgekit.zoo import ModelBundle, calibrate_batchnorm, load_model
 
-__all__ = ["compress", "load_model", "load_target", "load_data", "default_out_dir", "parse_shape"]
+__all__ = ["compress", "CompressResult", "load_model", "load_target", "load_data", "default_out_dir",
+           "parse_shape"]
+
+DEFAULT_BUDGET = 1.0  # points, for --recipe auto
 
 
 def parse_shape(text: str | None) -> tuple[int, ...] | None:
@@ -29,60 +39,224 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
     return shape
 
 
-def default_out_dir(model: str | None, target: str) -> Path:
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model).stem if model and ("/" in model or "." in model)
-                  else (model or "digits_cnn"))
-    return Path("runs") / f"{stem}-{target}"
+def default_out_dir(model: Any, target: str) -> Path:
+    if model is not None and not isinstance(model, (str, Path)):
+        name = f"python_{type(model).__name__}"
+    else:
+        model = str(model) if model is not None else None
+        name = Path(model).stem if model and ("/" in model or "." in model) else (model or "digits_cnn")
+    return Path("runs") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}-{target}"
 
 
-def compress(model: str | None = None, target: str = "host", *, recipe: str | dict | None = None,
-             data: str | None = None, weights: str | None = None, input_shape: tuple[int, ...] | None = None,
-             threads: int | None = None, out: str | Path | None = None, device: str | None = None,
-             overrides: dict[str, dict[str, Any]] | None = None, resume: bool = True, progress: Any = None,
-             console: Any = None) -> dict[str, Any]:
-    """Runs a recipe on a model for a target and writes the run folder; returns report.json's content.
+@dataclass
+class CompressResult(Mapping[str, Any]):
+    """What compress() returns. It also reads like report.json (result["summary"], result["artifacts"]).
+
+    Attributes:
+        model: the compressed torch model (pruned / decomposed / fine-tuned; INT8 lives in the artifacts).
+        report: report.json's content.
+        out: the run folder.
+    """
+
+    model: Any
+    report: dict[str, Any]
+    out: Path
+
+    @property
+    def artifacts(self) -> list[Path]:
+        """Paths of the final artifacts (verified ones carry `verification.passed` in the report)."""
+        return [self.out / a["path"] for a in self.report["artifacts"]]
+
+    @property
+    def best(self) -> Path | None:
+        """The artifact the summary's "after" describes: the fastest verified one within the quality budget."""
+        path = self.report["summary"].get("artifact")
+        return self.out / path if path else None
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.report["summary"]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.report[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.report)
+
+    def __len__(self) -> int:
+        return len(self.report)
+
+    def __repr__(self) -> str:
+        s = self.summary
+        return (f"CompressResult({self.report.get('model')} -> {self.report.get('target')}, {self.out}: "
+                f"{s.get('quality_metric')} {s.get('quality_before')} -> {s.get('quality_after')}, "
+                f"best {s.get('artifact')})")
+
+
+def compress(model: Any = None, target: str = "host", *, data: Any = None, recipe: str | dict | None = None,
+             example_input: Any = None, input_shape: tuple[int, ...] | None = None, weights: str | None = None,
+             max_quality_drop: float | None = None, threads: int | None = None, out: str | Path | None = None,
+             device: str | None = None, overrides: dict[str, dict[str, Any]] | None = None, resume: bool = True,
+             progress: Any = None, console: Any = None) -> CompressResult:
+    """Runs a recipe on a model for a target and writes the run folder.
 
     Args:
-        model: zoo name, .onnx/.pt2 path, module:factory, or None for the built-in digits CNN.
+        model: an nn.Module (with example_input or input_shape), a zoo name, a .onnx/.pt2 path, module:factory, or
+            None for the built-in digits CNN. An nn.Module is copied; the copy is compressed.
         target: target name or .toml path.
-        recipe: recipe name, YAML path or mapping; default: the target's default recipe.
-        data: "digits", image folder, .npz, or None (the model's own data, else synthetic + agreement).
-        weights: state-dict file for zoo models.
+        data: "digits", an image folder, an .npz, (x, y) or (x,) arrays, a dict with x/y[/x_test/y_test], a torch
+            DataLoader yielding (x, y) or x batches, or None (the model's own data, else synthetic + agreement).
+        recipe: "auto" (plan from target and data), a recipe name, YAML path or mapping; default: the target's.
+        example_input: one input (N=1) for an nn.Module, to fix its input shape.
         input_shape: N,C,H,W when it cannot be inferred.
+        weights: state-dict file for zoo models.
+        max_quality_drop: the run's quality budget in points from the model as loaded (auto: default 1.0).
         threads: runtime threads (default: the target's).
         out: run folder (default runs/<model>-<target>).
         device: device URI to measure on (ssh://..., adb://..., node, chromium); None: this machine for host.
-        overrides: {stage: {setting: value}} on top of the recipe.
+        overrides: {stage: {setting: value}} on top of the recipe (a stage the recipe lacks is an error).
         resume: reuse finished stages of an identical earlier run in `out`.
         progress: rich Progress for the stages' bars.
     """
-    from edgekit.pipeline import Recipe, RunContext, StageSpec, load_recipe, run_pipeline
-    from edgekit.report import new_report
+    from edgekit.contract import check_facts
+    from edgekit.pipeline import RunContext, load_recipe, run_pipeline
+    from edgekit.report import load_report
 
     tgt = load_target(target)
-    rec = load_recipe(recipe or tgt.default_recipe, overrides)
-    if not any(s.name == "check" for s in rec.stages):
-        # "Will it be faster?" is answered before any stage trains or converts anything.
-        from edgekit.stages.check import Settings as CheckSettings
-
-        rec = Recipe((StageSpec("check", CheckSettings()), *rec.stages), rec.source)
-    bundle = load_model(model, weights, input_shape, progress)
-    ds = load_data(data, bundle.input_shape, bundle.default_data)
+    recipe = recipe or tgt.default_recipe
+    auto = recipe == "auto"
+    rec = None if auto else load_recipe(recipe, overrides, first=("check",))  # bad orders fail before any loading
+    if max_quality_drop is not None and max_quality_drop < 0:
+        raise SettingsError(f"--max-quality-drop must be >= 0, got {max_quality_drop}")
+    bundle, weights_id = _bundle(model, weights, input_shape, example_input, progress)
+    ds = _data(data, bundle)
+    # A model imported from another tool's file is checked against that file's runtime before any stage runs.
+    check_import(bundle, ds.calibration(64), f"calibration inputs of {ds.name}")
     if bundle.weights.startswith("initialisation") and calibrate_batchnorm(bundle.module, ds.calibration(64)):
         bundle.weights += "; BatchNorm statistics set from 64 calibration inputs"
+    budget = DEFAULT_BUDGET if auto and max_quality_drop is None else max_quality_drop
+    plan = None
+    if auto:
+        rec, plan = _plan(bundle, ds, tgt, budget, overrides)
+    assert rec is not None
+    check_facts([(s.name, s.contract) for s in rec.stages], labelled=ds.labelled, data_name=ds.name)
+    if budget is None:
+        quant = next((s for s in rec.stages if s.name == "quantize"), None)
+        budget = quant.settings.max_quality_drop if quant else None
     threads = threads or tgt.threads
     if threads < 1:
         raise SettingsError(f"--threads must be at least 1, got {threads}")
     out = Path(out) if out else default_out_dir(model, tgt.name)
-    weights_id = sha256_file(weights) if weights else bundle.weights
     base_fp = fingerprint(bundle.name, weights_id, bundle.input_shape, ds.name, ds.description, tgt.name, threads,
-                          device)
-    report = new_report(model=bundle.name, target=tgt.name, weights=bundle.weights,
-                        input_shape=list(bundle.input_shape),
-                        target_facts={k: v for k, v in asdict(tgt).items() if k != "runtimes"},
-                        data={"name": ds.name, "description": ds.description, "quality_metric": ds.quality_metric,
-                              "labelled": ds.labelled},
-                        recipe=rec.as_dict(), threads=threads, device=device)
+                          device, budget)
+    report = _new_report(bundle, ds, tgt, rec, threads, device, budget, plan)
     ctx = RunContext(out=out, target=tgt, bundle=bundle, data=ds, threads=threads, report=report, progress=progress,
-                     device=device, console=console)
-    return run_pipeline(ctx, rec, base_fp, resume=resume)
+                     device=device, console=console, budget=budget)
+    run_pipeline(ctx, rec, base_fp, resume=resume)
+    return CompressResult(model=bundle.module, report=load_report(out), out=out)
+
+
+def _new_report(bundle: ModelBundle, ds: DataBundle, tgt: Any, rec: Any, threads: int, device: str | None,
+                budget: float | None, plan: dict | None) -> dict[str, Any]:
+    from edgekit.report import new_report
+
+    return new_report(model=bundle.name, target=tgt.name, weights=bundle.weights, input_shape=list(bundle.input_shape),
+                      target_facts={k: v for k, v in asdict(tgt).items() if k != "runtimes"},
+                      data={"name": ds.name, "description": ds.description, "quality_metric": ds.quality_metric,
+                            "labelled": ds.labelled},
+                      recipe=rec.as_dict(), threads=threads, device=device,
+                      budget=None if budget is None else {"max_quality_drop": budget, "metric": ds.quality_metric},
+                      plan=plan, **({"import": bundle.import_info} if bundle.import_info else {}))
+
+
+def _plan(bundle: ModelBundle, ds: DataBundle, tgt: Any, budget: float, overrides: dict | None) -> tuple[Any, dict]:
+    from edgekit import plan as planner
+    from edgekit.pipeline import load_recipe
+
+    facts = planner.gather(bundle.module, bundle.input_shape, ds, tgt, budget)
+    spec, decisions = planner.plan(facts)
+    planned = {next(iter(s)) for s in spec["stages"]}
+    for name in overrides or {}:
+        if name not in planned:
+            why = next((d["why"] for d in decisions if d["name"] == name), "not a technique auto plans")
+            raise SettingsError(f"--set {name}.…: --recipe auto did not plan {name} ({why}); its stages: "
+                                f"{', '.join(next(iter(s)) for s in spec['stages'])}")
+    rec = load_recipe(spec, overrides, first=("check",))
+    rec = type(rec)(rec.stages, "auto")
+    return rec, {"summary": planner.describe(decisions, facts), "techniques": decisions}
+
+
+def _bundle(model: Any, weights: str | None, input_shape: tuple[int, ...] | None, example_input: Any,
+            progress: Any) -> tuple[ModelBundle, str]:
+    """(the model bundle, an id of its weights for the fingerprint)."""
+    if model is None or isinstance(model, (str, Path)):
+        bundle = load_model(None if model is None else str(model), weights, input_shape, progress)
+        return bundle, sha256_file(weights) if weights else bundle.weights
+    import copy
+
+    import numpy as np
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"model must be an nn.Module, a zoo name or a file, got {type(model).__name__}")
+    if example_input is not None:
+        x = example_input.detach().cpu().numpy() if isinstance(example_input, torch.Tensor) else np.asarray(
+            example_input)
+        shape = tuple(x.shape) if x.ndim == 4 else (1, *x.shape)
+    elif input_shape is not None:
+        shape = tuple(input_shape)
+    else:
+        raise InputError("an nn.Module needs example_input= (one input, N,C,H,W) or input_shape=")
+    if len(shape) != 4 or shape[0] != 1:
+        raise InputError(f"the example input must be one N=1 batch N,C,H,W; got shape {list(shape)}")
+    module = copy.deepcopy(model).cpu().eval()
+    h = fingerprint(*[(k, _tensor_hash(v)) for k, v in module.state_dict().items()])
+    bundle = ModelBundle(module, f"python:{type(model).__name__}", shape, "given as an nn.Module", None)
+    return bundle, h
+
+
+def _tensor_hash(t: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def _data(data: Any, bundle: ModelBundle) -> DataBundle:
+    """Resolves data= into a DataBundle of the model's input shape."""
+    if data is None or isinstance(data, (str, Path)):
+        return load_data(None if data is None else str(data), bundle.input_shape, bundle.default_data)
+    if isinstance(data, dict):
+        ds = from_arrays(data.get("x"), data.get("y"), data.get("x_test"), data.get("y_test"))
+    elif isinstance(data, (tuple, list)) and 1 <= len(data) <= 2:
+        ds = from_arrays(data[0], data[1] if len(data) == 2 else None)
+    elif hasattr(data, "__iter__") and hasattr(data, "dataset"):
+        ds = _from_loader(data)
+    elif hasattr(data, "shape"):
+        ds = from_arrays(data)
+    else:
+        raise InputError(f"data must be arrays, a DataLoader, or what --data takes; got {type(data).__name__}")
+    expected = tuple(bundle.input_shape[1:])
+    if tuple(ds.x_test.shape[1:]) != expected:
+        raise InputError(f"data has inputs of shape {list(ds.x_test.shape[1:])} but the model expects "
+                         f"{list(expected)}")
+    return ds
+
+
+def _from_loader(loader: Any) -> DataBundle:
+    """Collects a torch DataLoader's batches: (x, y) tuples give labelled data, bare tensors unlabelled."""
+    import numpy as np
+
+    xs, ys = [], []
+    for batch in loader:
+        if isinstance(batch, (tuple, list)):
+            xs.append(np.asarray(batch[0]))
+            if len(batch) > 1:
+                ys.append(np.asarray(batch[1]))
+        else:
+            xs.append(np.asarray(batch))
+    if not xs:
+        raise InputError("the DataLoader yielded no batches")
+    if ys and len(ys) != len(xs):
+        raise InputError("the DataLoader yields labels for some batches only")
+    return from_arrays(np.concatenate(xs), np.concatenate(ys) if ys else None, name="dataloader",
+                       what="a torch DataLoader")

@@ -51,7 +51,12 @@ def compress(
     model: Annotated[str | None, typer.Argument(help="zoo name, .onnx/.pt2 file or module:factory; "
                                                      "default: the built-in digits CNN")] = None,
     target: Annotated[str, typer.Option(help="target name (see `edgekit targets`)")] = "host",
-    recipe: Annotated[str | None, typer.Option(help="recipe name or YAML file")] = None,
+    recipe: Annotated[str | None, typer.Option(help="auto (plan from the target and data; the default), basic "
+                                                    "(export and measure only), another recipe name or a YAML file")
+                      ] = None,
+    max_quality_drop: Annotated[float | None, typer.Option(
+        help="quality budget in points from the model as loaded (accuracy, or agreement without labels); "
+             "default 1.0 for --recipe auto")] = None,
     data: Annotated[str | None, typer.Option(help="digits, an image folder, or an .npz with x/y")] = None,
     weights: Annotated[str | None, typer.Option(help="state-dict file (loaded with weights_only=True)")] = None,
     input_shape: Annotated[str | None, typer.Option(help="N,C,H,W, e.g. 1,3,224,224")] = None,
@@ -71,24 +76,36 @@ def compress(
     with progress_bar() as progress:
         report = api.compress(model, target, recipe=recipe, data=data, weights=weights, input_shape=shape,
                               threads=threads, out=out_dir, device=device, overrides=parse_sets(set_),
-                              resume=not fresh, progress=progress, console=console)
+                              max_quality_drop=max_quality_drop, resume=not fresh, progress=progress,
+                              console=console)
     _print_summary(console, report, out_dir)
 
 
 def _print_summary(console, report: dict, out_dir: Path) -> None:
+    """The artifacts (the loaded model's float ones first, as baseline) with quality, then the before/after line."""
     from rich.table import Table
 
+    s = report["summary"]
+    metric = s.get("quality_metric") or "quality"
     table = Table(title=f"{report['model']} → {report['target']}")
     table.add_column("artifact", overflow="fold")
-    for col in ("size", "verified", "p50 ms", "latency source"):
+    for col in ("size", metric, "verified", "p50 ms", "latency source"):
         table.add_column(col)
-    for a in report["artifacts"]:
+    base = [a for a in (report.get("baseline") or {}).get("artifacts", [])]
+    for a in base + report["artifacts"]:
         v = a.get("verification") or {}
         lat = a.get("latency") or {}
-        table.add_row(a["path"], f"{a['size_bytes'] / 1e3:.1f} kB",
+        q = (v.get("quality") or {}).get("value")
+        name = a["path"] + (" (baseline)" if a in base else "") + (" ★" if a["path"] == s.get("artifact") else "")
+        table.add_row(name, f"{a['size_bytes'] / 1e3:.1f} kB", f"{q:.4f}" if q is not None else "–",
                       ("yes" if v.get("passed") else "NO") + (f" ({v['max_abs_err']:.2g})" if v else ""),
                       f"{lat['p50_ms']:.3f}" if lat.get("p50_ms") is not None else "–", lat.get("source", "none"))
     console.print(table)
+    if s.get("quality_before") is not None and s.get("quality_after") is not None:
+        speed = f", p50 {s['p50_ms_before']:.3g} → {s['p50_ms_after']:.3g} ms ({s['speedup']:.2f}x)" if s.get(
+            "speedup") else ""
+        console.print(f"{metric} {s['quality_before']:.4f} (as loaded) → {s['quality_after']:.4f} "
+                      f"({s['quality_drop']:+.2f} pts drop){speed}; ★ {s.get('artifact') or '–'}")
     console.print(f"report: {out_dir / 'report.json'}  (Markdown: {out_dir / 'report.md'})")
 
 

@@ -158,3 +158,34 @@ def _image_folder(path: Path, input_shape: tuple[int, ...]) -> DataBundle:
         raise InputError(f"{path}: no images found in its class folders")
     return _split(str(path), np.stack(xs).astype(np.float32), np.array(ys, np.int64),
                   f"image folder {path}: {len(xs)} images, {len(classes)} classes")
+
+
+def from_arrays(x: np.ndarray, y: np.ndarray | None = None, x_test: np.ndarray | None = None,
+                y_test: np.ndarray | None = None, name: str = "arrays", what: str = "arrays") -> DataBundle:
+    """A DataBundle from arrays (the Python API's data=): x (N, C, H, W) float, y integer labels or None.
+
+    Without x_test the arrays are split 75/25 with a fixed seed, like an .npz. The name carries a hash of the
+    arrays, so a resumed run knows whether the data changed.
+    """
+    import hashlib
+
+    def arr(a: object, dtype: type) -> np.ndarray | None:
+        return None if a is None else np.ascontiguousarray(np.asarray(a), dtype=dtype)
+
+    x, x_test = arr(x, np.float32), arr(x_test, np.float32)
+    y, y_test = arr(y, np.int64), arr(y_test, np.int64)
+    if x is None or x.ndim != 4:
+        raise InputError(f"data arrays must be N,C,H,W, got shape {None if x is None else list(x.shape)}")
+    if y is not None and len(y) != len(x):
+        raise InputError(f"data: x has {len(x)} rows but y has {len(y)}")
+    if x_test is not None and ((y is None) != (y_test is None) or x_test.shape[1:] != x.shape[1:]):
+        raise InputError("data: x_test must match x's shape, with y_test exactly when y is given")
+    h = hashlib.sha256()
+    for a in (x, y, x_test, y_test):
+        if a is not None:
+            h.update(a.tobytes())
+    tag = f"{name}:{h.hexdigest()[:16]}"
+    label = " with labels" if y is not None else " (no labels)"
+    if x_test is not None:
+        return DataBundle(tag, x, y, x_test, y_test, f"{what}: {len(x)} training and {len(x_test)} held-out{label}")
+    return _split(tag, x, y, f"{what}: {len(x)} inputs{label}, split 75/25 (seed 0)")

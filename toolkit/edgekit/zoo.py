@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgekit.errors import EdgekitError, InputError, unknown
+from edgekit.errors import InputError, unknown
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -22,7 +22,7 @@ DIGITS_SHAPE = (1, 1, 8, 8)
 _DIGITS_SEED = 0
 _DIGITS_EPOCHS = 40
 _DIGITS_CACHE_VERSION = "v1"
-_ONNX2TORCH_MAX_OPSET = 17
+_OTHER_MODEL_FILES = {".tflite", ".pb", ".h5", ".keras", ".pth", ".pt", ".caffemodel", ".mlmodel", ".engine"}
 
 
 @dataclass
@@ -35,6 +35,7 @@ class ModelBundle:
     weights: str  # where the weights came from: "trained on digits (cached)", "file:<path>", "initialisation"
     default_data: str | None = None  # data spec the model was made for, e.g. "digits"
     num_classes: int | None = None
+    import_info: dict[str, Any] | None = None  # how a file from another tool was imported (importers/), if it was
 
 
 def cache_dir() -> Path:
@@ -126,13 +127,17 @@ def load_model(spec: str | None, weights: str | None = None, input_shape: tuple[
     """
     spec = spec or DEFAULT_MODEL
     if spec.endswith(".onnx"):
-        bundle = _load_onnx(Path(spec))
+        bundle = _load_onnx(Path(spec), input_shape)
     elif spec.endswith(".pt2"):
         bundle = _load_pt2(Path(spec))
     elif spec.startswith("edgekit:"):
         bundle = _load_builtin(spec, weights, progress)
     elif spec.startswith("timm:"):
         bundle = _load_timm(spec[5:])
+    elif Path(spec).is_file() or Path(spec).suffix.lower() in _OTHER_MODEL_FILES:
+        # A file is never a zoo name: say what it is rather than suggest torchvision names.
+        raise InputError(f"cannot read model '{spec}': edgekit compress takes .onnx and .pt2 model files, zoo names "
+                         "or module:factory")
     elif spec.startswith("torchvision:") or (":" not in spec and "/" not in spec):
         bundle = _load_torchvision(spec.removeprefix("torchvision:"))
     elif ":" in spec:
@@ -211,46 +216,14 @@ def _load_factory(spec: str, input_shape: tuple[int, ...] | None) -> ModelBundle
     return ModelBundle(module.eval(), spec, tuple(shape), "as built by the factory")
 
 
-def _load_onnx(path: Path) -> ModelBundle:
-    if not path.is_file():
-        raise InputError(f"model file not found: {path}")
-    import onnx
+def _load_onnx(path: Path, input_shape: tuple[int, ...] | None) -> ModelBundle:
+    """An ONNX file from any exporter, through the import pass (edgekit.importers.onnx); the check against ONNX
+    Runtime runs later, on calibration inputs (importers.check_import)."""
+    from edgekit.importers.onnx import import_onnx
 
-    try:
-        proto = onnx.load(str(path))
-        onnx.checker.check_model(proto)
-    except Exception as e:
-        raise InputError(f"{path} is not a valid ONNX model ({_first_line(e)}); is the file complete?") from None
-    inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
-    if len(inputs) != 1:
-        raise InputError(f"{path}: edgekit supports models with one input; this one has {len(inputs)}")
-    dims = inputs[0].type.tensor_type.shape.dim
-    shape: tuple[int, ...] | None = tuple(d.dim_value if d.dim_value > 0 else -1 for d in dims)
-    if shape and shape[0] == -1:
-        shape = (1, *shape[1:])
-    if shape is None or any(s <= 0 for s in shape):
-        shape = None
-    try:
-        from onnx2torch import convert
-    except ImportError as e:
-        raise EdgekitError(f"reading .onnx models needs onnx2torch: {e}") from None
-    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    if opset > _ONNX2TORCH_MAX_OPSET:
-        # onnx2torch lags the ONNX opsets (e.g. ReduceMean-18 moved axes to an input); convert down first.
-        try:
-            from onnx import version_converter
-
-            proto = version_converter.convert_version(proto, _ONNX2TORCH_MAX_OPSET)
-        except Exception as e:
-            raise InputError(f"{path}: cannot convert opset {opset} to {_ONNX2TORCH_MAX_OPSET} for import "
-                             f"({_first_line(e)})") from None
-    _drop_harmless_allowzero(proto)
-    try:
-        module = convert(proto).eval()
-    except Exception as e:
-        raise InputError(f"{path}: cannot convert to torch ({_first_line(e)})") from None
-    _static_reshapes(module)
-    return ModelBundle(_per_sample(module), str(path), shape or (), f"file:{path}")
+    imported = import_onnx(path, input_shape)
+    return ModelBundle(_per_sample(imported.module), str(path), imported.input_shape, f"file:{path}",
+                       import_info=imported.info)
 
 
 def _per_sample(module: nn.Module) -> nn.Module:
@@ -280,52 +253,6 @@ def _per_sample(module: nn.Module) -> nn.Module:
             return torch.cat([self.inner(x[i:i + 1]) for i in range(x.shape[0])])
 
     return PerSample(module).eval()
-
-
-def _static_reshapes(module: Any) -> None:
-    """onnx2torch reshapes read their target shape from a tensor at run time (data-dependent for torch.export);
-    where that shape is a constant without zeros, bake it in so the model exports to ONNX and TFLite again."""
-    import torch
-
-    class StaticReshape(torch.nn.Module):
-        def __init__(self, shape: tuple[int, ...]) -> None:
-            super().__init__()
-            self.shape = shape
-
-        def forward(self, x: torch.Tensor, _shape: torch.Tensor | None = None) -> torch.Tensor:
-            return torch.reshape(x, self.shape)
-
-    for node in list(module.graph.nodes):
-        if node.op != "call_module" or type(module.get_submodule(node.target)).__name__ != "OnnxReshape":
-            continue
-        arg = node.args[1] if len(node.args) > 1 else None
-        if getattr(arg, "op", None) != "get_attr":
-            continue
-        value = module.get_submodule(arg.target.rpartition(".")[0]) if "." in arg.target else module
-        tensor = getattr(value, arg.target.rpartition(".")[2])
-        if (tensor != 0).all():
-            module.add_submodule(node.target, StaticReshape(tuple(int(v) for v in tensor.tolist())))
-    module.recompile()
-
-
-def _drop_harmless_allowzero(proto: Any) -> None:
-    """Reshape(allowzero=1) equals allowzero=0 when the target shape has no zeros; onnx2torch only knows 0."""
-    from onnx import numpy_helper
-
-    consts = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    for node in proto.graph.node:
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value":
-                    consts[node.output[0]] = numpy_helper.to_array(a.t)
-    for node in proto.graph.node:
-        if node.op_type != "Reshape" or len(node.input) < 2:
-            continue
-        shape = consts.get(node.input[1])
-        if shape is not None and (shape != 0).all():
-            keep = [a for a in node.attribute if not (a.name == "allowzero" and a.i == 1)]
-            del node.attribute[:]
-            node.attribute.extend(keep)
 
 
 def _load_pt2(path: Path) -> ModelBundle:

@@ -29,6 +29,7 @@ from edgekit.measure.benchmark_log import parse_benchmark_output
 
 if TYPE_CHECKING:
     from edgekit.pipeline import RunContext
+    from edgekit.report import Artifact
     from edgekit.targets import Target
 
 REMOTE_DIR = "/data/local/tmp"
@@ -306,9 +307,9 @@ def profile_artifact_adb(path: Path, target: Target, serial: str, threads: int, 
                             threads=threads, via=f"adb://{serial}", conditions=conditions)
 
 
-def measure_artifacts_adb(arts: list[dict[str, Any]], settings: Any, ctx: RunContext, serial: str,
+def measure_artifacts_adb(arts: list[Artifact], settings: Any, ctx: RunContext, serial: str,
                           adb: Adb | None = None) -> list[dict[str, Any]]:
-    """Fills artifact["latency"] for each TFLite artifact, measured on the phone; returns the profiles.
+    """Fills each TFLite artifact's latency, measured on the phone; returns the profiles.
 
     Called by edgekit.measure.device for --device adb://SERIAL[?tool=apk]. Profiles are also written under the run
     folder (profiles/<target>/<device-id>.json).
@@ -318,20 +319,21 @@ def measure_artifacts_adb(arts: list[dict[str, Any]], settings: Any, ctx: RunCon
     tool = _tool(ctx.device)
     adb = adb or Adb(serial)
     merged: dict[str, dict[str, Any]] = {}
+    from edgekit.report import Latency
+
     for a in arts:
-        if a.get("format") != "tflite":
-            a["latency"] = {"source": "none", "device": ctx.target.description,
-                            "reason": f"benchmark_model runs .tflite files, not {a.get('format')}"}
+        if a.format != "tflite":
+            a.latency = Latency.none(f"benchmark_model runs .tflite files, not {a.format}",
+                                     device=ctx.target.description)
             continue
-        p = profile_artifact_adb(ctx.out / a["path"], ctx.target, serial, ctx.threads, settings.runs,
+        p = profile_artifact_adb(ctx.out / a.path, ctx.target, serial, ctx.threads, settings.runs,
                                  settings.warmup, tool, adb)
         e = p["entries"][0]
         d = p["device"]
-        a["latency"] = {"source": "measured", "device": f"{d.get('manufacturer')} {d.get('model')} ({d.get('soc')}, "
-                                                        f"Android {d.get('android_version')}) via adb",
-                        "runtime": e["runtime"], "threads": e["threads"],
-                        **{k: e["timing"][k] for k in ("p50_ms", "p90_ms", "min_ms", "mean_ms", "std_ms", "runs")},
-                        "percentiles": e["timing"]["percentiles"], "via": e["via"], "conditions": e["conditions"]}
+        a.latency = Latency.measured(e["timing"], device=f"{d.get('manufacturer')} {d.get('model')} ({d.get('soc')}, "
+                                                         f"Android {d.get('android_version')}) via adb",
+                                     runtime=e["runtime"], threads=e["threads"], device_id=p["device_id"],
+                                     percentiles=e["timing"]["percentiles"], via=e["via"], conditions=e["conditions"])
         if p["device_id"] in merged:
             merged[p["device_id"]]["entries"].append(e)
         else:

@@ -10,6 +10,7 @@ of the browser target (on this machine's CPU, which the device name says).
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,11 +26,13 @@ from edgekit.measure._web_server import (
     page_result,
     require_chromium,
 )
+from edgekit.report import Latency
 from edgekit.runtimes import Timing
 from edgekit.targets import host_facts
 
 if TYPE_CHECKING:
     from edgekit.pipeline import RunContext
+    from edgekit.report import Artifact
 
 ENGINES = ("node", "chromium")
 MIN_WARMUP_MS = 1000.0  # both engines tier WebAssembly up from a baseline compiler; see ort_node_runner.js
@@ -80,12 +83,12 @@ def engines_for(device: str | None) -> tuple[str, ...]:
 
 
 def measure_artifact(path: Path, x: np.ndarray, engines: tuple[str, ...], warmup: int, runs: int,
-                     threads: int = 1) -> list[dict[str, Any]]:
+                     threads: int = 1) -> list[Latency]:
     """Measures one .onnx file or web bundle in each engine; returns one latency entry per engine.
 
-    Entries: {"source": "measured", "engine", "device", "runtime", "threads", p50_ms, p90_ms, ..., "raw": {...}}
-    ("raw" holds samples and versions for profiles; callers drop it from report.json), or {"source": "none",
-    "engine", "reason"} when an engine is not installed and was not asked for explicitly.
+    Entries: measured Latency records with `engine` (and extra["raw"]: samples and versions for profiles, which
+    callers drop from report.json), or Latency.none with the reason when an engine is not installed and was not
+    asked for explicitly.
     """
     from edgekit.runtimes.onnxruntime_web import package_version
 
@@ -99,15 +102,15 @@ def measure_artifact(path: Path, x: np.ndarray, engines: tuple[str, ...], warmup
             extra: dict[str, Any] = {}
         else:
             if chromium_binary() is None and len(engines) > 1:
-                out.append({"source": "none", "engine": "chromium", "runtime": runtime,
-                            "reason": "headless Chromium is not installed (Debian package `chromium`)"})
+                out.append(Latency.none("headless Chromium is not installed (Debian package `chromium`)",
+                                        engine="chromium", runtime=runtime))
                 continue
             try:
                 r = _time_bundle_in_chromium(Path(path), x, warmup, runs, threads)
             except RuntimeUnavailable as e:
                 if len(engines) == 1:  # asked for explicitly (--device chromium): fail loudly
                     raise
-                out.append({"source": "none", "engine": "chromium", "runtime": runtime, "reason": str(e)})
+                out.append(Latency.none(str(e), engine="chromium", runtime=runtime))
                 continue
             device = f"chromium {r['chromium']} (headless) on host: {host_cpu()}"
             extra = {"cross_origin_isolated": r.get("cross_origin_isolated")}
@@ -116,9 +119,8 @@ def measure_artifact(path: Path, x: np.ndarray, engines: tuple[str, ...], warmup
                 diff = np.abs(np.asarray(r["output"], np.float32).ravel() - node_output.ravel()).max()
                 extra["output_max_abs_diff_vs_node"] = float(diff)
         timing = Timing.from_samples([s / 1e3 for s in r["samples_ms"]])
-        out.append({"source": "measured", "engine": engine, "device": device, "runtime": runtime,
-                    "threads": threads, **timing.as_dict(), "warmup_runs": r.get("warmup_runs"), **extra,
-                    "raw": r})
+        out.append(Latency.measured(timing, device=device, runtime=runtime, threads=threads, engine=engine, via=engine,
+                                    warmup_runs=r.get("warmup_runs"), **extra, raw=r))
     return out
 
 
@@ -133,26 +135,26 @@ def _time_bundle_in_chromium(path: Path, x: np.ndarray, warmup: int, runs: int, 
         return time_in_chromium(bundle, x, warmup, runs, threads)
 
 
-def measure_artifacts_in_browsers(arts: list[dict[str, Any]], settings: Any, ctx: RunContext) -> None:
+def measure_artifacts_in_browsers(arts: list[Artifact], settings: Any, ctx: RunContext) -> None:
     """The measure stage for the browser target: fills each artifact's `latency` (primary engine: Chromium when
     measured, else Node) and `latencies` (every engine), writes profiles and a report section."""
     engines = engines_for(ctx.device)
-    results: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    results: list[tuple[Artifact, list[Latency]]] = []
     x = ctx.example_input
     for a in arts:
-        if a["format"] == "tflite" and "chromium" in engines and chromium_binary() is not None:
-            entries = _measure_tflite(ctx.out / a["path"], x, settings.warmup, settings.runs, ctx.threads)
-        elif a["format"] not in ("web", "onnx"):
-            a["latency"] = {"source": "none", "device": ctx.target.description,
-                            "reason": f"no browser runtime for {a['format']} artifacts is measured by edgekit"}
+        if a.format == "tflite" and "chromium" in engines and chromium_binary() is not None:
+            entries = _measure_tflite(ctx.out / a.path, x, settings.warmup, settings.runs, ctx.threads)
+        elif a.format not in ("web", "onnx"):
+            a.latency = Latency.none(f"no browser runtime for {a.format} artifacts is measured by edgekit",
+                                     device=ctx.target.description)
             continue
         else:
-            entries = measure_artifact(ctx.out / a["path"], x, engines, settings.warmup, settings.runs, ctx.threads)
+            entries = measure_artifact(ctx.out / a.path, x, engines, settings.warmup, settings.runs, ctx.threads)
         results.append((a, entries))
     record_browser_results(results, ctx)
 
 
-def _measure_tflite(path: Path, x: np.ndarray, warmup: int, runs: int, threads: int) -> list[dict[str, Any]]:
+def _measure_tflite(path: Path, x: np.ndarray, warmup: int, runs: int, threads: int) -> list[Latency]:
     """A TFLite artifact (e.g. a sparse one) in Chromium through the TFLite WebAssembly runtime (tfjs-tflite)."""
     from edgekit.measure.tflite_web import runtime_name, time_tflite_in_chromium
 
@@ -160,42 +162,42 @@ def _measure_tflite(path: Path, x: np.ndarray, warmup: int, runs: int, threads: 
     samples = r["samples_ms"][0]
     timing = Timing.from_samples([s / 1e3 for s in samples])
     raw = {**r, "samples_ms": samples, "output": (r.get("outputs") or [[]])[0]}
-    return [{"source": "none", "engine": "node", "runtime": runtime_name(),
-             "reason": "no TFLite runtime for Node is measured by edgekit"},
-            {"source": "measured", "engine": "chromium", "device": f"chromium {r['chromium']} (headless) on host: "
-             f"{host_cpu()}", "runtime": r["runtime"], "threads": threads, **timing.as_dict(), "raw": raw}]
+    return [Latency.none("no TFLite runtime for Node is measured by edgekit", engine="node", runtime=runtime_name()),
+            Latency.measured(timing, device=f"chromium {r['chromium']} (headless) on host: {host_cpu()}",
+                             runtime=r["runtime"], threads=threads, engine="chromium", via="chromium", raw=raw)]
 
 
-def record_browser_results(results: list[tuple[dict[str, Any], list[dict[str, Any]]]], ctx: RunContext) -> None:
+def record_browser_results(results: list[tuple[Artifact, list[Latency]]], ctx: RunContext) -> None:
     """Writes the entries into the artifacts, profiles (one per engine) under the run folder, and a report section."""
     from edgekit.measure import profile as prof
 
     profiles: dict[str, dict[str, Any]] = {}
     rows = []
     for a, entries in results:
-        raws = [e.pop("raw", None) for e in entries]
-        measured = [e for e in entries if e["source"] == "measured"]
-        primary = next((e for e in measured if e["engine"] == "chromium"), measured[0] if measured else entries[0])
-        a["latency"] = dict(primary)
-        a["latencies"] = entries
+        raws = [e.extra.pop("raw", None) for e in entries]
+        measured = [e for e in entries if e.source == "measured"]
+        primary = next((e for e in measured if e.engine == "chromium"), measured[0] if measured else entries[0])
+        a.latencies = entries
         for e, raw in zip(entries, raws, strict=True):
-            rows.append(f"| `{a['path']}` | {e['engine']} | "
-                        + (f"{e['p50_ms']:.4g} | {e['p90_ms']:.4g} | {e['runs']} | {e['device']} | {e['runtime']} |"
-                           if e["source"] == "measured" else f"– | – | – | {e.get('reason')} | {e['runtime']} |"))
-            if e["source"] != "measured":
+            rows.append(f"| `{a.path}` | {e.engine} | "
+                        + (f"{e.p50_ms:.4g} | {e.p90_ms:.4g} | {e.runs} | {e.device} | {e.runtime} |"
+                           if e.source == "measured" else f"– | – | – | {e.reason} | {e.runtime} |"))
+            if e.source != "measured":
                 continue
-            facts = {**host_facts(), "engine": e["engine"], "engine_version": _engine_version(raw),
-                     "user_agent": raw.get("user_agent"), "onnxruntime_web": e["runtime"]}
-            p = profiles.get(e["engine"])
+            facts = {**host_facts(), "engine": e.engine, "engine_version": _engine_version(raw),
+                     "user_agent": raw.get("user_agent"), "onnxruntime_web": e.runtime}
+            p = profiles.get(e.engine)
             if p is None:
-                p = profiles[e["engine"]] = prof.new_profile(
-                    ctx.target.name, prof.device_id_from_facts(facts, via=e["engine"]), facts, e["engine"])
-            name = Path(a["path"]).name
-            prof.add_entry(p, name, a["format"], e["runtime"], e["threads"],
-                           {k: e[k] for k in ("p50_ms", "p90_ms", "min_ms", "mean_ms", "runs")}
-                           | {"warmup": e.get("warmup_runs")}, raw.get("per_op") or [],
-                           sha256=a.get("sha256") or _bundle_model_sha(ctx.out / a["path"]), via=e["engine"],
-                           extra={"device": e["device"], "samples_ms": [round(s, 4) for s in raw["samples_ms"]]})
+                p = profiles[e.engine] = prof.new_profile(
+                    ctx.target.name, prof.device_id_from_facts(facts, via=e.engine), facts, e.engine)
+            e.device_id = p["device_id"]
+            name = Path(a.path).name
+            prof.add_entry(p, name, a.format, e.runtime, e.threads,
+                           {"p50_ms": e.p50_ms, "p90_ms": e.p90_ms, "min_ms": e.min_ms, "mean_ms": e.mean_ms,
+                            "runs": e.runs, "warmup": e.extra.get("warmup_runs")}, raw.get("per_op") or [],
+                           sha256=a.sha256 or _bundle_model_sha(ctx.out / a.path), via=e.engine,
+                           extra={"device": e.device, "samples_ms": [round(s, 4) for s in raw["samples_ms"]]})
+        a.latency = dataclasses.replace(primary, extra=dict(primary.extra))  # after the profile named the device
     written = [str(prof.save_profile(p, root=ctx.out / "profiles").relative_to(ctx.out)) for p in profiles.values()]
     if rows:
         ctx.add_section("Browser latency (onnxruntime-web)", "\n".join([
@@ -204,7 +206,7 @@ def record_browser_results(results: list[tuple[dict[str, Any], list[dict[str, An
             "(Chromium when measured), `latencies` every engine.", "",
             "| artifact | engine | p50 ms | p90 ms | runs | device | runtime |", "|---|---|---:|---:|---:|---|---|",
             *rows, "", *(f"- profile: `{w}`" for w in written)]))
-    ctx.record(details={"engines": sorted({e["engine"] for _, es in results for e in es if e["source"] == "measured"}),
+    ctx.record(details={"engines": sorted({e.engine for _, es in results for e in es if e.source == "measured"}),
                         "profiles": written})
 
 

@@ -25,6 +25,7 @@ from edgekit.measure.ssh import HARNESS, SSHTarget, _parse_json, device_facts_ov
 
 if TYPE_CHECKING:
     from edgekit.pipeline import RunContext
+    from edgekit.report import Artifact
     from edgekit.targets import Target
 
 _SSH_OPTIONS = {"python", "identity", "known_hosts", "accept_new", "timeout"}
@@ -163,8 +164,8 @@ def device_facts(uri: DeviceURI, **ssh_overrides: Any) -> dict[str, Any]:
     return local_facts()
 
 
-def measure_artifacts_on_device(arts: list[dict[str, Any]], settings: Any, ctx: RunContext) -> None:
-    """Fills artifact["latency"] for every verified artifact, timed on ctx.device (called by stages/measure.py).
+def measure_artifacts_on_device(arts: list[Artifact], settings: Any, ctx: RunContext) -> None:
+    """Fills each artifact's latency, timed on ctx.device (called by stages/measure.py).
 
     Args:
         arts: the report's artifact records (verified ones).
@@ -183,20 +184,19 @@ def measure_artifacts_on_device(arts: list[dict[str, Any]], settings: Any, ctx: 
         measure_artifacts_adb(arts, settings, ctx, uri.serial)
         return
     # The device's facts come back with every timing and are checked before any number is kept.
+    from edgekit.report import Latency
+
     label = uri.display
     for a in arts:
-        if a.get("runtime") not in HARNESS_RUNTIMES:
+        if a.runtime not in HARNESS_RUNTIMES:
             continue
-        res = run_harness(uri, ctx.out / a["path"], a["runtime"], ctx.threads, settings.runs, settings.warmup,
+        res = run_harness(uri, ctx.out / a.path, a.runtime, ctx.threads, settings.runs, settings.warmup,
                           profile_runs=0)
         check_device_fits_target(res["device"], ctx.target, uri)
         label = device_label(res["device"], uri)
-        t = res["timing"]
-        a["latency"] = {"source": "measured", "device": label, "runtime": res["runtime"],
-                        "threads": ctx.threads, "p50_ms": t["p50_ms"], "p90_ms": t["p90_ms"], "min_ms": t["min_ms"],
-                        "mean_ms": t["mean_ms"], "runs": t["runs"], "via": uri.display,
-                        "device_facts": res["device"], "conditions": res["conditions"]}
+        a.latency = Latency.measured(res["timing"], device=label, runtime=res["runtime"], threads=ctx.threads,
+                                     via=uri.display, device_facts=res["device"], conditions=res["conditions"])
     for a in arts:
-        if a.get("runtime") not in HARNESS_RUNTIMES:
-            a["latency"] = {"source": "none", "device": label,
-                            "reason": f"the device harness runs {', '.join(HARNESS_RUNTIMES)}, not {a.get('runtime')}"}
+        if a.runtime not in HARNESS_RUNTIMES:
+            a.latency = Latency.none(f"the device harness runs {', '.join(HARNESS_RUNTIMES)}, not {a.runtime}",
+                                     device=label)

@@ -32,6 +32,7 @@ import numpy as np
 
 from edgekit.fileio import sha256_file
 from edgekit.measure.profile import list_profiles, load_profile_file
+from edgekit.report import Latency
 
 _SHAPE_RE = re.compile(r"([a-z0-9]+)\[([0-9, ]*)\]")
 
@@ -181,11 +182,12 @@ class Predictor:
         return any(e.get("sha256") == digest and _runtime_name(e["runtime"]) == runtime and e["threads"] == threads
                    for e in self.entries)
 
-    def predict(self, artifact_path: str | Path, runtime: str, threads: int = 1) -> dict[str, Any]:
+    def predict(self, artifact_path: str | Path, runtime: str, threads: int = 1) -> Latency:
         """Predicted p50 of `artifact_path` run by `runtime` ("onnxruntime", "litert") with `threads` threads.
 
         Returns:
-            {"p50_ms", "error_pct", "error_basis", "source": "predicted", "device", "profile", "kernels_in_table"}.
+            a predicted Latency (p50_ms, error_pct, error_basis, device, device_id, profile; extra: kernels,
+            kernels_in_table).
         Raises:
             EdgekitError: when the profiles hold nothing this artifact can be predicted from.
         """
@@ -194,6 +196,10 @@ class Predictor:
         path = Path(artifact_path)
         base = {"source": "predicted", "device": self.device_label, "device_id": self.device_id,
                 "runtime": runtime, "threads": threads, "profile": [str(p) for p in self.profile_paths]}
+
+        def latency(p50: float, err: float, basis: str, **extra: Any) -> Latency:
+            return Latency(**base, p50_ms=p50, error_pct=err, error_basis=basis, extra=extra)
+
         digest = sha256_file(path)
         same = [e for e in self.entries if e.get("sha256") == digest and _runtime_name(e["runtime"]) == runtime
                 and e["threads"] == threads]
@@ -203,11 +209,10 @@ class Predictor:
             raw, hit = model.raw_sum(sigs)
             p50 = model.a * raw + model.b
             err, basis = self._error(model)
-            return {**base, "p50_ms": round(max(p50, 0.0), 4), "error_pct": err, "error_basis": basis,
-                    "kernels": len(sigs), "kernels_in_table": round(hit, 3)}
+            return latency(round(max(p50, 0.0), 4), err, basis, kernels=len(sigs), kernels_in_table=round(hit, 3))
         if same:
-            return {**base, "p50_ms": float(statistics.median(e["timing"]["p50_ms"] for e in same)),
-                    "error_pct": 0.0, "error_basis": "same file measured (lookup)"}
+            return latency(float(statistics.median(e["timing"]["p50_ms"] for e in same)), 0.0,
+                           "same file measured (lookup)")
         raise EdgekitError(f"the {self.target} profiles hold no per-operator timings for {runtime} at {threads} "
                            f"thread(s) nor a measurement of {path.name}: run `edgekit profile` on the device first")
 

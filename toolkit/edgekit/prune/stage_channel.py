@@ -31,6 +31,7 @@ def run_channel(model: nn.Module, settings: Any, ctx: RunContext) -> nn.Module:
     example = torch.as_tensor(ctx.example_input)
     result = run_channel_imp(model, data.x_train, data.y_train, data.x_test, data.y_test, settings, example,
                              multiple, folder, progress=ctx.progress)
+    ctx.masks = None  # the layers changed shape: no earlier pruning mask fits them
     history_path = write_json(folder / HISTORY_FILE, {"version": 1, "history": result.history,
                                                        "widths": result.widths, "groups": result.groups})
     rounds, last = result.rounds, result.rounds[-1]
@@ -77,7 +78,7 @@ def restore_channels(model: nn.Module, ctx: RunContext) -> nn.Module:
 
     from edgekit.prune.channels import replay
 
-    rel = ctx.report["stages"][-1]["details"]["channels"]
+    rel = ctx.report["stages"][-1].details["channels"]
     try:
         history = json.loads((ctx.out / rel).read_text())["history"]
     except (OSError, ValueError, KeyError) as e:

@@ -10,7 +10,8 @@ from edgekit.errors import InputError
 
 
 class OrtRunner:
-    def __init__(self, path: Path, threads: int, profile_prefix: str | None = None) -> None:
+    def __init__(self, path: Path, threads: int, profile_prefix: str | None = None, input_name: str | None = None
+                 ) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -26,7 +27,8 @@ class OrtRunner:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise InputError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0][:200]}") from None
-        inp = self.session.get_inputs()[0]
+        # IR-3 files list their initializers among the inputs too: a caller that knows the real input names it.
+        inp = next((i for i in self.session.get_inputs() if i.name == input_name), self.session.get_inputs()[0])
         self.input_name = inp.name
         self.input_shape = tuple(d if isinstance(d, int) else 1 for d in inp.shape)
         self.runtime = f"onnxruntime {ort.__version__}"

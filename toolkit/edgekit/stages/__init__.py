@@ -1,7 +1,11 @@
 """Stages: one module per stage, each with a frozen `Settings` dataclass and `run(model, settings, ctx) -> model`.
 
-A stage module may also define:
-    CHANGES_MODEL = False   the stage leaves the torch model as it is (no state is checkpointed after it)
+A stage module declares its contract as data (edgekit.contract.Contract): what it needs (a torch model, labelled
+data, artifacts, verified artifacts) and what it changes (weights, masks, structure, artifacts):
+    CONTRACT = Contract(...)            or
+    contract(settings) -> Contract      when it depends on a setting
+The pipeline checks a recipe's order against the contracts before any stage runs, checkpoints the model after a
+stage that changes it, and supersedes artifacts made before such a stage. A module may also define:
     restore(model, settings, ctx) -> model
                             rebuilds the structure the stage produced (e.g. decomposed layers), so that a resumed
                             run can load the checkpointed state dict into it

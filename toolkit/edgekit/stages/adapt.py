@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from edgekit.contract import Contract
 from edgekit.errors import InputError, SettingsError
 
 if TYPE_CHECKING:
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from edgekit.pipeline import RunContext
 
 METHODS = ("lora", "lora-c", "cp-lora", "dora")
+CONTRACT = Contract(needs=frozenset({"torch", "labels"}), changes=frozenset({"weights", "structure"}),
+                    keeps_masks=False, masks_note="merging the adapters fills the pruned weights")
 HEADS = ("keep", "train", "new")
 
 
@@ -135,6 +138,7 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     if settings.save_adapter:
         path = adapters.save_adapter(model, ctx.artifacts_dir / "adapter.safetensors", meta)
         files["adapter"] = {"path": path.name, "size_bytes": path.stat().st_size}
+        ctx.add_file(path, "adapter (safetensors)", method=settings.method, rank=settings.rank)
     adapters.merge_adapters(model)
     merged = predict(model, data.x_test)
     if settings.save_adapter:
@@ -144,6 +148,7 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
         with atomic_path(base_path) as tmp:
             save_file(base_state, str(tmp))
         files["base"] = {"path": base_path.name, "size_bytes": base_path.stat().st_size}
+        ctx.add_file(base_path, "adapter base weights (safetensors)")
     merge_err = float(np.abs(merged - unmerged).max())
     after = quality(merged, data.y_test)
     metrics = {**{f"{k}_before": v for k, v in before.items()}, **after, "adapter_params": n_adapter,
@@ -172,6 +177,6 @@ def restore(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     """A resumed run rebuilds the new head (if any) at its trained size before loading the checkpoint."""
     if settings.head != "new":
         return model
-    details = ctx.report["stages"][-1].get("details", {})
+    details = ctx.report["stages"][-1].details
     replace_head(model, details["head_module"], details["head_out"], settings.seed)
     return model

@@ -7,12 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from edgekit.contract import Contract
+
 if TYPE_CHECKING:
     import torch.nn as nn
 
     from edgekit.pipeline import RunContext
 
-CHANGES_MODEL = False
+CONTRACT = Contract()
 _MAX_BLOCKERS = 8
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from edgekit.contract import Contract
 from edgekit.errors import InputError, SettingsError
 
 if TYPE_CHECKING:
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 
 METHODS = ("cp", "tucker")
 BUDGETS = ("params", "latency")
+MASKS = ("keep", "skip", "drop")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,10 @@ class Settings:
                                                          "when training on labels, frozen when distilling on "
                                                          "unlabelled inputs), train or frozen"})
     seed: int = field(default=0, metadata={"help": "seed for factor initialisation and data order"})
+    masks: str = field(default="keep", metadata={
+        "help": "pruned layers (masks of an earlier prune): keep (decompose them and prune each factor to the "
+                "layer's density, masks re-applied while fine-tuning), skip (leave them pruned, not decomposed) or "
+                "drop (decompose them dense; refused after prune)"})
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -55,10 +61,19 @@ class Settings:
             raise SettingsError("decompose: rank and epochs must be >= 0, n_iter and batch_size >= 1, lr > 0")
         if self.norms not in ("auto", "train", "frozen"):
             raise SettingsError(f"decompose: norms must be auto, train or frozen, got '{self.norms}'")
+        if self.masks not in MASKS:
+            raise SettingsError(f"decompose: masks must be keep, skip or drop, got '{self.masks}'")
         if self.min_params < 0:
             raise SettingsError(f"decompose: min_params must be >= 0, got {self.min_params}")
         if self.a_priori and self.epochs == 0:
             raise SettingsError("decompose: a_priori builds untrained layers; give epochs > 0 to train them")
+
+
+def contract(settings: Settings) -> Contract:
+    return Contract(needs=frozenset({"torch"} | ({"labels"} if settings.a_priori else set())),
+                    changes=frozenset({"weights", "structure"}), keeps_masks=settings.masks != "drop",
+                    masks_note="decompose.masks=drop fills the pruned weights; set decompose.masks=keep or skip",
+                    labels_note=" for a_priori")
 
 
 def plan_layers(model: nn.Module, settings: Settings, example: Any = None, threads: int = 1) -> list:
@@ -110,19 +125,18 @@ def _ranks_for_latency(conv: nn.Conv2d, settings: Settings, input_shape: tuple[i
 
 
 def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
-    import contextlib
-
-    import numpy as np
     import torch
 
     from edgekit.adapters import decomposition as dec
-    from edgekit.adapters import frozen_norms
-    from edgekit.train import fit, predict, quality
+    from edgekit.train import predict, quality
 
     data = ctx.data
     if settings.a_priori and not data.labelled:
         raise InputError("decompose a_priori trains from scratch and needs labelled data (--data)")
     plan = plan_layers(model, settings, ctx.example_input, ctx.threads)
+    masks = getattr(ctx, "masks", None)  # pruning masks of an earlier stage
+    if masks is not None and settings.masks == "skip":
+        plan = [p for p in plan if f"{p.name}.weight" not in masks]
     if not plan:
         raise SettingsError("decompose: no layer to decompose (no dense KxK Conv2d matches, or none would shrink "
                             "within the budget); check layers/ratio")
@@ -134,19 +148,12 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
                    progress=ctx.progress)
     if settings.a_priori:
         _reset_parameters(model)
+    if masks is not None:
+        masks = carry_masks(model, plan, masks, settings.masks)
+        masks.apply(model)
+        ctx.masks = masks
     decomposed = quality(predict(model, data.x_test), data.y_test, ref)
-    steps = 0
-    if settings.epochs:
-        # Without labels the model learns the uncompressed model's top-1 decisions on the training inputs.
-        y = data.y_train if data.labelled else ctx.reference_logits("train").reshape(len(data.x_train), -1).argmax(1)
-        # Distilling on a few (possibly synthetic) inputs must not re-estimate BN statistics; training on the task's
-        # labelled data should, since the decomposed convs change what each BN sees.
-        freeze = settings.norms == "frozen" or (settings.norms == "auto" and not data.labelled)
-        norms = frozen_norms(model) if freeze and not settings.a_priori else contextlib.nullcontext()
-        with norms:
-            steps = fit(model, data.x_train, np.asarray(y, np.int64), epochs=settings.epochs, lr=settings.lr,
-                        batch_size=settings.batch_size, seed=settings.seed, progress=ctx.progress,
-                        description=f"fine-tune ({settings.method})")
+    steps = _fine_tune(model, settings, ctx, masks) if settings.epochs else 0
     after = quality(predict(model, data.x_test), data.y_test, ref)
     p_before = sum(p.params_before for p in plan)
     p_after = sum(p.params_after for p in plan)
@@ -158,6 +165,8 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
                         "decomposed_layer_params_before": p_before, "decomposed_layer_params_after": p_after},
                details={"method": settings.method, "budget": settings.budget, "a_priori": settings.a_priori,
                         "steps": steps, "plan": [p.as_dict() for p in plan],
+                        "masks": None if masks is None else {"mode": settings.masks, **{
+                            k: v for k, v in masks.sparsity_report().items() if k != "layers"}},
                         "latency_budget_source": ("measured per layer in ONNX Runtime on this machine"
                                                   if settings.budget == "latency" and not settings.rank else None)})
     rows = "\n".join(f"| {p.name} | {list(p.shape)} | {list(p.ranks)} | {p.params_before} | {p.params_after} |"
@@ -168,6 +177,56 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
                     f"{decomposed[metric]:.4f} (decomposed) -> {after[metric]:.4f} (fine-tuned).\n\n"
                     f"| layer | kernel | ranks | params | after |\n|---|---|---|---|---|\n{rows}\n")
     return model
+
+
+def _fine_tune(model: nn.Module, settings: Settings, ctx: RunContext, masks: Any) -> int:
+    """Fine-tunes the decomposed model (masks re-applied after every step); returns the optimiser steps."""
+    import contextlib
+
+    import numpy as np
+
+    from edgekit.adapters import frozen_norms
+    from edgekit.train import fit
+
+    data = ctx.data
+    # Without labels the model learns the uncompressed model's top-1 decisions on the training inputs.
+    y = data.y_train if data.labelled else ctx.reference_logits("train").reshape(len(data.x_train), -1).argmax(1)
+    # Distilling on a few (possibly synthetic) inputs must not re-estimate BN statistics; training on the task's
+    # labelled data should, since the decomposed convs change what each BN sees.
+    freeze = settings.norms == "frozen" or (settings.norms == "auto" and not data.labelled)
+    norms = frozen_norms(model) if freeze and not settings.a_priori else contextlib.nullcontext()
+    with norms:
+        return fit(model, data.x_train, np.asarray(y, np.int64), epochs=settings.epochs, lr=settings.lr,
+                   batch_size=settings.batch_size, seed=settings.seed, progress=ctx.progress,
+                   description=f"fine-tune ({settings.method})",
+                   after_step=(lambda m, _: masks.apply(m)) if masks is not None else None)
+
+
+def carry_masks(model: nn.Module, plan: list, masks: Any, mode: str) -> Any:
+    """The pruning masks after decomposition: untouched layers keep theirs; a pruned layer that was decomposed gives
+    its density to its factors (keep: each dense factor conv keeps that fraction of its largest weights) or loses
+    its mask (drop). Depthwise factors stay dense (a few weights each, and pruning them costs the most accuracy)."""
+    import torch
+
+    from edgekit.masks import Mask
+
+    replaced = {p.name for p in plan}
+    out = {k: v for k, v in masks.items() if k.rpartition(".")[0] not in replaced}
+    if mode != "keep":
+        return Mask(out)
+    for name in replaced:
+        old = masks.get(f"{name}.weight")
+        if old is None:
+            continue
+        density = float(old.float().mean())
+        for child, conv in model.get_submodule(name).named_children():
+            if getattr(conv, "groups", 1) != 1 or getattr(conv, "weight", None) is None:
+                continue
+            w = conv.weight.detach().abs().flatten()
+            keep = torch.zeros_like(w, dtype=torch.bool)
+            keep[w.argsort(descending=True, stable=True)[: max(1, round(density * w.numel()))]] = True
+            out[f"{name}.{child}.weight"] = keep.reshape(conv.weight.shape)
+    return Mask(out)
 
 
 def _conv_params(model: nn.Module) -> int:
@@ -186,5 +245,5 @@ def restore(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     """Rebuilds the decomposed structure recorded by a finished run, so its checkpoint loads into it."""
     from edgekit.adapters import decomposition as dec
 
-    plan = [dec.LayerPlan.from_dict(d) for d in ctx.report["stages"][-1]["details"]["plan"]]
+    plan = [dec.LayerPlan.from_dict(d) for d in ctx.report["stages"][-1].details["plan"]]
     return dec.apply_plan(model, plan, fit_factors=False)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from edgekit import export as exporters
+from edgekit.contract import Contract
 from edgekit.errors import SettingsError
 
 if TYPE_CHECKING:
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
 
     from edgekit.pipeline import RunContext
 
-CHANGES_MODEL = False
+CONTRACT = Contract(needs=frozenset({"torch"}), changes=frozenset({"artifacts"}))
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,9 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
         # formats that compile for a CPU (tvm) are told the target; portable formats are not
         kwargs = {"target": ctx.target} if getattr(module, "TARGET_AWARE", False) else {}
         module.export(model, ctx.example_input, path, **kwargs)
-        ctx.add_artifact(path, fmt, module.RUNTIME, precision="fp32", sparse=False)
+        # files an exporter writes beside the artifact (e.g. the TVM library's JSON) belong to it
+        companions = [module.sidecar(path).relative_to(ctx.out).as_posix()] if hasattr(module, "sidecar") else None
+        ctx.add_artifact(path, fmt, module.RUNTIME, precision="fp32", sparse=False, companions=companions)
         written.append(path.name)
         if task is not None:
             ctx.progress.advance(task)

@@ -12,6 +12,7 @@ import math
 import shutil
 from typing import TYPE_CHECKING
 
+from edgekit.contract import Contract
 from edgekit.joint.settings import Settings
 
 if TYPE_CHECKING:
@@ -19,8 +20,11 @@ if TYPE_CHECKING:
 
     from edgekit.pipeline import RunContext
 
-__all__ = ["Settings", "run", "restore"]
+__all__ = ["Settings", "run", "restore", "CONTRACT"]
 FORMATS = {"onnxruntime": "onnx", "litert": "tflite"}
+CONTRACT = Contract(needs=frozenset({"torch"}), changes=frozenset({"weights", "structure", "artifacts"}),
+                    keeps_masks=False, masks_note="channel pruning changes the shapes the masks were made for",
+                    outputs=("joint", "joint_pareto.png"))
 
 
 def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
@@ -32,6 +36,7 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     result = search_joint(model, ctx.data, ctx.target, settings, work / "candidates", threads=ctx.threads,
                           device=ctx.device, progress=ctx.progress)
     ch = result.chosen
+    ctx.masks = None  # the layers changed shape: no earlier pruning mask fits them
     write_json(work / "channels.json", {"version": 1, "history": result.history, "decision": ch.decision.as_dict()})
     dest = ctx.artifacts_dir / f"model_joint{ch.path.suffix}"
     shutil.copyfile(ch.path, dest)

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from edgekit.contract import Contract
 from edgekit.errors import SettingsError
+from edgekit.report import Latency
 from edgekit.runtimes import load_runner, time_interleaved
 from edgekit.targets import host_facts
 
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
 
     from edgekit.pipeline import RunContext
 
-CHANGES_MODEL = False
+CONTRACT = Contract(needs=frozenset({"verified"}))
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,8 @@ def host_device_name() -> str:
 
 
 def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
-    arts = [a for a in ctx.report["artifacts"] if (a.get("verification") or {}).get("passed")]
+    # The model as loaded (baseline/) is timed with the final artifacts, side by side: before and after alike.
+    arts = [a for a in ctx.all_artifacts() if a.passed]
     local = ctx.target.is_host and ctx.device in (None, "local")
     if ctx.target.device_kind == "browser" and ctx.device in (None, "node", "chromium"):
         # The browser target's device is a real JavaScript engine on this machine: Node and headless Chromium.
@@ -52,17 +55,17 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
         measure_artifacts_on_device(arts, settings, ctx)
     elif not local:
         for a in arts:
-            a["latency"] = {"source": "none", "device": ctx.target.description,
-                            "reason": f"no {ctx.target.name} device attached (pass --device URI to measure there); "
-                                      f"host timings are not reported as {ctx.target.name} latencies"}
+            a.latency = Latency.none(f"no {ctx.target.name} device attached (pass --device URI to measure there); "
+                                     f"host timings are not reported as {ctx.target.name} latencies",
+                                     device=ctx.target.description)
     else:
-        measurable = [a for a in arts if a.get("host_runnable") is not False]
-        runners = [load_runner(a["runtime"], ctx.out / a["path"], ctx.threads) for a in measurable]
+        measurable = [a for a in arts if a.meta.get("host_runnable") is not False]
+        runners = [load_runner(a.runtime, ctx.out / a.path, ctx.threads) for a in measurable]
         x = [ctx.example_input.reshape(r.input_shape) if r.input_shape else ctx.example_input for r in runners]
         timings = time_interleaved(runners, x, settings.warmup, settings.runs, ctx.progress)
         for a, r, t in zip(measurable, runners, timings, strict=True):
-            a["latency"] = {"source": "measured", "device": host_device_name(), "runtime": r.runtime,
-                            "threads": ctx.threads, **t.as_dict()}
-    ctx.record(details={"measured": sum(a["latency"].get("source") == "measured" for a in arts),
+            a.latency = Latency.measured(t, device=host_device_name(), runtime=r.runtime, threads=ctx.threads,
+                                         via="local")
+    ctx.record(details={"measured": sum(a.latency.source == "measured" for a in arts),
                         "artifacts": len(arts), "device": ctx.device or ("local" if local else None)})
     return model

@@ -11,8 +11,9 @@ of accuracy against weights remaining (ticket, re-init, random masks or channels
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from edgekit.contract import Contract
 from edgekit.errors import SettingsError
 
 if TYPE_CHECKING:
@@ -20,6 +21,11 @@ if TYPE_CHECKING:
 
     from edgekit.pipeline import RunContext
 
+CONTRACT = Contract(needs=frozenset({"torch", "labels"}), changes=frozenset({"weights", "masks"}), keeps_masks=False,
+                    masks_note="a new ticket search starts from a dense mask", outputs=("prune",))
+CHANNEL_CONTRACT = Contract(needs=frozenset({"torch", "labels"}), changes=frozenset({"weights", "structure"}),
+                            keeps_masks=False, masks_note="channel pruning changes the shapes the masks were made for",
+                            outputs=("prune",))
 _OPTIMIZERS = ("adam", "sgd")
 _SCHEDULES = ("none", "cosine")
 _DEVICES = ("auto", "cpu", "cuda")
@@ -59,6 +65,9 @@ class Settings:
                                                                  "re-initialisation (the paper's control)"})
     random_mask_control: bool = field(default=True, metadata={"help": "also train a random mask with the same "
                                                                       "per-layer sparsity"})
+    max_quality_drop: float = field(default=0.0, metadata={
+        "help": "keep the sparsest round whose accuracy is within this many points of the model before pruning "
+                "(0: keep the last round)"})
 
     def __post_init__(self) -> None:
         from edgekit.prune.patterns import parse_pattern
@@ -71,8 +80,8 @@ class Settings:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not 0 <= v * self.rate < 1:
                 raise SettingsError(f"{name} must be >= 0 with {name} x rate < 1, got {v!r}")
-        choices = {"structure": STRUCTURES, "ranking": ("layer", "global"), "target_rules": ("auto", "on", "off"), "optimizer": _OPTIMIZERS,
-                   "schedule": _SCHEDULES, "device": _DEVICES}
+        choices = {"structure": STRUCTURES, "ranking": ("layer", "global"), "target_rules": ("auto", "on", "off"),
+                   "optimizer": _OPTIMIZERS, "schedule": _SCHEDULES, "device": _DEVICES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise SettingsError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
@@ -95,6 +104,8 @@ class Settings:
             raise SettingsError(f"lr must be positive, got {self.lr!r}")
         if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
             raise SettingsError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not isinstance(self.max_quality_drop, (int, float)) or self.max_quality_drop < 0:
+            raise SettingsError(f"max_quality_drop must be >= 0, got {self.max_quality_drop!r}")
         if not isinstance(self.seed, int):
             raise SettingsError(f"seed must be an integer, got {self.seed!r}")
         if self.device == "cuda":
@@ -104,12 +115,18 @@ class Settings:
                 raise SettingsError("device cuda was asked for but torch sees no CUDA device; use cpu or auto")
 
 
+def contract(settings: Settings) -> Contract:
+    """structure channel makes a thinner network (no masks); structure weights makes masks."""
+    return CHANNEL_CONTRACT if settings.structure == "channel" else CONTRACT
+
+
 def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     """Finds a winning ticket by iterative magnitude pruning with rewinding; returns the last round's ticket."""
     from edgekit.prune import report as prune_report
     from edgekit.prune.imp import run_imp
     from edgekit.prune.layers import plan_layers
     from edgekit.prune.patterns import parse_pattern
+    from edgekit.train import accuracy, predict
 
     data = ctx.data
     if not data.labelled:
@@ -122,11 +139,14 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     pattern = parse_pattern(settings.pattern)
     plan = plan_layers(model, settings, ctx.target, ctx.bundle.input_shape, pattern)
     folder = ctx.out / "prune"
+    before = accuracy(predict(model, data.x_test), data.y_test)  # on the split run_imp scores every round on
     result = run_imp(model, data.x_train, data.y_train, data.x_test, data.y_test, settings, plan.rates, folder,
                      progress=ctx.progress)
+    kept = _within_budget(result, folder, settings, before)
     mask_path = result.mask.save(folder / "mask.pt")
+    ctx.masks = result.mask  # later stages keep these zeros (edgekit.contract)
     rounds = result.rounds
-    last = rounds[-1]
+    last = rounds[kept]
     sparsity = result.mask.sparsity_report()
     plot = prune_report.plot_rounds(folder / "lottery.png", rounds, f"{ctx.bundle.name}: {pattern.name}, "
                                     f"{settings.ranking} ranking, rewind to step {settings.rewind_step}")
@@ -142,10 +162,30 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
                  "pattern": pattern.name, "layer_rates": plan.rates, "dense_layers": plan.dense,
                  "target_rules": plan.target_note, "sparse_reasons": plan.sparse_ok,
                  "resumed_from_round": result.resumed_from, "plot": plot.relative_to(ctx.out).as_posix(),
+                 "kept_round": kept, "accuracy_before": before,
                  "settings": asdict(settings),
                  "note": "accuracies are on the test split after each round's training; weights remaining counts "
                          "the pruned layers' weights"})
     return result.model
+
+
+def _within_budget(result: Any, folder: Any, settings: Settings, before: float) -> int:
+    """With max_quality_drop, loads the sparsest round within it (into result.model/.mask); returns its index."""
+    import torch
+
+    from edgekit.masks import Mask
+    from edgekit.prune.imp import _round_path
+
+    last = len(result.rounds) - 1
+    if settings.max_quality_drop <= 0:
+        return last
+    ok = [r["round"] for r in result.rounds if 100.0 * (before - r["ticket"]) <= settings.max_quality_drop + 1e-9]
+    kept = max(ok) if ok else 0
+    if kept != last:
+        ck = torch.load(_round_path(folder, kept), weights_only=True)
+        result.model.load_state_dict(ck["state"])
+        result.mask = Mask(ck["mask"])
+    return kept
 
 
 def restore(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgekit.contract import Contract
 from edgekit.errors import SettingsError
 
 if TYPE_CHECKING:
@@ -42,6 +43,12 @@ class Settings:
             raise SettingsError(f"sparsify: min_zero_fraction must be in [0, 1], got {self.min_zero_fraction}")
         if self.check_inputs < 1:
             raise SettingsError(f"sparsify: check_inputs must be at least 1, got {self.check_inputs}")
+
+
+def contract(settings: Settings) -> Contract:
+    """Writes a sparse artifact; with oneshot_sparsity it also prunes (adding to the pruning masks)."""
+    changes = {"artifacts"} | ({"weights", "masks"} if settings.oneshot_sparsity > 0 else set())
+    return Contract(needs=frozenset({"torch"}), changes=frozenset(changes))
 
 
 def candidate_convs(model: nn.Module) -> dict[str, nn.Module]:
@@ -110,6 +117,8 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
             return model
     verdicts = rules.check_graph(rules.read_tflite(path), ctx.target)
     zero = {n: float((candidates[n].weight == 0).float().mean()) for n in eligible}
+    if settings.oneshot_sparsity > 0:
+        _add_masks(ctx, model, eligible)
     ctx.add_artifact(path, "tflite", tflite_sparse.RUNTIME, precision="fp32", sparse=True, reference="torch")
     total = sum(candidates[n].weight.numel() for n in eligible)
     zeros = sum(int((candidates[n].weight == 0).sum()) for n in eligible)
@@ -124,6 +133,18 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
                  "check": [{k: v for k, v in rv.as_dict().items() if k != "layers"} for rv in verdicts]})
     ctx.add_section("Sparse inference (edgekit check)", check_markdown(verdicts, info, err))
     return model
+
+
+def _add_masks(ctx: RunContext, model: nn.Module, layers: dict[str, Any]) -> None:
+    """The one-shot zeros join the run's pruning masks, so later stages keep them."""
+    from edgekit.masks import Mask
+
+    params = dict(model.named_parameters())
+    masks = dict(ctx.masks or {})
+    for n in layers:
+        w = params[f"{n}.weight"]
+        masks[f"{n}.weight"] = (w != 0) & masks[f"{n}.weight"] if f"{n}.weight" in masks else w != 0
+    ctx.masks = Mask(masks)
 
 
 def _compare(dense: Path, sparse: Path, inputs: np.ndarray, threads: int) -> float:

@@ -1,0 +1,157 @@
+"""`--recipe auto`: a recipe planned from the target, the model and the data, under one quality budget.
+
+Each technique is one registered entry (`@technique(name, order)`): a function of the run's `Facts` that returns a
+`Decision` (used or not, why, and the stages it adds with their settings). Entries are asked in `order`; the plan is
+`check, baseline`, the stages of every used entry (those ordered after EXPORT_ORDER come after `export`, as the INT8
+search works on the exported float model), then `verify, measure`. An entry sees which entries were
+chosen before it (`facts.chosen`), so a technique that subsumes others (issue 14's joint pruning + INT8 search) can
+take their place by deciding first and the others can step aside with a reason.
+
+The budget (`--max-quality-drop`, default 1.0 point of accuracy, or of top-1 agreement with the loaded model when
+the data has no labels) is counted from the model as loaded: prune keeps the sparsest round within half of it, and
+the INT8 search gets what is left (quantize's chain_budget). Budgets of time are chosen so that the built-in digits
+CNN plans and runs in well under a minute on a laptop CPU; they are settings, shown in the report (--set changes them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgekit.targets import Target
+
+PRUNE_SHARE = 0.5  # of the budget, for the sparsest lottery-ticket round
+EXPORT_ORDER = 45  # entries ordered before it change the torch model; after it, they work on the exported float model
+
+
+@dataclass
+class Facts:
+    """What the planner knows before any stage runs."""
+
+    target: Target
+    labelled: bool
+    data_name: str
+    budget: float
+    n_train: int
+    prunable: dict[str, str]  # layers a runtime of the target runs sparse (rules.prunable_layers)
+    sparse_blocker: str  # why none is, when prunable is empty
+    chosen: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Decision:
+    used: bool
+    why: str
+    stages: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Technique:
+    name: str
+    order: int
+    decide: Callable[[Facts], Decision]
+
+
+TECHNIQUES: dict[str, Technique] = {}
+
+
+def technique(name: str, order: int) -> Callable[[Callable[[Facts], Decision]], Callable[[Facts], Decision]]:
+    """Registers a planner entry; `order` places its stages in the chain (prune 20, sparsify 30, quantize 50)."""
+
+    def add(fn: Callable[[Facts], Decision]) -> Callable[[Facts], Decision]:
+        TECHNIQUES[name] = Technique(name, order, fn)
+        return fn
+
+    return add
+
+
+@technique("prune", order=20)
+def _prune(f: Facts) -> Decision:
+    if not f.labelled:
+        return Decision(False, f"needs labelled data to retrain ('{f.data_name}' has none): post-training "
+                               "techniques only")
+    if not f.prunable:
+        return Decision(False, f"no runtime of {f.target.name} runs this model's weights sparse ({f.sparse_blocker}); "
+                               "zeros would only shrink the file when compressed")
+    epochs = 4 if f.n_train <= 20000 else 1
+    settings = {"rounds": 4, "rate": 0.3, "epochs": epochs, "target_rules": "on", "reinit_control": False,
+                "random_mask_control": False, "max_quality_drop": round(PRUNE_SHARE * f.budget, 4)}
+    return Decision(True, f"{len(f.prunable)} layers run sparse on {f.target.name} ({', '.join(sorted(f.prunable)[:4])}"
+                          f"{', ...' if len(f.prunable) > 4 else ''}): lottery-ticket pruning of those layers only, "
+                          f"4 rounds of 30% ({epochs} epochs of fine-tuning each, from the loaded weights); the "
+                          f"sparsest round within {settings['max_quality_drop']} pts is kept",
+                    [("prune", settings)])
+
+
+@technique("sparsify", order=30)
+def _sparsify(f: Facts) -> Decision:
+    if "prune" not in f.chosen:
+        return Decision(False, "nothing pruned for a sparse runtime")
+    return Decision(True, "stores the pruned layers as sparse TFLite tensors for XNNPACK's sparse path",
+                    [("sparsify", {"oneshot_sparsity": 0.0})])
+
+
+@technique("decompose", order=40)
+def _decompose(f: Facts) -> Decision:
+    return Decision(False, "low-rank decomposition trades accuracy for fewer multiply-adds, which is not faster on "
+                           "every runtime; auto does not plan it yet (use --recipe decompose with budget: latency)")
+
+
+@technique("quantize", order=50)
+def _quantize(f: Facts) -> Decision:
+    from edgekit.stages.quantize import BACKENDS
+
+    fmts = [r.format for r in f.target.runtimes if r.int8 and r.format in BACKENDS]
+    if not fmts:
+        return Decision(False, f"no runtime of {f.target.name} has an INT8 backend in edgekit")
+    settings = {"chain_budget": True, "max_quality_drop": f.budget, "trials": 16, "timing_runs": 10,
+                "final_runs": 60, "max_seconds": 300.0, "skip_failing_formats": True}
+    metric = "accuracy" if f.labelled else "top-1 agreement with the loaded model"
+    return Decision(True, f"per-layer INT8 policy search on latency measured in {', '.join(fmts)} runtimes "
+                          f"(16 trials; {metric}; whatever the earlier stages left of the budget); a layer stays "
+                          "float where INT8 is slower or loses quality", [("quantize", settings)])
+
+
+def plan(facts: Facts) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(recipe mapping, [{"name", "used", "why", "stages"}]) for these facts."""
+    stages: list[dict[str, Any]] = [{"check": {}}, {"baseline": {}}]
+    decisions = []
+    exported = False
+    for t in sorted(TECHNIQUES.values(), key=lambda t: t.order):
+        if t.order > EXPORT_ORDER and not exported:
+            stages.append({"export": {}})
+            exported = True
+        d = t.decide(facts)
+        if d.used:
+            facts.chosen.append(t.name)
+            stages += [{name: settings} for name, settings in d.stages]
+        decisions.append({"name": t.name, "used": d.used, "why": d.why, "stages": [n for n, _ in d.stages]})
+    stages += ([] if exported else [{"export": {}}]) + [{"verify": {}}, {"measure": {}}]
+    return {"stages": stages}, decisions
+
+
+def gather(model: Any, input_shape: tuple[int, ...], data: Any, target: Target, budget: float) -> Facts:
+    """The facts the planner needs: the sparse-capable layers cost one TFLite conversion on ARM / WASM targets."""
+    from edgekit import rules
+
+    prunable: dict[str, str] = {}
+    blocker = ""
+    sparse_rts = [r for r in target.runtimes if r.sparse_rules not in ("", "none")]
+    if not sparse_rts:
+        blocker = "; ".join(rules.get(r.sparse_rules).reason(r.name) for r in target.runtimes)
+    elif (cpu := rules.get("xnnpack").cpu_blocker(target)) is not None:
+        blocker = cpu
+    elif data.labelled:
+        prunable = rules.prunable_layers(model, target, tuple(input_shape))
+        blocker = "" if prunable else "`edgekit check` finds no 1x1 convolution in a group XNNPACK runs sparse"
+    return Facts(target=target, labelled=data.labelled, data_name=data.name, budget=budget,
+                 n_train=len(data.x_train), prunable=prunable, sparse_blocker=blocker)
+
+
+def describe(decisions: list[dict[str, Any]], facts: Facts) -> str:
+    used = [d["name"] for d in decisions if d["used"]]
+    data = ("labelled data: training techniques allowed" if facts.labelled else
+            "no labelled data: post-training techniques only (quality is top-1 agreement with the loaded model)")
+    return (f"Planned for {facts.target.name} under a {facts.budget}-point quality budget from the model as loaded; "
+            f"{data}. Chosen: {', '.join(used) or 'export only'}.")
