@@ -121,6 +121,24 @@ class _Run:
             cp.prune(_random_removal(cp, keep, round_seed(self.s.seed, r, 3)))
         return keep, pruner.history(), control
 
+    def round(self, r: int, trained: dict, rewind: dict) -> tuple[dict[str, Any], list[list[Any]], dict, dict]:
+        """Round r >= 1: prune, rewind, train the ticket and the controls. Returns (record, this round's pruning
+        history, trained weights, rewind point); self.model ends holding the trained ticket."""
+        start = time.perf_counter()
+        s, model = self.s, self.model
+        keep, history, control = self.prune_round(r, trained, rewind)
+        rewind = _cpu_state(model)
+        acc, steps, _ = self.train_eval(model, round_seed(s.seed, r), f"round {r}: ticket")
+        trained = _cpu_state(model)
+        reinit_acc = random_acc = None
+        if s.reinit_control:
+            fresh = _reinitialise(model, round_seed(s.seed, r, 1))
+            reinit_acc = self.train_eval(fresh, round_seed(s.seed, r, 2), f"round {r}: re-init control")[0]
+        if control is not None:
+            random_acc = self.train_eval(control, round_seed(s.seed, r, 4), f"round {r}: random-channels control")[0]
+        model.load_state_dict(trained)
+        return self.record(r, keep, acc, reinit_acc, random_acc, steps, start), history, trained, rewind
+
     def train_eval(self, model: nn.Module, seed: int, what: str, capture: int | None = None) -> tuple[float, int, Any]:
         steps, captured = self.trainer.train(model, NO_MASK, seed, capture, what)
         return _accuracy(model, self.x_test, self.y_test), steps, captured
@@ -177,21 +195,8 @@ def run_channel_imp(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, 
             replay(model, example, history)
             model.load_state_dict(trained)
         for r in range(len(rounds), settings.rounds + 1):
-            start = time.perf_counter()
-            keep, new_history, control = run.prune_round(r, trained, rewind)
+            rec, new_history, trained, rewind = run.round(r, trained, rewind)
             history = history + new_history
-            rewind = _cpu_state(model)
-            acc, steps, _ = run.train_eval(model, round_seed(settings.seed, r), f"round {r}: ticket")
-            trained = _cpu_state(model)
-            reinit_acc = random_acc = None
-            if settings.reinit_control:
-                fresh = _reinitialise(model, round_seed(settings.seed, r, 1))
-                reinit_acc = run.train_eval(fresh, round_seed(settings.seed, r, 2), f"round {r}: re-init control")[0]
-            if control is not None:
-                random_acc = run.train_eval(control, round_seed(settings.seed, r, 4),
-                                            f"round {r}: random-channels control")[0]
-            model.load_state_dict(trained)
-            rec = run.record(r, keep, acc, reinit_acc, random_acc, steps, start)
             rounds.append(rec)
             _save(folder, r, {"history": history, "state": trained, "rewind": rewind}, fp, rounds)
             _emit(on_round, rec, progress, task)
