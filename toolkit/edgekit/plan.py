@@ -79,6 +79,11 @@ def _joint(f: Facts) -> Decision:
     if f.prunable:
         return Decision(False, f"{len(f.prunable)} layers run sparse on {f.target.name}: lottery-ticket pruning and "
                                "sparse conversion instead")
+    from edgekit.joint.settings import RUNTIMES
+
+    if not any(r.name in RUNTIMES for r in f.target.runtimes):
+        return Decision(False, f"it builds and times artifacts for {', '.join(RUNTIMES)}, and {f.target.name} runs "
+                               f"{', '.join(r.name for r in f.target.runtimes)}")
     settings = {"max_quality_drop": f.budget, "trials": 12, "widths": [1.0, 0.5], "finetune_epochs": 2,
                 "train_inputs": JOINT_TRAIN_INPUTS, "timing_runs": 10, "final_runs": 60, "max_seconds": 240.0}
     return Decision(True, f"no runtime of {f.target.name} runs this model's weights sparse ({f.sparse_blocker}): "
