@@ -27,19 +27,25 @@ def test_import_and_help_stay_light():
 
 
 def test_default_run_writes_verified_measured_artifacts(digits_run: Path):
-    """The default (`--recipe auto` on the host): no sparse runtime here, so the plan is the INT8 policy search."""
+    """The default (`--recipe auto` on the host): no sparse runtime here, so the plan is the joint channel-pruning +
+    INT8 search (ONNX Runtime, LiteRT), then the INT8 policy search for ExecuTorch, which the joint search does not
+    build."""
     report = json.loads((digits_run / "report.json").read_text())
     assert report["schema"] == 2 and report["model"] == "edgekit:digits_cnn" and report["target"] == "host"
-    assert [s["name"] for s in report["stages"]] == ["check", "baseline", "export", "quantize", "verify", "measure"]
+    assert [s["name"] for s in report["stages"]] == ["check", "baseline", "joint", "export", "quantize", "verify",
+                                                       "measure"]
     assert report["stages"][1]["metrics"]["accuracy"] > 0.9  # trained on real digits
     plan = {t["name"]: t for t in report["plan"]["techniques"]}
-    assert plan["quantize"]["used"] and not plan["prune"]["used"] and "x86" in plan["prune"]["why"]
+    assert plan["joint"]["used"] and not plan["prune"]["used"] and "x86" in plan["prune"]["why"]
+    assert plan["quantize"]["used"] and "joint search does not build" in plan["quantize"]["why"]
+    assert report["stages"][4]["settings"]["formats"] == ["pte"]
     check = report["stages"][0]["details"]["findings"]
     assert {f["runtime"] for f in check} == {"litert", "onnxruntime", "executorch"}
     assert not any(f["sparse"] for f in check)  # the digits CNN's stem blocks XNNPACK's sparse path
     arts = report["artifacts"]
     assert {(a["format"], a["precision"]) for a in arts} >= {("onnx", "fp32"), ("tflite", "fp32"), ("pte", "fp32"),
-                                                             ("onnx", "int8"), ("tflite", "int8"), ("pte", "int8")}
+                                                             ("pte", "int8")}
+    assert any(a["path"].startswith("artifacts/model_joint.") for a in arts)  # the joint search's choice
     for art in arts:
         path = digits_run / art["path"]
         assert path.is_file() and path.stat().st_size == art["size_bytes"]
@@ -59,7 +65,8 @@ def test_default_run_writes_verified_measured_artifacts(digits_run: Path):
     assert s["quality_drop"] <= s["budget"] == 1.0 and s["budget_met"] is True
     assert s["p50_ms_after"] == min(a["latency"]["p50_ms"] for a in arts
                                     if 100 * (s["quality_before"] - a["verification"]["quality"]["value"]) <= 1.0)
-    assert s["p50_ms_before"] == min(a["latency"]["p50_ms"] for a in arts if a["precision"] == "fp32")
+    before = report["baseline"].get("artifacts") or arts  # the loaded model's float artifacts when a stage changed it
+    assert s["p50_ms_before"] == min(a["latency"]["p50_ms"] for a in before if a["precision"] == "fp32")
     listed = {a["path"] for a in arts} | {f["path"] for f in report["files"]}
     listed |= {c for a in arts for c in a.get("companions") or []}  # e.g. a .pte's sidecar JSON
     assert {p.relative_to(digits_run).as_posix() for p in (digits_run / "artifacts").iterdir()} == listed

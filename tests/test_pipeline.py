@@ -217,7 +217,8 @@ def test_python_api_takes_a_module_and_arrays(tmp_path: Path):
     original = {k: v.clone() for k, v in net.state_dict().items()}
     ds = digits()
     result = edgekit.compress(net, "host", data=(ds.x_train, ds.y_train), example_input=ds.x_train[:1],
-                              recipe="auto", overrides={"quantize": {"trials": 2, "final_runs": 20},
+                              recipe="auto", overrides={"joint": {"trials": 3, "final_runs": 20,
+                                                                  "runtimes": ["onnxruntime"]},
                                                         "export": {"formats": ["onnx"]}},
                               out=tmp_path / "api")
     assert isinstance(result.model, torch.nn.Module) and result.model is not net

@@ -4,8 +4,8 @@ Each technique is one registered entry (`@technique(name, order)`): a function o
 `Decision` (used or not, why, and the stages it adds with their settings). Entries are asked in `order`; the plan is
 `check, baseline`, the stages of every used entry (those ordered after EXPORT_ORDER come after `export`, as the INT8
 search works on the exported float model), then `verify, measure`. An entry sees which entries were
-chosen before it (`facts.chosen`), so a technique that subsumes others (issue 14's joint pruning + INT8 search) can
-take their place by deciding first and the others can step aside with a reason.
+chosen before it (`facts.chosen`), so a technique that subsumes others (the joint pruning + INT8 search, edgekit.joint)
+takes their place by deciding first and the others step aside with a reason.
 
 Without a torch model (the native routes of edgekit.importers.native: an ONNX file onnx2torch cannot convert, a
 .tflite file), `gather` says so in the facts: techniques that need a torch model step aside with the reason
@@ -80,10 +80,42 @@ def technique(name: str, order: int) -> Callable[[Callable[[Facts], Decision]], 
     return add
 
 
+JOINT_TRAIN_INPUTS = 2000  # fine-tuning inputs per epoch of each pruned candidate (bounds auto's time on big data)
+
+
+@technique("joint", order=15)
+def _joint(f: Facts) -> Decision:
+    """Issue 14's joint search: where no runtime of the target runs this model's weights sparse, width (channel
+    pruning) and precision are searched together on latency measured in each runtime; it takes quantize's place
+    for the formats it builds."""
+    if not f.torch_model:
+        return f.no_torch("the joint search fine-tunes pruned candidates, so it")
+    if not f.labelled:
+        return Decision(False, f"fine-tunes pruned candidates and needs labelled data ('{f.data_name}' has none): "
+                               "post-training techniques only")
+    if f.prunable:
+        return Decision(False, f"{len(f.prunable)} layers run sparse on {f.target.name}: lottery-ticket pruning and "
+                               "sparse conversion instead")
+    from edgekit.joint.settings import RUNTIMES
+
+    if not any(r.name in RUNTIMES for r in f.target.runtimes):
+        return Decision(False, f"it builds and times artifacts for {', '.join(RUNTIMES)}, and {f.target.name} runs "
+                               f"{', '.join(r.name for r in f.target.runtimes)}")
+    settings = {"max_quality_drop": f.budget, "trials": 12, "widths": [1.0, 0.5], "finetune_epochs": 2,
+                "train_inputs": JOINT_TRAIN_INPUTS, "timing_runs": 10, "final_runs": 60, "max_seconds": 240.0}
+    return Decision(True, f"no runtime of {f.target.name} runs this model's weights sparse ({f.sparse_blocker}): "
+                          "channel pruning (widths rounded to the target's channel multiple, short fine-tunes) and "
+                          "per-layer FP32 / INT8 searched together on latency in each runtime (12 trials), within "
+                          f"{f.budget} pts", [("joint", settings)])
+
+
 @technique("prune", order=20)
 def _prune(f: Facts) -> Decision:
     if not f.torch_model:
         return f.no_torch("lottery-ticket pruning retrains the model, so it")
+    if "joint" in f.chosen:
+        return Decision(False, "the joint search prunes channels instead (no runtime here runs sparse weights: "
+                               f"{f.sparse_blocker})")
     if not f.labelled:
         return Decision(False, f"needs labelled data to retrain ('{f.data_name}' has none): post-training "
                                "techniques only")
@@ -122,6 +154,18 @@ def _decompose(f: Facts) -> Decision:
 def _quantize(f: Facts) -> Decision:
     from edgekit.stages.quantize import BACKENDS
 
+    if "joint" in f.chosen:  # the joint search chose the precision of the formats it builds; the others remain
+        from edgekit.joint.settings import RUNTIMES as JOINT_RUNTIMES
+
+        fmts = [r.format for r in f.target.runtimes if r.int8 and r.format in BACKENDS
+                and r.name not in JOINT_RUNTIMES]
+        if not fmts:
+            return Decision(False, "the joint search chose each layer's precision together with its width")
+        settings = {"chain_budget": True, "max_quality_drop": f.budget, "trials": 16, "timing_runs": 10,
+                    "final_runs": 60, "max_seconds": 300.0, "skip_failing_formats": True, "formats": fmts}
+        return Decision(True, f"per-layer INT8 policy search for {', '.join(fmts)}, which the joint search does "
+                              "not build (it chose the precision of the others together with their width), on the "
+                              "joint search's model and within what it left of the budget", [("quantize", settings)])
     fmts = [r.format for r in f.target.runtimes if r.int8 and r.format in BACKENDS
             and (f.torch_model or r.format in f.file_formats)]
     if not fmts:

@@ -64,6 +64,10 @@ class Target:
     is_host: bool = False  # True: the device is the machine edgekit runs on, so its latencies are measured here
     device_kind: str = "linux"  # "linux", "android", "browser": how a device runner reaches it
     notes: str = ""
+    # Channel counts that the target's CPU kernels process without a ragged tail: the output-channel tile of the
+    # float and INT8 GEMM / convolution micro-kernels (XNNPACK's NR, MLAS's NCHWc block). Channel pruning keeps a
+    # multiple of it. "auto" (host) is read from the CPU's SIMD features: see simd_channel_multiple.
+    channel_multiple: int = 8
 
     @property
     def formats(self) -> tuple[str, ...]:
@@ -123,9 +127,37 @@ def _parse_target(raw: dict, path: Path) -> Target:
     if missing:
         raise SettingsError(f"{path}: missing keys {sorted(missing)}")
     values["simd"] = tuple(values["simd"])
+    values["channel_multiple"] = _channel_multiple(values.get("channel_multiple", 8), values, path)
     if not runtimes:
         raise SettingsError(f"{path}: a target needs at least one [[runtimes]] entry")
     return Target(runtimes=tuple(runtimes), is_host=is_host, **values)
+
+
+def simd_channel_multiple(arch: str, simd: tuple[str, ...] | list[str]) -> int:
+    """The output-channel tile of a CPU's float and INT8 convolution kernels, from its SIMD features.
+
+    AVX-512: 16 (MLAS's NCHWc block and XNNPACK's f32 / qs8-VNNI GEMM tiles are 16 channels wide); AVX / AVX2: 8
+    (NCHWc block 8, XNNPACK 8-wide f32 tiles); ARM NEON: 8 (XNNPACK's 4x8 / 6x8 f32 and 8-column qs8 tiles); WebAssembly
+    SIMD128 and plain SSE: 4 (one 128-bit vector of floats). Anything else: 1 (no rounding).
+    """
+    feats = set(simd)
+    if arch in ("x86_64", "amd64", "i686"):
+        if "avx512f" in feats:
+            return 16
+        return 8 if feats & {"avx", "avx2"} else 4
+    if arch == "aarch64" or "neon" in feats:
+        return 8
+    if arch == "wasm32":
+        return 4
+    return 1
+
+
+def _channel_multiple(value: object, values: dict, path: Path) -> int:
+    if value == "auto":
+        return simd_channel_multiple(str(values["arch"]), tuple(values["simd"]))
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise SettingsError(f"{path}: channel_multiple must be a positive integer or \"auto\", got {value!r}")
+    return value
 
 
 @cache

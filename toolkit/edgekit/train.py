@@ -24,7 +24,8 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int = 10, lr:
         batch_size: int = 64, seed: int = 0, optimizer: str = "adam", weight_decay: float = 0.0,
         schedule: str = "none", device: str = "cpu", params: Any = None,
         after_step: Callable[[nn.Module, int], None] | None = None, progress: Any = None,
-        description: str = "training") -> int:
+        description: str = "training", probabilities: bool = False, teacher: np.ndarray | None = None,
+        teacher_weight: float = 0.5) -> int:
     """Supervised training with cross-entropy; returns the number of optimiser steps taken.
 
     Args:
@@ -36,6 +37,10 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int = 10, lr:
         params: parameters to optimise (default: all with requires_grad).
         after_step: called after every optimiser step with (model, step), e.g. to re-apply pruning masks.
         progress: a rich Progress; a task is added when given.
+        probabilities: the model ends in a softmax (e.g. an imported deployment graph): the loss is the negative
+            log-likelihood of its outputs instead of cross-entropy on logits.
+        teacher: class probabilities of a teacher model for every row of x (knowledge distillation): the loss adds
+            teacher_weight x KL(teacher || model) to (1 - teacher_weight) x the label loss.
     """
     import torch
     import torch.nn.functional as F
@@ -51,6 +56,7 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int = 10, lr:
         raise ValueError(f"unknown optimizer {optimizer!r}")
     xt = torch.as_tensor(x)
     yt = torch.as_tensor(y)
+    tt = None if teacher is None else torch.as_tensor(teacher, dtype=torch.float32).reshape(len(x), -1)
     n = len(xt)
     steps_per_epoch = (n + batch_size - 1) // batch_size
     total = epochs * steps_per_epoch
@@ -63,7 +69,15 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int = 10, lr:
             idx = order[i:i + batch_size]
             xb, yb = xt[idx].to(device), yt[idx].to(device)
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xb), yb)
+            out = model(xb)
+            if probabilities or tt is not None:
+                log_p = torch.log(out.clamp_min(1e-12)) if probabilities else F.log_softmax(out, dim=1)
+                loss = F.nll_loss(log_p, yb)
+                if tt is not None:
+                    kl = F.kl_div(log_p, tt[idx].to(device), reduction="batchmean")
+                    loss = (1 - teacher_weight) * loss + teacher_weight * kl
+            else:
+                loss = F.cross_entropy(out, yb)
             loss.backward()
             opt.step()
             if sched is not None:
@@ -77,6 +91,13 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int = 10, lr:
         progress.remove_task(task)
     model.eval()
     return step
+
+
+def outputs_are_probabilities(model: nn.Module, x: np.ndarray) -> bool:
+    """Whether the model's outputs on `x` are probability rows (non-negative, summing to 1): a graph exported for
+    deployment often ends in a softmax, and training it needs the log-likelihood, not cross-entropy on logits."""
+    out = predict(model, x[:8]).reshape(min(len(x), 8), -1)
+    return bool(out.shape[1] > 1 and (out >= 0).all() and np.allclose(out.sum(1), 1.0, atol=1e-4))
 
 
 def predict(model: nn.Module | Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: int = 256) -> np.ndarray:

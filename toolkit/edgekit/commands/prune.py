@@ -31,6 +31,9 @@ def prune(
                                                show_default=_d("prune", "epochs"))] = None,
     pattern: Annotated[str | None, typer.Option(help="unstructured, 1x4, 4x1 or N:M",
                                                 show_default=_d("prune", "pattern"))] = None,
+    structure: Annotated[str | None, typer.Option(help="weights (sparse masks) or channel (whole channel groups: "
+                                                       "a thinner dense network)",
+                                                  show_default=_d("prune", "structure"))] = None,
     ranking: Annotated[str | None, typer.Option(help="layer or global", show_default=_d("prune", "ranking"))] = None,
     seed: Annotated[int | None, typer.Option(help="seed of every random choice",
                                              show_default=_d("prune", "seed"))] = None,
@@ -44,13 +47,14 @@ def prune(
     fresh: Annotated[bool, typer.Option(help="ignore finished stages and rounds of an earlier run in --out")] = False,
     trust_model_code: TrustCode = False,
 ) -> None:
-    """Find a winning ticket: iterative magnitude pruning with rewinding, with re-init and random-mask controls."""
+    """Find a winning ticket: iterative magnitude pruning with rewinding, with re-init and random-mask controls
+    (--structure channel: over channel groups, giving a thinner dense network)."""
     from edgekit import api
     from edgekit.cli import _console, parse_sets, progress_bar
 
     settings: dict[str, Any] = {k: v for k, v in {
         "rounds": rounds, "rate": rate, "rewind_step": rewind_step, "epochs": epochs, "pattern": pattern,
-        "ranking": ranking, "seed": seed, "device": torch_device}.items() if v is not None}
+        "structure": structure, "ranking": ranking, "seed": seed, "device": torch_device}.items() if v is not None}
     if not controls:
         settings.update(reinit_control=False, random_mask_control=False)
     if target is None:
@@ -75,12 +79,16 @@ def _print_rounds(console: Any, report: dict[str, Any], out_dir: Path) -> None:
     from rich.table import Table
 
     stage = next(s for s in report["stages"] if s["name"] == "prune")
-    table = Table(title=f"lottery ticket: {report['model']}")
-    for col in ("round", "weights remaining", "ticket", "re-init", "random mask"):
+    channels = stage["details"].get("structure") == "channel"
+    table = Table(title=f"{'structured ' if channels else ''}lottery ticket: {report['model']}")
+    for col in ("round", "weights remaining", *(("channels",) if channels else ()), "ticket", "re-init",
+                "random channels" if channels else "random mask"):
         table.add_column(col, justify="right")
     for r in stage["details"]["rounds"]:
-        table.add_row(str(r["round"]), f"{100 * r['remaining']:.2f}%",
+        ch = (f"{100 * r['channels_remaining']:.1f}%",) if channels else ()
+        table.add_row(str(r["round"]), f"{100 * r['remaining']:.2f}%", *ch,
                       *[("–" if r[k] is None else f"{100 * r[k]:.2f}%") for k in ("ticket", "reinit", "random_masks")])
     console.print(table)
-    console.print(f"report: {out_dir / 'report.json'}  (Markdown: {out_dir / 'report.md'}); "
-                  f"mask: {out_dir / stage['details']['mask']}")
+    kept = f"channels: {out_dir / stage['details']['channels']}" if channels else \
+        f"mask: {out_dir / stage['details']['mask']}"
+    console.print(f"report: {out_dir / 'report.json'}  (Markdown: {out_dir / 'report.md'}); {kept}")

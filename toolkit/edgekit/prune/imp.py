@@ -141,6 +141,7 @@ class _Trainer:
 
     def __init__(self, settings: Any, x: np.ndarray, y: np.ndarray, device: str, progress: Any = None):
         self.s, self.x, self.y, self.device, self.progress = settings, x, y, device, progress
+        self.probabilities: bool | None = None
 
     def train(self, model: nn.Module, mask: Mask, seed: int, capture_step: int | None = None,
               description: str = "training") -> tuple[int, dict[str, torch.Tensor] | None]:
@@ -161,11 +162,16 @@ class _Trainer:
             if capture_step is not None and step == capture_step:
                 captured["state"] = _cpu_state(m)
 
+        if self.probabilities is None:  # a deployment graph ending in a softmax trains on its log-likelihood
+            from edgekit.train import outputs_are_probabilities
+
+            self.probabilities = outputs_are_probabilities(model.cpu(), self.x)
+            model.to(self.device)
         torch.manual_seed(seed)
         steps = fit(model, self.x, self.y, epochs=self.s.epochs, lr=self.s.lr, batch_size=self.s.batch_size,
                     seed=seed, optimizer=self.s.optimizer, schedule=self.s.schedule,
                     weight_decay=self.s.weight_decay, device=self.device, after_step=after_step,
-                    progress=self.progress, description=description)
+                    progress=self.progress, description=description, probabilities=self.probabilities)
         return steps, captured.get("state")
 
 

@@ -15,7 +15,11 @@ SERIES = (("ticket", "winning ticket", "#4c72b0", "o"), ("reinit", "same mask, r
           ("random_masks", "random mask, same sparsity", "#8c8c8c", "^"))
 
 
-def plot_rounds(path: Path, rounds: list[dict[str, Any]], title: str) -> Path:
+CHANNEL_LABELS = {"ticket": "structured ticket", "reinit": "same thin network, random re-init",
+                  "random_masks": "random channels, same widths"}
+
+
+def plot_rounds(path: Path, rounds: list[dict[str, Any]], title: str, labels: dict[str, str] | None = None) -> Path:
     """Test accuracy against the percentage of weights remaining (log axis, as in the paper's figures)."""
     import matplotlib
 
@@ -25,6 +29,7 @@ def plot_rounds(path: Path, rounds: list[dict[str, Any]], title: str) -> Path:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for key, label, color, marker in SERIES:
+        label = (labels or {}).get(key, label)
         pts = [(100 * r["remaining"], 100 * r[key]) for r in rounds if r.get(key) is not None]
         if key != "ticket" and rounds and rounds[0].get(key) is None and pts:
             pts = [(100.0, 100 * rounds[0]["ticket"]), *pts]  # every curve starts at the dense network
@@ -57,13 +62,29 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.2f}"
 
 
-def rounds_markdown(rounds: list[dict[str, Any]], plot_rel: str) -> str:
+def rounds_markdown(rounds: list[dict[str, Any]], plot_rel: str, channels: bool = False) -> str:
+    random = "random-channels" if channels else "random-mask"
+    extra = " channels remaining (%) |" if channels else ""
     lines = [f"![test accuracy vs weights remaining]({plot_rel})", "",
-             "| round | weights remaining (%) | ticket acc (%) | re-init acc (%) | random-mask acc (%) |",
-             "|---:|---:|---:|---:|---:|"]
+             f"| round | weights remaining (%) |{extra} ticket acc (%) | re-init acc (%) | {random} acc (%) |",
+             "|---:|---:|---:|---:|---:|" + ("---:|" if channels else "")]
     for r in rounds:
-        lines.append(f"| {r['round']} | {100 * r['remaining']:.2f} | {_pct(r['ticket'])} | {_pct(r['reinit'])} | "
+        ch = f" {100 * r['channels_remaining']:.2f} |" if channels else ""
+        lines.append(f"| {r['round']} | {100 * r['remaining']:.2f} |{ch} {_pct(r['ticket'])} | {_pct(r['reinit'])} | "
                      f"{_pct(r['random_masks'])} |")
+    return "\n".join(lines)
+
+
+def groups_markdown(groups: list[dict[str, Any]], widths: dict[str, int], multiple: int) -> str:
+    """Per channel group: the layers it spans, channels before and after, or why it stays."""
+    lines = ["| group (root layer) | layers | channels | kept | kept (%) | note |", "|---|---|---:|---:|---:|---|"]
+    for g in groups:
+        kept = widths.get(g["name"], g["channels"])
+        layers = ", ".join(f"`{n}`" for n in g["layers"][:6]) + (" ..." if len(g["layers"]) > 6 else "")
+        lines.append(f"| `{g['name']}` | {layers} | {g['channels']} | {kept} | {100 * kept / g['channels']:.0f} | "
+                     f"{g['reason']} |")
+    lines += ["", f"Kept channel counts are multiples of {multiple} (the target's channel multiple) where a group has "
+                  "more channels than that."]
     return "\n".join(lines)
 
 

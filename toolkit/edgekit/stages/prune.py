@@ -1,8 +1,11 @@
 """prune: find a winning ticket by iterative magnitude pruning with rewinding, with the paper's controls.
 
-Every round is checkpointed under <run>/prune/; a killed run resumes from its last finished round. The stage
-returns the last round's trained ticket (pruned weights are exact zeros) and writes <run>/prune/mask.pt with its
-sparsity report, a plot of accuracy against weights remaining (ticket, re-init, random masks) and a per-layer table.
+`structure: weights` (the default) prunes single weights or blocks and keeps the architecture (pruned weights are
+exact zeros; <run>/prune/mask.pt holds the mask). `structure: channel` prunes whole channel groups with Torch-Pruning
+and returns a thinner dense network (<run>/prune/channels.json holds the pruning history that rebuilds it); one
+stage, because both are the same IMP procedure with the same settings, controls, checkpoints and report. Every
+round is checkpointed under <run>/prune/; a killed run resumes from its last finished round. The report gets a plot
+of accuracy against weights remaining (ticket, re-init, random masks or channels) and a per-layer table.
 """
 
 from __future__ import annotations
@@ -20,13 +23,22 @@ if TYPE_CHECKING:
 
 CONTRACT = Contract(needs=frozenset({"torch", "labels"}), changes=frozenset({"weights", "masks"}), keeps_masks=False,
                     masks_note="a new ticket search starts from a dense mask", outputs=("prune",))
+CHANNEL_CONTRACT = Contract(needs=frozenset({"torch", "labels"}), changes=frozenset({"weights", "structure"}),
+                            keeps_masks=False, masks_note="channel pruning changes the shapes the masks were made for",
+                            outputs=("prune",))
 _OPTIMIZERS = ("adam", "sgd")
 _SCHEDULES = ("none", "cosine")
 _DEVICES = ("auto", "cpu", "cuda")
+STRUCTURES = ("weights", "channel")
 
 
 @dataclass(frozen=True)
 class Settings:
+    structure: str = field(default="weights", metadata={
+        "help": "weights: prune single weights or blocks (sparse masks); channel: prune whole channel groups "
+                "(a thinner dense network)"})
+    channel_multiple: int = field(default=0, metadata={
+        "help": "structure channel: kept channels are multiples of this (0: the target's channel_multiple)"})
     rounds: int = field(default=5, metadata={"help": "pruning rounds after the dense round 0"})
     rate: float = field(default=0.2, metadata={"help": "fraction of the surviving weights removed per round"})
     ranking: str = field(default="layer", metadata={"help": "layer: rank each layer alone; global: rank all "
@@ -68,8 +80,8 @@ class Settings:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not 0 <= v * self.rate < 1:
                 raise SettingsError(f"{name} must be >= 0 with {name} x rate < 1, got {v!r}")
-        choices = {"ranking": ("layer", "global"), "target_rules": ("auto", "on", "off"), "optimizer": _OPTIMIZERS,
-                   "schedule": _SCHEDULES, "device": _DEVICES}
+        choices = {"structure": STRUCTURES, "ranking": ("layer", "global"), "target_rules": ("auto", "on", "off"),
+                   "optimizer": _OPTIMIZERS, "schedule": _SCHEDULES, "device": _DEVICES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise SettingsError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
@@ -78,6 +90,11 @@ class Settings:
             raise SettingsError(f"layers must be conv+linear, conv, linear or a non-empty list of layer names, "
                                 f"got {self.layers!r}")
         parse_pattern(self.pattern)
+        if self.structure == "channel" and self.pattern != "unstructured":
+            raise SettingsError(f"pattern {self.pattern} applies to structure weights; structure channel prunes "
+                                "whole channels")
+        if not isinstance(self.channel_multiple, int) or self.channel_multiple < 0:
+            raise SettingsError(f"channel_multiple must be an integer >= 0, got {self.channel_multiple!r}")
         for name in ("epochs", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -98,6 +115,11 @@ class Settings:
                 raise SettingsError("device cuda was asked for but torch sees no CUDA device; use cpu or auto")
 
 
+def contract(settings: Settings) -> Contract:
+    """structure channel makes a thinner network (no masks); structure weights makes masks."""
+    return CHANNEL_CONTRACT if settings.structure == "channel" else CONTRACT
+
+
 def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     """Finds a winning ticket by iterative magnitude pruning with rewinding; returns the last round's ticket."""
     from edgekit.prune import report as prune_report
@@ -110,6 +132,10 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     if not data.labelled:
         raise SettingsError(f"prune trains the model and needs labelled data; '{data.name}' has no labels "
                             "(pass --data digits, an image folder or an .npz with x and y)")
+    if settings.structure == "channel":
+        from edgekit.prune.stage_channel import run_channel
+
+        return run_channel(model, settings, ctx)
     pattern = parse_pattern(settings.pattern)
     plan = plan_layers(model, settings, ctx.target, ctx.bundle.input_shape, pattern)
     folder = ctx.out / "prune"
@@ -164,3 +190,12 @@ def _within_budget(result: Any, folder: Any, settings: Settings, before: float) 
         result.model.load_state_dict(ck["state"])
         result.mask = Mask(ck["mask"])
     return kept
+
+
+def restore(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
+    """Rebuilds the thinner architecture of a finished channel prune, so that its checkpoint loads into it."""
+    if settings.structure != "channel":
+        return model
+    from edgekit.prune.stage_channel import restore_channels
+
+    return restore_channels(model, ctx)
