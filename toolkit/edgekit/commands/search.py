@@ -7,12 +7,13 @@ from typing import Annotated
 
 import typer
 
+from edgekit.commands._options import MODEL_HELP, Sets, TrustCode
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def search(
-        model: Annotated[str | None, typer.Argument(help="zoo name, .onnx/.pt2 file or module:factory; "
-                                                         "default: the built-in digits CNN")] = None,
+        model: Annotated[str | None, typer.Argument(help=MODEL_HELP)] = None,
         target: Annotated[str, typer.Option(help="target name")] = "host",
         data: Annotated[str | None, typer.Option(help="fine-tuning / evaluation data: digits, an image folder, or "
                                                       "an .npz with x (and y for accuracy)")] = None,
@@ -27,9 +28,9 @@ def register(app: typer.Typer) -> None:
                                                      "(default: all the target allows)")] = "",
         runtimes: Annotated[str, typer.Option(help="comma-separated runtimes (default: the target's)")] = "",
         out: Annotated[Path | None, typer.Option(help="run folder (default runs/<model>-<target>-joint)")] = None,
-        set_: Annotated[list[str] | None, typer.Option("--set", help="field=value for any other joint setting "
-                                                                     "(e.g. finetune_epochs=3), repeatable")] = None,
+        set_: Sets = None,
         fresh: Annotated[bool, typer.Option(help="ignore finished stages of an earlier run in --out")] = False,
+        trust_model_code: TrustCode = False,
     ) -> None:
         """Search per-layer width, precision and sparsity together on latency measured in each runtime."""
         from edgekit import api
@@ -40,13 +41,15 @@ def register(app: typer.Typer) -> None:
         for name, text in (("dimensions", dimensions), ("runtimes", runtimes)):
             if text:
                 joint[name] = [v.strip() for v in text.split(",") if v.strip()]
-        joint.update(parse_sets([s if s.startswith("joint.") else f"joint.{s}" for s in set_ or []]).get("joint", {}))
+        overrides = parse_sets(set_)
+        overrides["joint"] = {**joint, **overrides.get("joint", {})}
         out_dir = out or Path(f"{api.default_out_dir(model, target)}-joint")
         console = _console()
         with progress_bar() as progress:
             report = api.compress(model, target, recipe="joint", data=data, weights=weights,
-                                  input_shape=api.parse_shape(input_shape), out=out_dir, overrides={"joint": joint},
-                                  resume=not fresh, progress=progress, console=console)
+                                  input_shape=api.parse_shape(input_shape), out=out_dir, overrides=overrides,
+                                  resume=not fresh, progress=progress, console=console,
+                                  trust_code=trust_model_code)
         _print_summary(console, report, out_dir)
         stage = next(s for s in report["stages"] if s["name"] == "joint")
         m = stage["metrics"]
