@@ -21,6 +21,17 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict |
                           env={**os.environ, **(env or {})})
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (training tests: the same result on a busy machine, no oversubscription)."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory) -> Path:
     """`edgekit compress --target host` on the built-in default, run once for the session."""

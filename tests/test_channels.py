@@ -25,12 +25,7 @@ FAST = Settings(structure="channel", rounds=2, rate=0.5, epochs=1, batch_size=12
                 target_rules="off")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one thread: the same reductions on any machine, no oversubscription
 
 
 def test_round_channels_and_target_multiples():

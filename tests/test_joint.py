@@ -23,12 +23,7 @@ ONNX_ONLY = {"runtimes": ["onnxruntime"], "trials": 7, "finetune_epochs": 1, "ev
              "final_runs": 20, "widths": [1.0, 0.5], "channel_multiple": 8}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one thread: the same reductions on any machine, no oversubscription
 
 
 def _space(**kw):

@@ -30,12 +30,7 @@ from edgekit.zoo import digits_cnn, digits_mlp
 FAST = Settings(rounds=2, epochs=2, batch_size=128, device="cpu", target_rules="off")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one thread: the same reductions on any machine, no oversubscription
 
 
 def _mlp(seed: int = 0):

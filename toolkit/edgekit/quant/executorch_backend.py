@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
-from edgekit.quant.policy import FLOAT, INT8_CHANNEL, Layer, Policy
-from edgekit.quant.tflite_backend import list_layers
+from edgekit.quant.policy import FLOAT, INT8_CHANNEL, Policy
+from edgekit.quant.tflite_backend import TorchPolicyQuantizer, list_layers
 
 NAME = "xnnpack-pt2e"
 FORMAT = "pte"
@@ -96,29 +95,11 @@ def policy_quantizer(policy: Policy) -> Any:
     return q
 
 
-class ExecuTorchQuantizer:
-    """Quantises one torch model to ExecuTorch programs under many policies.
+class ExecuTorchQuantizer(TorchPolicyQuantizer):
+    """Quantises one torch model to ExecuTorch programs under many policies (XNNPACKQuantizer, XNNPACK delegate)."""
 
-    Args:
-        model: the float torch model (eval mode).
-        example: one input batch (fixes the program's shape).
-        calib_x: calibration inputs (N, C, H, W), from the training split.
-    """
-
-    def __init__(self, model: Any, example: np.ndarray, calib_x: np.ndarray, workdir: str | Path | None = None
-                 ) -> None:
-        self.model = model.eval()
-        self.example = np.ascontiguousarray(example, np.float32)
-        self.calib_x = calib_x.astype(np.float32)
-        self.layers: list[Layer] = list_layers(model)
-
-    def _check(self, policy: Policy) -> None:
-        if policy.calibration not in CALIBRATIONS:
-            raise EdgekitError(f"ExecuTorch backend: calibration '{policy.calibration}' is not offered by the PT2E "
-                               f"quantizer here; use one of {list(CALIBRATIONS)}")
-        unknown = sorted(set(policy.layers) - {la.name for la in self.layers})
-        if unknown:
-            raise EdgekitError(f"policy names layers the model lacks: {unknown[:5]}")
+    LABEL = "ExecuTorch"
+    CALIBRATIONS = CALIBRATIONS
 
     def apply(self, policy: Policy, out_path: str | Path) -> Path:
         """Writes the policy's `.pte` and its sidecar."""

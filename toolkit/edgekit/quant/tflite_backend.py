@@ -89,8 +89,9 @@ def _policy_quantizer(policy: Policy) -> Any:
     return PolicyQuantizer(configs, glob)
 
 
-class TFLiteQuantizer:
-    """Quantises one torch model to TFLite under many policies.
+class TorchPolicyQuantizer:
+    """What the PT2E backends share (LiteRT here, ExecuTorch in executorch_backend): one torch model quantised under
+    many policies, each checked against the backend's calibrations and the model's layers first.
 
     Args:
         model: the float torch model (eval mode).
@@ -98,12 +99,30 @@ class TFLiteQuantizer:
         calib_x: calibration inputs (N, C, H, W), from the training split.
     """
 
+    LABEL = ""
+    CALIBRATIONS: tuple[str, ...] = ()
+
     def __init__(self, model: Any, example: np.ndarray, calib_x: np.ndarray, workdir: str | Path | None = None
                  ) -> None:
         self.model = model.eval()
         self.example = np.ascontiguousarray(example, np.float32)
         self.calib_x = calib_x.astype(np.float32)
-        self.layers = list_layers(model)
+        self.layers: list[Layer] = list_layers(model)
+
+    def _check(self, policy: Policy) -> None:
+        if policy.calibration not in self.CALIBRATIONS:
+            raise EdgekitError(f"{self.LABEL} backend: calibration '{policy.calibration}' is not offered by the PT2E "
+                               f"quantizer here; use one of {list(self.CALIBRATIONS)}")
+        unknown = sorted(set(policy.layers) - {la.name for la in self.layers})
+        if unknown:
+            raise EdgekitError(f"policy names layers the model lacks: {unknown[:5]}")
+
+
+class TFLiteQuantizer(TorchPolicyQuantizer):
+    """Quantises one torch model to TFLite under many policies (litert-torch's PT2E quantizer)."""
+
+    LABEL = "TFLite"
+    CALIBRATIONS = CALIBRATIONS
 
     def apply(self, policy: Policy, out_path: str | Path) -> Path:
         import litert_torch
@@ -113,12 +132,7 @@ class TFLiteQuantizer:
 
         from edgekit.export import tflite as tflite_export
 
-        if policy.calibration not in CALIBRATIONS:
-            raise EdgekitError(f"TFLite backend: calibration '{policy.calibration}' is not offered by the PT2E "
-                               f"quantizer here; use one of {list(CALIBRATIONS)}")
-        unknown = sorted(set(policy.layers) - {la.name for la in self.layers})
-        if unknown:
-            raise EdgekitError(f"policy names layers the model lacks: {unknown[:5]}")
+        self._check(policy)
         x = torch.as_tensor(self.example)
         batch = x.shape[0]
         quantizer = _policy_quantizer(policy)
