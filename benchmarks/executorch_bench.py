@@ -12,7 +12,7 @@ layer, against their own measured profiles.
 mobilenet_v2 has torchvision's seed-0 initialisation with BatchNorm statistics set from synthetic inputs (no weights
 can be downloaded here); inputs are standard-normal images. Latencies are this machine's (host), never a device's.
 
-    .venv/bin/python benchmarks/executorch.py [--runs 200] [--train 4] [--variants 3]
+    .venv/bin/python benchmarks/executorch_bench.py [--runs 200] [--train 4] [--variants 3]
 
 Prints JSON lines; the last one holds et_fp32_p50_ms, et_int8_p50_ms, ort_fp32_p50_ms, ort_int8_p50_ms,
 tflite_fp32_p50_ms, et_int8_vs_best_fp32, et_fp32_max_abs_err, delegated_fraction, profiled_ops (and more).
@@ -24,16 +24,12 @@ import argparse
 import json
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-# This file is benchmarks/executorch.py: with its folder first on sys.path, `import executorch` would find it.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def emit(obj: dict[str, Any]) -> None:
