@@ -45,6 +45,7 @@ CHAIN = {"stages": [
 
 def stale_files(out: Path, report: dict[str, Any]) -> list[str]:
     listed = {a["path"] for a in report["artifacts"]} | {f["path"] for f in report.get("files", [])}
+    listed |= {c for a in report["artifacts"] for c in a.get("companions") or []}  # e.g. a .pte's sidecar JSON
     return sorted(p.relative_to(out).as_posix() for p in (out / "artifacts").rglob("*")
                   if p.is_file() and p.relative_to(out).as_posix() not in listed)
 
