@@ -147,6 +147,27 @@ def test_search_without_latency_never_reports_host_timings(cnn, tmp_path):
     assert r.chosen.drop <= 5.0
 
 
+def test_sensitivity_pass_stops_at_its_deadline_and_ranks_the_rest_after(cnn, tmp_path):
+    """A time limit bounds the per-layer pass (each PT2E candidate is a whole export); the layers it did not reach
+    are still searched, ranked after the measured ones, and the report says so."""
+    import time
+
+    from edgekit.quant.driver import search_runtime
+    from edgekit.quant.evaluate import Scorer
+    from edgekit.quant.onnx_backend import CALIBRATIONS, OnnxQuantizer
+    from edgekit.quant.report import markdown
+    from edgekit.quant.sensitivity import layer_sensitivity
+
+    ds = cnn["data"]
+    q = OnnxQuantizer(cnn["onnx"], ds.x_train[:32], tmp_path)
+    scorer = Scorer(q, "onnxruntime", cnn["onnx"], ds.x_test[:120], ds.y_test[:120], tmp_path, latency="none")
+    assert len(layer_sensitivity(scorer, "minmax", deadline=time.perf_counter())) == 1  # one layer, then stop
+    r = search_runtime(scorer, fmt="onnx", backend_name="onnxruntime", calibrations=CALIBRATIONS, trials=4,
+                       constraints=Constraints(max_quality_drop=5.0), max_seconds=1e-6)
+    assert len(r.sensitivity) == 1 < len(r.int8.policy.layers) == 5
+    assert "measured for the first 1 of 5 layers" in markdown(r, None)
+
+
 def test_latency_is_measured_only_for_the_host_target():
     from types import SimpleNamespace
 

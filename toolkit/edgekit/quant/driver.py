@@ -93,11 +93,15 @@ def search_runtime(scorer: Scorer, *, fmt: str, backend_name: str, calibrations:
     int8 = scorer.score(full, "full-int8", time_it=False)
     scorer.set_anchor(int8.path)
     if sensitivity is None and ranked is None:
-        sensitivity = layer_sensitivity(scorer, calibrations[0], progress=progress)
+        # at most half of the time limit: the NSGA-II search is what finds the policy
+        deadline = None if max_seconds is None else start + max_seconds / 2
+        sensitivity = layer_sensitivity(scorer, calibrations[0], progress=progress, deadline=deadline)
     sensitivity = sensitivity or []
     for s in sensitivity:
         s.latency_share = (shares or {}).get(s.layer.name)
-    ranked = ranked or ranking(sensitivity)
+    # layers the pass did not reach (time limit) follow the measured ones, in model order
+    measured = ranking(sensitivity)
+    ranked = ranked or measured + [la.name for la in layers if la.name not in set(measured)]
     use_latency = scorer.latency != "none"
     remaining = None if max_seconds is None else max(10.0, max_seconds - (time.perf_counter() - start))
     if distributed is not None and distributed.spawn is not None:

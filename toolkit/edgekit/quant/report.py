@@ -83,6 +83,10 @@ def markdown(r: SearchResult, plot_name: str | None, max_rows: int = 60) -> str:
                          f"{r.chosen.policy.mode(s.layer.name)} | {s.drop:.2f} | {s.sqnr_db:.1f} | {share} |")
         if len(r.sensitivity) > max_rows:
             lines.append(f"| … {len(r.sensitivity) - max_rows} more layers in report.json | | | | | | |")
+        if len(r.sensitivity) < len(r.int8.policy.layers):  # the full INT8 policy lists every layer
+            lines += ["", f"Sensitivity was measured for the first {len(r.sensitivity)} of "
+                          f"{len(r.int8.policy.layers)} layers within half the search's time limit (`max_seconds`); "
+                          "the others were ranked after them, in model order."]
     lines += ["", "Pareto front (quality drop, latency, size):", "",
               "| candidate | policy | drop (pts) | p50 ms | size |", "|---|---|---:|---:|---:|"]
     for c in r.front[:12]:

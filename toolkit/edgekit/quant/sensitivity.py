@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,12 +36,19 @@ class LayerSensitivity:
 
 
 def layer_sensitivity(scorer: Scorer, calibration: str = "minmax", mode: str = INT8_CHANNEL,
-                      progress: object = None) -> list[LayerSensitivity]:
-    """Quantises one layer at a time (all others float) and scores the model; no timing."""
+                      progress: object = None, deadline: float | None = None) -> list[LayerSensitivity]:
+    """Quantises one layer at a time (all others float) and scores the model; no timing.
+
+    With a `deadline` (time.perf_counter() value) the pass stops there: a backend whose candidates are whole exports
+    (PT2E: ~10 s each) would otherwise spend the search's time on a deep model's layers alone. The layers measured
+    come first, in model order; the caller sees how many by the list's length.
+    """
     layers = scorer.backend.layers
     out = []
     task = progress.add_task("sensitivity", total=len(layers)) if progress is not None else None  # type: ignore
     for i, layer in enumerate(layers):
+        if deadline is not None and out and time.perf_counter() > deadline:
+            break
         policy = Policy(layers={la.name: (mode if la is layer else "float") for la in layers},
                         calibration=calibration, label=f"only {layer.name}")
         c = scorer.score(policy, f"sens-{i:03d}", time_it=False)
