@@ -161,3 +161,25 @@ def test_sparsity_is_searched_only_where_the_runtime_runs_sparse_weights(tmp_pat
         assert float((w == 0).float().mean()) == pytest.approx(0.75, abs=0.01)  # held through fine-tuning
     graph = read_tflite(builder.artifact(tuned, sparse, "sparse"))
     assert graph.has_densify
+
+
+def test_distillation_caps_train_inputs_at_the_data(tmp_path):
+    """`train_inputs` is a cap: with distillation on and fewer training inputs than the cap (auto's 2000 against the
+    digits' 1347), a pruned candidate is fine-tuned on all of them against the unmodified model's probabilities."""
+    import numpy as np
+
+    from edgekit.joint.build import Builder, TrainData
+
+    nn = torch.nn
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+    x = np.random.default_rng(0).standard_normal((1, 1, 8, 8), dtype=np.float32)
+    xs = np.random.default_rng(1).standard_normal((24, 1, 8, 8), dtype=np.float32)
+    ys = np.arange(24) % 4
+    s = Settings(finetune_epochs=1, batch_size=8, distill=0.5, train_inputs=2000)
+    builder = Builder(model, x, TrainData(xs, ys, True), s, tmp_path)
+    d = Decision("litert", widths=(("0", 8),))  # group "0" keeps 8 of its 16 channels
+    tuned = builder.tuned(d)
+    assert dict(tuned.named_parameters())["0.weight"].shape[0] == 8 and builder.finetunes == 1
+    assert builder.teacher(len(xs)).shape == (24, 4)

@@ -129,7 +129,7 @@ class Builder:
                 for p, keep in pairs:
                     p.mul_(keep.to(p.device, p.dtype))
 
-        n = self.s.train_inputs or len(self.train.x)
+        n = min(self.s.train_inputs or len(self.train.x), len(self.train.x))  # a cap, not a count to reach
         fit(model, self.train.x[:n], self.train.y[:n], epochs=epochs, lr=self.s.lr, batch_size=self.s.batch_size,
             seed=self.s.seed, device="cpu", after_step=keep_zeros if pairs else None, progress=self.progress,
             description=what, probabilities=self.probabilities, teacher=self.teacher(n),
