@@ -84,7 +84,7 @@ def _accuracy(path: Path, runtime: str, x: np.ndarray, y: np.ndarray) -> float:
     return float((out.argmax(1) == y[: len(out)]).mean())
 
 
-def cls(work: Path, runs: int, preslim: bool) -> dict[str, Any]:
+def cls(work: Path, runs: int, preslim: bool, n_train: int = 800) -> dict[str, Any]:
     from _common import CLS_SHAPE, ppocr_cls_onnx, text_lines, write_text_lines_npz
 
     from edgekit import api
@@ -99,7 +99,7 @@ def cls(work: Path, runs: int, preslim: bool) -> dict[str, Any]:
         m = onnx.load(str(model))
         model = work / "cls_slim.onnx"
         onnx.save(onnxslim.slim(m, input_shapes=[f"{m.graph.input[0].name}:1,3,48,192"]), str(model))
-    lines = write_text_lines_npz(work / "lines.npz", 800, 400, seed=0)
+    lines = write_text_lines_npz(work / "lines.npz", n_train, 400, seed=0)
     x_hold, y_hold = text_lines(400, seed=2000)
     out = work / "cls-auto"
     start = time.perf_counter()
@@ -134,7 +134,7 @@ def cls(work: Path, runs: int, preslim: bool) -> dict[str, Any]:
             "cls_plan_used": [t["name"] for t in report["plan"]["techniques"] if t["used"]],
             "cls_run_summary": {k: report["summary"].get(k) for k in ("quality_before", "quality_after",
                                                                        "quality_drop", "speedup")},
-            "cls_seconds": round(seconds, 1), "cls_preslim": preslim, "cls_runs": runs}
+            "cls_seconds": round(seconds, 1), "cls_preslim": preslim, "cls_runs": runs, "cls_train": n_train}
 
 
 def main() -> None:
@@ -143,6 +143,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=300, help="interleaved timing rounds for the cls comparison")
     ap.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one); a folder of an "
                                                            "earlier run reuses its finished cls stages")
+    ap.add_argument("--cls-train", type=int, default=800, help="rendered training lines for the cls run (the "
+                    "joint search fine-tunes on at most 2000 of them)")
     ap.add_argument("--preslim", action="store_true", help="simplify the cls file with onnxslim first (a stand-in "
                                                                "for the import pass, until it is on main)")
     args = ap.parse_args()
@@ -155,7 +157,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         result.update(row)
     if "cls" in parts:
-        row = cls(work, args.runs, args.preslim)
+        row = cls(work, args.runs, args.preslim, args.cls_train)
         print(json.dumps(row), flush=True)
         result.update(row)
     result["work"] = str(work)
