@@ -77,15 +77,17 @@ def emulated_ratio(dense: Path, sparse: Path, x: np.ndarray, d: Path) -> float |
 
 def device_times(device: str, dense: Path, sparse: Path, runs: int, warmup: int) -> dict:
     """dense and sparse timed on the device, alternating three times (p50 of each call, median over calls)."""
-    from edgekit.measure.device import parse_device_uri, run_harness
+    from edgekit.devices import Job, open_device
 
     try:
-        uri = parse_device_uri(device)
         p50 = {"dense": [], "sparse": []}
-        for _ in range(3):
-            for kind, path in (("dense", dense), ("sparse", sparse)):
-                r = run_harness(uri, path, "litert", 1, runs, warmup, profile_runs=0)
-                p50[kind].append(r["timing"]["p50_ms"])
+        with open_device(device) as dev:
+            for _ in range(3):
+                for kind, path in (("dense", dense), ("sparse", sparse)):
+                    (lat,) = dev.time([Job(path, "litert")], runs, warmup=warmup, threads=1)
+                    if lat.source != "measured":
+                        raise RuntimeError(lat.reason)
+                    p50[kind].append(lat.p50_ms)
         d, s = float(np.median(p50["dense"])), float(np.median(p50["sparse"]))
         return {"device": device, "device_dense_p50_ms": d, "device_sparse_p50_ms": s, "device_speedup": d / s}
     except Exception as e:  # report why, never a number

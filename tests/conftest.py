@@ -63,6 +63,15 @@ def mnv2(tmp_path_factory):
     return {"model": model, "x": x, "onnx": onnx_path, "tflite": tflite_path, "dir": d}
 
 
+def one_line_error(r, *needles: str) -> None:
+    """A CLI run that failed as edgekit promises: exit code 2, one line on stderr, no traceback, naming `needles`."""
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
 def stage_record(report: dict, name: str) -> dict:
     """The record of the stage called `name` (compress puts a `check` stage first, so positions shift)."""
     return next(s for s in report["stages"] if s["name"] == name)

@@ -12,15 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli
-
-
-def _one_line_error(r, *needles: str) -> None:
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
+from conftest import ROOT, one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +82,7 @@ def test_existing_folder_that_is_not_a_run_folder_is_refused(tmp_path: Path, bas
         (mine / name).write_text(text)
     before = _snapshot(mine)
     r = run_cli("compress", "--recipe", str(baseline_recipe), "--out", str(mine))
-    _one_line_error(r, str(mine), "not an edgekit run folder")
+    one_line_error(r, str(mine), "not an edgekit run folder")
     assert _snapshot(mine) == before
 
 
@@ -150,7 +142,7 @@ def test_prune_fresh_checks_inputs_before_deleting(tmp_path: Path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x08\x07garbage")
     r = run_cli("prune", str(bad), "--data", "digits", "--fresh", "--out", str(out))
-    _one_line_error(r, "bad.onnx")
+    one_line_error(r, "bad.onnx")
     assert (out / "prune" / "round-000.pt").read_bytes() == b"an earlier run's round"
 
 

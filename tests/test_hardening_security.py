@@ -19,16 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import one_line_error, run_cli
 from edgekit.errors import EdgekitError, InputError, SettingsError
-
-
-def _one_line_error(r, *needles: str) -> None:
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 class _Payload:
@@ -137,7 +129,7 @@ def test_pt2_refusal_is_one_line_and_trusted_files_still_load(tmp_path: Path):
     ok = _tiny_pt2(tmp_path / "ok.pt2")
     evil = _pickled_bias(ok, tmp_path / "evil.pt2", _torch_bytes(_Payload(str(marker))))
     r = run_cli("compress", str(evil), "--out", str(tmp_path / "run"))
-    _one_line_error(r, "evil.pt2", "--trust-model-code")
+    one_line_error(r, "evil.pt2", "--trust-model-code")
     assert not marker.exists() and not (tmp_path / "run").exists()
     # A plain torch.export file loads without the flag; a pickled (but harmless) entry loads with it.
     assert load_model(str(ok)).input_shape == (1, 1, 8, 8)
@@ -153,9 +145,9 @@ def test_module_factory_needs_the_opt_in_flag(tmp_path: Path):
     from edgekit import cli
 
     r = run_cli("compress", "torch.nn:Identity", "--out", str(tmp_path / "run"))
-    _one_line_error(r, "--trust-model-code")
+    one_line_error(r, "--trust-model-code")
     r = run_cli("compress", "torch.nn:Identity", "--trust-model-code", "--out", str(tmp_path / "run"))
-    _one_line_error(r, "--input-shape")  # it got as far as running the factory
+    one_line_error(r, "--input-shape")  # it got as far as running the factory
     cli._register_commands()
     commands = typer.main.get_command(cli.app).commands
     for name in ("compress", "check", "prune", "quantize", "adapt", "decompose"):
@@ -186,7 +178,7 @@ def test_harness_script_rejects_names_that_break_out_of_a_line(tmp_path: Path):
     assert subprocess.run(["sh", "-n"], input=odd, text=True).returncode == 0
     evil = tmp_path / "a\ntouch PWNED\n.tflite"
     evil.write_bytes(b"TFL3")
-    _one_line_error(run_cli("android-harness", str(evil), cwd=tmp_path))
+    one_line_error(run_cli("android-harness", str(evil), cwd=tmp_path))
     assert not (tmp_path / "PWNED").exists()
 
 
@@ -205,7 +197,7 @@ def test_artifact_names_are_plain_file_names(stage: str, name: str):
 
 def test_artifact_name_outside_the_run_folder_is_refused_on_the_command_line(tmp_path: Path):
     r = run_cli("compress", "--set", "export.name=../../escaped", "--out", str(tmp_path / "a" / "run"))
-    _one_line_error(r, "export", "name")
+    one_line_error(r, "export", "name")
     assert not list(tmp_path.rglob("escaped*"))
 
 

@@ -48,3 +48,10 @@ def unknown(kind: str, name: str, choices: Iterable[str], hint: str = "") -> Edg
     if hint:
         msg += f". {hint}"
     return EdgekitError(msg)
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, at most `limit` characters (its class name when the message is
+    empty): what a one-line error quotes from a library that raised."""
+    text = str(e).strip().splitlines()
+    return text[0][:limit] if text else type(e).__name__

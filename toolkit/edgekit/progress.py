@@ -8,8 +8,12 @@ only a start and an end line, so a log stays short.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -126,3 +130,18 @@ def make_progress(stream: TextIO | None = None) -> Any:
     return Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
                     TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), transient=True,
                     console=Console(stderr=True))
+
+
+@contextlib.contextmanager
+def quiet_output() -> Iterator[None]:
+    """Silences a library that logs and prints per-node notes or progress bars of its own (onnxslim, onnx2torch,
+    ONNX Runtime's quantizer, the LiteRT Quantizer): stdout and stderr are swallowed and the root logger only passes
+    errors, so the user sees edgekit's progress and one-line errors."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgekit.errors import InputError, unknown
+from edgekit.errors import InputError, first_line, unknown
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -316,7 +316,7 @@ def _load_pt2(path: Path, trust_code: bool) -> ModelBundle:
     try:
         ep = torch.export.load(io.BytesIO(data))
     except Exception as e:
-        raise InputError(f"{path} is not a readable torch.export program ({_first_line(e)}); is the file complete?") from None
+        raise InputError(f"{path} is not a readable torch.export program ({first_line(e, 200)}); is the file complete?") from None
     finally:
         export_log.setLevel(level)
     user_inputs = [s for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
@@ -340,18 +340,13 @@ def _load_weights(bundle: ModelBundle, path: Path) -> None:
     try:
         bundle.module.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise InputError(f"{path} does not match {bundle.name}: {_first_line(e)}") from None
+        raise InputError(f"{path} does not match {bundle.name}: {first_line(e, 200)}") from None
     bundle.weights = f"file:{path}"
 
 
 def _check_input_shape(bundle: ModelBundle) -> None:
     if not bundle.input_shape or any(s <= 0 for s in bundle.input_shape):
         raise InputError(f"cannot infer the input shape of {bundle.name}; pass --input-shape, e.g. --input-shape 1,3,224,224")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
 
 
 def calibrate_batchnorm(module: nn.Module, x: Any, batch_size: int = 16) -> bool:

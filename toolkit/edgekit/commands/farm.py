@@ -51,6 +51,7 @@ def status(
 def probe(m: Any, leases: Any, timeout_s: int) -> dict[str, Any]:
     """One device's row: reachable or not (with the one-line reason), its facts, whether it fits its target."""
     from edgekit.devices import open_device
+    from edgekit.errors import first_line
     from edgekit.measure.device import check_device_fits_target
     from edgekit.targets import load_target
 
@@ -63,7 +64,7 @@ def probe(m: Any, leases: Any, timeout_s: int) -> dict[str, Any]:
             facts = dev.facts()
             row["runtimes"] = facts.get("runtimes") or list(dev.runtimes())
     except Exception as e:  # noqa: BLE001 (every failure is this device's health, reported, not raised)
-        row.update(health="down", error=str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
+        row.update(health="down", error=first_line(e))
         row["probe_s"] = round(time.monotonic() - start, 2)
         return row
     row["probe_s"] = round(time.monotonic() - start, 2)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, first_line
 from edgekit.fileio import atomic_path
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ def export(model: nn.Module, example: np.ndarray, path: Path, opset: int = OPSET
                                         optimize=True, verbose=False)
             program.save(str(tmp_onnx), external_data=False)
         except Exception as e:
-            raise EdgekitError(f"ONNX export failed: {str(e).strip().splitlines()[0][:300]}") from None
+            raise EdgekitError(f"ONNX export failed: {first_line(e)}") from None
         tmp_onnx.replace(tmp)
     return path
 

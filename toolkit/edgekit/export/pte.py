@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, first_line
 from edgekit.fileio import atomic_path, write_json
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def quantize(model: nn.Module, example: np.ndarray, calibration: np.ndarray, qua
                     m(torch.as_tensor(calibration[i:i + batch]))
             return convert_pt2e(m)
     except Exception as e:
-        raise EdgekitError(f"PT2E quantisation (XNNPACK quantizer) failed: {_first_line(e)}") from None
+        raise EdgekitError(f"PT2E quantisation (XNNPACK quantizer) failed: {first_line(e)}") from None
 
 
 def export(model: nn.Module, example: np.ndarray, path: Path, calibration: np.ndarray | None = None,
@@ -175,7 +175,7 @@ def _export(module: Any, x: Any) -> Any:
         with quiet(), torch.no_grad():
             return torch.export.export(module, (x,))
     except Exception as e:
-        raise EdgekitError(f"ExecuTorch export failed (torch.export): {_first_line(e)}") from None
+        raise EdgekitError(f"ExecuTorch export failed (torch.export): {first_line(e)}") from None
 
 
 def lower(program: Any, taps: bool = False) -> tuple[bytes, dict[str, Any]]:
@@ -198,7 +198,7 @@ def lower(program: Any, taps: bool = False) -> tuple[bytes, dict[str, Any]]:
     except EdgekitError:
         raise
     except Exception as e:
-        raise EdgekitError(f"ExecuTorch lowering (XNNPACK partitioner) failed: {_first_line(e)}") from None
+        raise EdgekitError(f"ExecuTorch lowering (XNNPACK partitioner) failed: {first_line(e)}") from None
 
 
 def delegation(gm: Any) -> dict[str, Any]:
@@ -267,10 +267,6 @@ def _version() -> str:
     from importlib.metadata import version
 
     return version("executorch")
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
 def artifact_meta(path: Path) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, first_line
 from edgekit.fileio import atomic_path
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ def export(model: nn.Module, example: np.ndarray, path: Path, **convert_kwargs: 
                 edge = litert_torch.convert(model, (x,), **convert_kwargs)
                 edge.export(str(tmp))
             except Exception as e:
-                raise EdgekitError(f"TFLite export failed: {str(e).strip().splitlines()[0][:300]}") from None
+                raise EdgekitError(f"TFLite export failed: {first_line(e)}") from None
     return path
 
 

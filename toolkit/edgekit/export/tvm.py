@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekit.errors import EdgekitError, RuntimeUnavailable
+from edgekit.errors import EdgekitError, RuntimeUnavailable, first_line
 from edgekit.export._tvm_kernels import KernelPolicy, fold_batchnorm, rewrite
 from edgekit.fileio import atomic_path, write_json
 
@@ -86,7 +86,7 @@ def export(
             program = torch.export.export(model, (x,))
         mod = from_exported_program(program)
     except Exception as e:
-        raise EdgekitError(f"TVM import failed: {str(e).strip().splitlines()[0][:300]}") from None
+        raise EdgekitError(f"TVM import failed: {first_line(e)}") from None
     mod = relax.transform.FoldConstant()(mod)
     mod, replaced = rewrite(mod, policy)
     tuning_dir = Path(tuning_dir) if tuning_dir else TUNING_DIR / tname

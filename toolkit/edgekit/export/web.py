@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekit.errors import InputError
+from edgekit.errors import InputError, first_line
 from edgekit.fileio import sha256_file
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ def _io_facts(onnx_file: Path) -> dict[str, Any]:
     try:
         m = onnx.load(str(onnx_file), load_external_data=False)
     except Exception as e:
-        raise InputError(f"{onnx_file} is not a readable ONNX model: {str(e).splitlines()[0][:200]}") from None
+        raise InputError(f"{onnx_file} is not a readable ONNX model: {first_line(e, 200)}") from None
     init = {i.name for i in m.graph.initializer}
     inputs = [i for i in m.graph.input if i.name not in init]
     if len(inputs) != 1 or not m.graph.output:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import InputError
+from edgekit.errors import InputError, first_line
 from edgekit.fileio import atomic_path
 
 RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert"}
@@ -191,7 +191,7 @@ def _runs_like_original(native: NativeModel, content: bytes, x: np.ndarray) -> s
         ref = native(x)
         err = float(np.abs(got - ref).max())
     except Exception as e:  # noqa: BLE001 - any failure means: not deployable as it is
-        return _first_line(e)
+        return first_line(e, 200)
     tol = ATOL + RTOL * float(np.abs(ref).max())
     return None if err <= tol else f"max abs error {err:.3g} against the original file"
 
@@ -269,7 +269,7 @@ def _read_flatbuffer(path: Path, content: bytes) -> Any:
             raise ValueError("no subgraph")
         return model
     except Exception as e:
-        raise InputError(f"{path} is not a valid .tflite model ({_first_line(e)}); is the file complete?") from None
+        raise InputError(f"{path} is not a valid .tflite model ({first_line(e, 200)}); is the file complete?") from None
 
 
 def _interpreter(path: Path, content: bytes) -> Any:
@@ -283,7 +283,7 @@ def _interpreter(path: Path, content: bytes) -> Any:
             interpreter.allocate_tensors()
         return interpreter
     except Exception as e:
-        raise InputError(f"{path} is not a valid .tflite model (LiteRT cannot load it: {_first_line(e)}); is the "
+        raise InputError(f"{path} is not a valid .tflite model (LiteRT cannot load it: {first_line(e, 200)}); is the "
                          "file complete?") from None
 
 
@@ -292,14 +292,9 @@ def _smoke_run(path: Path, interpreter: Any, inp: dict[str, Any], shape: tuple[i
         interpreter.set_tensor(inp["index"], np.zeros(shape, np.float32))
         interpreter.invoke()
     except Exception as e:
-        raise InputError(f"{path}: LiteRT cannot run the model ({_first_line(e)}); is the file complete?") from None
+        raise InputError(f"{path}: LiteRT cannot run the model ({first_line(e, 200)}); is the file complete?") from None
 
 
 def _producer(model: Any) -> str:
     desc = getattr(model, "description", None)
     return desc.decode() if isinstance(desc, bytes) else (desc or "")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__

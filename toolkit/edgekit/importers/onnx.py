@@ -15,20 +15,18 @@ real data when the user gave some.
 from __future__ import annotations
 
 import collections
-import contextlib
 import copy
-import io
-import logging
 import warnings as warnings_module
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import InputError
+from edgekit.errors import InputError, first_line
 from edgekit.importers import onnx_rewrites as rw
 from edgekit.importers.onnx_check import ATOL, RTOL, ImportCheckError, check_import  # noqa: F401 - public here too
 from edgekit.importers.torch_standard import standardize
 from edgekit.importers.torch_static import bake_constant_shapes, keep_batch_symbolic
+from edgekit.progress import quiet_output
 
 
 class UnsupportedOperator(InputError):
@@ -148,15 +146,15 @@ def _read(path: Path) -> tuple[Any, list[str]]:
     try:
         proto = onnx.load(str(path))
     except Exception as e:
-        raise InputError(f"{path} is not a valid ONNX model ({_first_line(e)}); is the file complete?") from None
+        raise InputError(f"{path} is not a valid ONNX model ({first_line(e, 200)}); is the file complete?") from None
     warnings = []
     try:
         onnx.checker.check_model(proto)
     except Exception as e:
         # Some exporters write files the checker rejects and ONNX Runtime runs; a user's runtime decides.
         if not proto.graph.node or not _ort_loads(path):
-            raise InputError(f"{path} is not a valid ONNX model ({_first_line(e)}); is the file complete?") from None
-        warnings.append(f"onnx.checker: {_first_line(e)} (ONNX Runtime loads the file)")
+            raise InputError(f"{path} is not a valid ONNX model ({first_line(e, 200)}); is the file complete?") from None
+        warnings.append(f"onnx.checker: {first_line(e, 200)} (ONNX Runtime loads the file)")
     return proto, warnings
 
 
@@ -209,10 +207,10 @@ def _simplify(proto: Any, applied: Any) -> Any:
 
     before = _op_counts(proto)
     try:
-        with _quiet():
+        with quiet_output():
             slim = onnxslim.slim(proto)
     except Exception as e:  # the rewrites below and the ORT check still decide whether the import holds
-        applied("onnxslim", f"onnxslim {onnxslim.__version__} failed ({_first_line(e)}); continued without it")
+        applied("onnxslim", f"onnxslim {onnxslim.__version__} failed ({first_line(e, 200)}); continued without it")
         return proto
     after = _op_counts(slim)
     gone = {op: n - after.get(op, 0) for op, n in before.items() if n > after.get(op, 0)}
@@ -239,7 +237,7 @@ def _fit_opset(proto: Any, path: Path, applied: Any) -> Any:
         except Exception as e:
             if opset > rw.MAX_OPSET:
                 raise InputError(f"{path}: cannot convert opset {opset} to {target} for import "
-                                 f"({_first_line(e)})") from None
+                                 f"({first_line(e, 200)})") from None
             converted = None  # an upgrade that fails leaves the missing converter to be reported below
         if converted is not None:
             proto = converted
@@ -257,14 +255,14 @@ def _convert(proto: Any, path: Path) -> Any:
     from onnx2torch import convert
 
     try:
-        with _quiet():
+        with quiet_output():
             return convert(proto)
     except Exception as e:
         node = _blocking_node(proto)
         if node is None:
-            raise InputError(f"{path}: cannot convert to torch ({_first_line(e)})") from None
+            raise InputError(f"{path}: cannot convert to torch ({first_line(e, 200)})") from None
         raise UnsupportedOperator(path, node.operation_type, node.proto.name or node.unique_name,
-                                  domain=node.domain, opset=rw.default_opset(proto), reason=_first_line(e)) from None
+                                  domain=node.domain, opset=rw.default_opset(proto), reason=first_line(e, 200)) from None
 
 
 def _blocking_node(proto: Any) -> Any:
@@ -299,10 +297,10 @@ def _smoke_run(module: Any, proto: Any, path: Path, shape: tuple[int, ...]) -> N
     nodes = OnnxGraph(proto.graph).nodes
     onnx_node = nodes.get(failed) if failed else None  # onnx2torch names each module after its node
     if onnx_node is None:
-        raise InputError(f"{path}: the converted torch model fails to run ({_first_line(err)})") from None
+        raise InputError(f"{path}: the converted torch model fails to run ({first_line(err, 200)})") from None
     raise UnsupportedOperator(path, onnx_node.operation_type, onnx_node.proto.name or onnx_node.unique_name,
                               domain=onnx_node.domain, opset=rw.default_opset(proto),
-                              reason=f"its torch module fails: {_first_line(err)}") from None
+                              reason=f"its torch module fails: {first_line(err, 200)}") from None
 
 
 def _failing_fx_node(module: Any, x: Any) -> str | None:
@@ -331,21 +329,3 @@ def _op_counts(proto: Any) -> dict[str, int]:
 
 def _counts_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {op}" for op, n in sorted(counts.items(), key=lambda t: -t[1]))
-
-
-@contextlib.contextmanager
-def _quiet() -> Any:
-    """onnxslim and onnx2torch log and print per-node notes; the user gets the import record instead."""
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__

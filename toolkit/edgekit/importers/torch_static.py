@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from edgekit.errors import first_line
+
 
 def _static_reshape(_: Any, shape: Any) -> Any:
     import torch
@@ -163,7 +165,7 @@ def keep_batch_symbolic(module: Any, input_shape: tuple[int, ...], batch: int = 
             ((whole - alone).abs().max() <= 1e-5 + 1e-4 * alone.abs().max()).item())
         why = "" if agree else f"a batch of {batch} differs from its inputs run one at a time"
     except Exception as e:  # noqa: BLE001 - any failure at batch > 1 means: run one sample at a time
-        agree, why = False, f"fails at batch {batch}: {str(e).strip().splitlines()[0][:120] if str(e).strip() else e}"
+        agree, why = False, f"fails at batch {batch}: {first_line(e, 120)}"
     if not agree:
         for m in reshapes:
             m.batch_leading = False

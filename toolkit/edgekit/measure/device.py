@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgekit.errors import EdgekitError, RuntimeUnavailable, SettingsError
-from edgekit.measure.ssh import HARNESS, SSHTarget, _parse_json, device_facts_over_ssh, measure_over_ssh
+from edgekit.measure.ssh import HARNESS, SSHTarget, _parse_json, device_facts_over_ssh
 
 if TYPE_CHECKING:
     from edgekit.targets import Target
@@ -116,20 +116,6 @@ def device_for_report(device: str | None) -> str | None:
         return parse_device_uri(device).display
     parsed = urllib.parse.urlsplit(device)
     return f"{parsed.scheme}://{parsed.hostname or ''}"
-
-
-def run_harness(uri: DeviceURI, artifact: Path, runtime: str, threads: int, runs: int, warmup: int,
-                profile_runs: int = 10, **ssh_overrides: Any) -> dict[str, Any]:
-    """Runs the harness on the device named by `uri` (local or ssh) and returns its JSON."""
-    if uri.scheme == "ssh":
-        res = measure_over_ssh(uri.ssh_target(**ssh_overrides), artifact, runtime, threads, runs, warmup,
-                               profile_runs)
-    elif uri.scheme != "local":
-        raise SettingsError(f"device '{uri.raw}': the harness runs locally or over ssh")
-    else:
-        res = run_local_harness([artifact], runtime, threads, runs, warmup, profile_runs)[0]
-    decode_per_op(res, Path(artifact))
-    return res
 
 
 def decode_per_op(res: dict[str, Any], artifact: Path) -> None:

@@ -13,17 +13,15 @@ file carries no torch module names.
 from __future__ import annotations
 
 import collections
-import contextlib
-import io
-import logging
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgekit.errors import EdgekitError, InputError
+from edgekit.errors import EdgekitError, InputError, first_line
 from edgekit.fileio import atomic_path
+from edgekit.progress import quiet_output
 from edgekit.quant.policy import FLOAT, INT8_CHANNEL, Layer, Policy
 
 NAME = "ai-edge-quantizer"
@@ -44,7 +42,7 @@ def _read(model_path: Path) -> Any:
     try:
         return fu.read_model(bytearray(model_path.read_bytes()))
     except Exception as e:
-        raise InputError(f"{model_path} is not a readable .tflite model ({_first_line(e)}); is the file "
+        raise InputError(f"{model_path} is not a readable .tflite model ({first_line(e)}); is the file "
                          "complete?") from None
 
 
@@ -146,7 +144,7 @@ class AeqQuantizer:
 
             full = Policy.uniform(self.layers, INT8_CHANNEL)
             q = quantizer.Quantizer(self._float_bytes, policy_recipe(full, self.layers))
-            with _quiet():
+            with quiet_output():
                 self._qsvs = q.calibrate({self.signature: self._samples()}, num_threads=1)
         return self._qsvs
 
@@ -163,30 +161,12 @@ class AeqQuantizer:
         try:
             q = quantizer.Quantizer(self._float_bytes, policy_recipe(policy, self.layers))
             calibration = self._calibration() if q.need_calibration else None
-            with _quiet():
+            with quiet_output():
                 result = q.quantize(calibration, enable_progress_bar=False, enable_progress_report=False)
         except EdgekitError:
             raise
         except Exception as e:
-            raise EdgekitError(f"LiteRT Quantizer failed on {self.float_path.name}: {_first_line(e)}") from None
+            raise EdgekitError(f"LiteRT Quantizer failed on {self.float_path.name}: {first_line(e)}") from None
         with atomic_path(Path(out_path)) as tmp:
             tmp.write_bytes(bytes(result.quantized_model))
         return Path(out_path)
-
-
-@contextlib.contextmanager
-def _quiet() -> Any:
-    """The quantizer logs per-op notes and prints a progress report."""
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__

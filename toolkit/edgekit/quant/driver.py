@@ -100,8 +100,8 @@ def search_runtime(scorer: Scorer, *, fmt: str, backend_name: str, calibrations:
     for s in sensitivity:
         s.latency_share = (shares or {}).get(s.layer.name)
     # layers the pass did not reach (time limit) follow the measured ones, in model order
-    measured = ranking(sensitivity)
-    ranked = ranked or measured + [la.name for la in layers if la.name not in set(measured)]
+    seen = {s.layer.name for s in sensitivity}
+    ranked = ranked or ranking(sensitivity) + [la.name for la in layers if la.name not in seen]
     use_latency = scorer.latency != "none"
     remaining = None if max_seconds is None else max(10.0, max_seconds - (time.perf_counter() - start))
     if distributed is not None and distributed.spawn is not None:

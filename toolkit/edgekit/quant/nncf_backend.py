@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, first_line
 from edgekit.fileio import atomic_path
-from edgekit.quant.onnx_backend import _quiet, list_layers
+from edgekit.progress import quiet_output
+from edgekit.quant.onnx_backend import list_layers
 from edgekit.quant.policy import FLOAT, Policy
 
 NAME = "nncf"
@@ -83,11 +84,11 @@ class NncfQuantizer:
         kwargs = {"advanced_parameters": advanced} if advanced is not None else {}
         nncf.set_log_level(logging.ERROR)
         try:
-            with _quiet():  # NNCF draws progress bars on the terminal
+            with quiet_output():  # NNCF draws progress bars on the terminal
                 q = nncf.quantize(self.model, self._dataset(), subset_size=len(self.calib_x),
                                   ignored_scope=nncf.IgnoredScope(names=ignored, validate=False), **kwargs)
         except Exception as e:
-            raise EdgekitError(f"NNCF quantisation failed: {str(e).strip().splitlines()[0][:300]}") from None
+            raise EdgekitError(f"NNCF quantisation failed: {first_line(e)}") from None
         out_path = Path(out_path)
         with atomic_path(out_path) as tmp:
             onnx.save(q, str(tmp))

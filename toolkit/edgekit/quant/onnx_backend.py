@@ -7,16 +7,14 @@ and cached (ORT's `calibration_cache_path`), so a search pays for calibration on
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
-import logging
 from pathlib import Path
 
 import numpy as np
 
 from edgekit.errors import EdgekitError
 from edgekit.fileio import atomic_path, fingerprint, sha256_file
+from edgekit.progress import quiet_output
 from edgekit.quant.policy import FLOAT, INT8_CHANNEL, Layer, Policy
 
 NAME = "onnxruntime"
@@ -127,7 +125,7 @@ class OnnxQuantizer:
                  "TensorQuantOverrides": overrides}
         if policy.calibration == "percentile":
             extra["CalibPercentile"] = 99.99
-        with atomic_path(out_path) as tmp, _quiet():
+        with atomic_path(out_path) as tmp, quiet_output():
             tmp_onnx = tmp.with_suffix(".onnx")
             quantize_static(str(self.float_path), str(tmp_onnx),
                             _Reader(self.input_name, self.calib_x, self.batch), quant_format=QuantFormat.QDQ,
@@ -136,16 +134,3 @@ class OnnxQuantizer:
                             extra_options=extra, calibration_cache_path=str(cache))
             tmp_onnx.replace(tmp)
         return out_path
-
-
-@contextlib.contextmanager
-def _quiet():
-    """onnxruntime.quantization logs a pre-processing hint and tqdm bars for every call."""
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logger.setLevel(level)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, first_line
 from edgekit.fileio import atomic_path
 from edgekit.quant.policy import FLOAT, INT8_CHANNEL, Layer, Policy
 
@@ -145,11 +145,11 @@ class TFLiteQuantizer(TorchPolicyQuantizer):
                         m(torch.as_tensor(self.calib_x[i:i + batch]))
                 m = quantize_pt2e.convert_pt2e(m, fold_quantize=False)
             except Exception as e:
-                raise EdgekitError(f"PT2E quantisation failed: {str(e).strip().splitlines()[0][:300]}") from None
+                raise EdgekitError(f"PT2E quantisation failed: {first_line(e)}") from None
             # Not export/tflite.export: it calls .eval(), which a converted PT2E GraphModule refuses.
             with atomic_path(Path(out_path)) as tmp:
                 try:
                     litert_torch.convert(m, (x,), quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(str(tmp))
                 except Exception as e:
-                    raise EdgekitError(f"TFLite INT8 export failed: {str(e).strip().splitlines()[0][:300]}") from None
+                    raise EdgekitError(f"TFLite INT8 export failed: {first_line(e)}") from None
         return Path(out_path)

@@ -63,7 +63,7 @@ def delegation_report(model: nn.Module, input_shape: tuple[int, ...]) -> dict[st
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    from edgekit.errors import EdgekitError
+    from edgekit.errors import EdgekitError, first_line
     from edgekit.export.pte import delegation, quiet
 
     handler = _Why()
@@ -77,7 +77,7 @@ def delegation_report(model: nn.Module, input_shape: tuple[int, ...]) -> dict[st
             ep = torch.export.export(model.eval(), (torch.zeros(input_shape),))
             edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
     except Exception as e:
-        raise EdgekitError(f"ExecuTorch check: export failed: {str(e).strip().splitlines()[0][:300]}") from None
+        raise EdgekitError(f"ExecuTorch check: export failed: {first_line(e)}") from None
     finally:
         log.removeHandler(handler)
         log.setLevel(old_level)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import InputError, RuntimeUnavailable
+from edgekit.errors import InputError, RuntimeUnavailable, first_line
 
 
 class NativeLog:
@@ -141,7 +141,7 @@ class ExecuTorchRunner:
                 meta = self.method.metadata
                 self.input_shape = tuple(int(d) for d in meta.input_tensor_meta(0).sizes())
             except Exception as e:
-                error = str(e).splitlines()[0][:200]
+                error = first_line(e, 200)
         if error is not None:  # raised after the log is read: the runtime's reason is in it
             raise InputError(f"ExecuTorch cannot load {path}: {log.last() or error}")
         self.runtime = f"executorch {version()} (xnnpack)"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import InputError
+from edgekit.errors import InputError, first_line
 
 
 class LiteRTRunner:
@@ -18,7 +18,7 @@ class LiteRTRunner:
             self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
             self.interpreter.allocate_tensors()
         except Exception as e:
-            raise InputError(f"LiteRT cannot load {path}: {str(e).splitlines()[0][:200]}") from None
+            raise InputError(f"LiteRT cannot load {path}: {first_line(e, 200)}") from None
         self.inp = self.interpreter.get_input_details()[0]
         self.out = self.interpreter.get_output_details()[0]
         self.input_shape = tuple(int(d) for d in self.inp["shape"])

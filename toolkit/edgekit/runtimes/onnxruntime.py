@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import InputError
+from edgekit.errors import InputError, first_line
 
 
 class OrtRunner:
@@ -26,7 +26,7 @@ class OrtRunner:
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:
-            raise InputError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0][:200]}") from None
+            raise InputError(f"ONNX Runtime cannot load {path}: {first_line(e, 200)}") from None
         # IR-3 files list their initializers among the inputs too: a caller that knows the real input names it.
         inp = next((i for i in self.session.get_inputs() if i.name == input_name), self.session.get_inputs()[0])
         self.input_name = inp.name
