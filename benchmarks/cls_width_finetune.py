@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--distill", type=float, default=0.5, help="weight of distillation from the unmodified model")
     ap.add_argument("--runs", type=int, default=300, help="interleaved timing rounds")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for fine-tuning (timing uses 1)")
+    ap.add_argument("--pretune", type=int, default=3, help="epochs the classifier is fine-tuned on rendered lines "
+                    "before pruning, as joint_search.py does (0: prune the model as loaded, as --recipe auto does)")
     args = ap.parse_args()
 
     import torch
@@ -62,7 +64,8 @@ def main() -> None:
     x, y = text_lines(args.train, seed=0)
     xt, yt = text_lines(args.test, seed=1000)
     probs = outputs_are_probabilities(model, x)
-    fit(model, x, y, epochs=3, lr=3e-4, batch_size=32, seed=0, probabilities=probs)  # as joint_search.py does
+    if args.pretune:
+        fit(model, x, y, epochs=args.pretune, lr=3e-4, batch_size=32, seed=0, probabilities=probs)
     model.eval()
     base_acc = accuracy(predict(model, xt), yt)
     teacher = predict(model, x).reshape(len(x), -1).astype(np.float64) if args.distill else None
@@ -95,7 +98,7 @@ def main() -> None:
     for w, row in out["widths"].items():
         row["p50_ms"] = p50[f"w{float(w)}"]
         row["speedup"] = round(p50["unmodified"] / row["p50_ms"], 3)
-    out.update(unmodified_p50_ms=p50["unmodified"], distill=args.distill, lr=args.lr, train=args.train,
+    out.update(unmodified_p50_ms=p50["unmodified"], distill=args.distill, pretune=args.pretune, lr=args.lr, train=args.train,
                test=args.test, runs=args.runs, seconds=round(time.perf_counter() - start, 1))
     print(json.dumps(out), flush=True)
 

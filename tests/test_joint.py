@@ -183,3 +183,71 @@ def test_distillation_caps_train_inputs_at_the_data(tmp_path):
     tuned = builder.tuned(d)
     assert dict(tuned.named_parameters())["0.weight"].shape[0] == 8 and builder.finetunes == 1
     assert builder.teacher(len(xs)).shape == (24, 4)
+
+
+def test_finetune_steps_give_small_data_more_epochs(tmp_path, monkeypatch):
+    """A thinner candidate needs optimiser steps to recover: finetune_steps turns into more epochs on small data,
+    never fewer than finetune_epochs, and the candidate's fit really runs that many epochs."""
+    import numpy as np
+    import torch
+
+    from edgekit.joint.build import Builder, TrainData
+
+    nn = torch.nn
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(16, 4)).eval()
+    x = np.random.default_rng(0).standard_normal((1, 1, 8, 8), dtype=np.float32)
+    xs = np.random.default_rng(1).standard_normal((40, 1, 8, 8), dtype=np.float32)
+    ys = np.arange(40) % 4
+
+    def builder(**kw):
+        return Builder(model, x, TrainData(xs, ys, True), Settings(batch_size=8, **kw), tmp_path)
+
+    assert builder(finetune_epochs=2).candidate_epochs() == 2  # no step floor: the epochs as set
+    assert builder(finetune_epochs=2, finetune_steps=23).candidate_epochs() == 5  # 5 steps per epoch: 23 -> 5 epochs
+    assert builder(finetune_epochs=7, finetune_steps=23).candidate_epochs() == 7  # never fewer than finetune_epochs
+    assert builder(finetune_epochs=1, finetune_steps=23, train_inputs=16).candidate_epochs() == 12  # 2 per epoch
+    b = builder(finetune_epochs=1, finetune_steps=12)
+    seen = []
+    import edgekit.train
+
+    real_fit = edgekit.train.fit
+    monkeypatch.setattr(edgekit.train, "fit", lambda *a, **kw: seen.append(kw["epochs"]) or real_fit(*a, **kw))
+    b.tuned(Decision("litert", widths=(("0", 8),)))
+    assert seen == [3] and b.finetunes == 1
+    with pytest.raises(SettingsError, match="finetune_steps"):
+        Settings(finetune_steps=-1)
+
+
+def test_confidence_margin_keeps_a_lucky_candidate_out():
+    """With `confidence`, a candidate is feasible only when its drop plus that many paired standard errors is within
+    the budget: a candidate that trades many inputs for many (large error) is refused at a drop a candidate that
+    changes few inputs passes with; the standard error comes from the disagreements."""
+    import numpy as np
+
+    from edgekit.joint.search import BoundConstraints
+    from edgekit.train import paired_drop_se
+
+    ref = np.array([True] * 90 + [False] * 10)
+    few = ref.copy()
+    few[:1] = False  # one input lost: drop 1 point, tiny error
+    many = ref.copy()
+    many[:11], many[90:100] = False, True  # 11 lost, 10 gained: also 1 point down, far noisier
+    se_few, se_many = paired_drop_se(ref, few), paired_drop_se(ref, many)
+    assert 0.9 < se_few < 1.0 and 4.0 < se_many < 5.0
+    assert paired_drop_se(ref, ref) == 0.0
+
+    def cand(label, drop, se, p50):
+        c = JointCandidate(Decision("litert", label=label), drop=drop, p50_ms=p50)
+        c.drop_se = se
+        return c
+
+    lucky, safe, base = cand("lucky", 0.5, 1.8, 0.18), cand("safe", -2.5, 1.5, 0.24), cand("base", 0.0, 0.0, 0.33)
+    plain = BoundConstraints(1.0, None, None, 0.0)
+    bound = BoundConstraints(1.0, None, None, 1.0)
+    assert choose([lucky, safe, base], plain, 0.05)[0] is lucky
+    best, reason, met = choose([lucky, safe, base], bound, 0.05)
+    assert best is safe and met and "plus 1 standard error is" in reason and "-2.50 ± 1.50" in reason
+    with pytest.raises(SettingsError, match="confidence"):
+        Settings(confidence=-1)

@@ -136,6 +136,18 @@ def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float((a.argmax(1) == b.argmax(1)).mean())
 
 
+def paired_drop_se(reference_ok: np.ndarray, candidate_ok: np.ndarray) -> float:
+    """Standard error, in points, of the difference of two accuracies measured on the same inputs (per-input
+    correctness of each): from the inputs on which they disagree, so a candidate that fails and fixes the same few
+    inputs as the reference has a small error, one that trades many for many a large one."""
+    a, b = np.asarray(reference_ok, bool), np.asarray(candidate_ok, bool)
+    n = len(a)
+    if n == 0:
+        return 0.0
+    lost, gained = int((a & ~b).sum()), int((~a & b).sum())
+    return 100.0 * float(np.sqrt(max(lost + gained - (lost - gained) ** 2 / n, 0.0))) / n
+
+
 def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
     """Signal-to-quantisation-noise ratio of `other` against `reference`, in dB."""
     noise = float(np.mean((reference.astype(np.float64) - other) ** 2))

@@ -96,22 +96,31 @@ class Builder:
         return d.width_key() in self._tuned or not (d.widths or d.sparsity)
 
     def tuned(self, d: Decision, epochs: int | None = None) -> nn.Module:
-        """The decision's model fine-tuned for `epochs` (default: settings.finetune_epochs); cached per architecture.
+        """The decision's model fine-tuned for `epochs` (default: candidate_epochs()); cached per architecture.
         The unmodified architecture is returned as it is (it was trained already)."""
         key = d.width_key()
-        epochs = self.s.finetune_epochs if epochs is None else epochs
+        epochs = self.candidate_epochs() if epochs is None else epochs
         if not d.widths and not d.sparsity:
             return self.base
-        if epochs == self.s.finetune_epochs and key in self._tuned:
+        if epochs == self.candidate_epochs() and key in self._tuned:
             self._tuned.move_to_end(key)
             return self._tuned[key]
         model = self.structural(d)
         self.finetune(model, dict(d.sparsity), epochs, f"fine-tune {d.label or 'candidate'}")
-        if epochs == self.s.finetune_epochs:
+        if epochs == self.candidate_epochs():
             self._tuned[key] = model
             while len(self._tuned) > self._cache_size:
                 self._tuned.popitem(last=False)
         return model
+
+    def train_inputs(self) -> int:
+        return min(self.s.train_inputs or len(self.train.x), len(self.train.x))  # a cap, not a count to reach
+
+    def candidate_epochs(self) -> int:
+        """Fine-tuning epochs of a pruned candidate: finetune_epochs, or more where that many epochs of this data
+        make fewer than finetune_steps optimiser steps (a thinner model needs steps to recover, not passes)."""
+        per_epoch = -(-self.train_inputs() // self.s.batch_size)
+        return max(self.s.finetune_epochs, -(-self.s.finetune_steps // per_epoch))
 
     def finetune(self, model: nn.Module, sparsity: dict[str, float], epochs: int, what: str) -> None:
         import torch
@@ -129,7 +138,7 @@ class Builder:
                 for p, keep in pairs:
                     p.mul_(keep.to(p.device, p.dtype))
 
-        n = min(self.s.train_inputs or len(self.train.x), len(self.train.x))  # a cap, not a count to reach
+        n = self.train_inputs()
         fit(model, self.train.x[:n], self.train.y[:n], epochs=epochs, lr=self.s.lr, batch_size=self.s.batch_size,
             seed=self.s.seed, device="cpu", after_step=keep_zeros if pairs else None, progress=self.progress,
             description=what, probabilities=self.probabilities, teacher=self.teacher(n),

@@ -27,7 +27,7 @@ from edgekit.joint.build import Builder
 from edgekit.joint.space import Decision
 from edgekit.quant.evaluate import paired_timing, run_all
 from edgekit.runtimes import load_runner, time_interleaved
-from edgekit.train import accuracy, top1_agreement
+from edgekit.train import accuracy, paired_drop_se, top1_agreement
 
 QUICK_MARGIN = 0.15  # a short timing's own spread on a shared machine
 PREDICTOR_TOLERANCE = 0.25
@@ -41,6 +41,7 @@ class JointCandidate:
     path: Path | None = None
     quality: float | None = None
     drop: float | None = None
+    drop_se: float = 0.0  # standard error of `drop` (points, paired against the unmodified model)
     agreement: float | None = None
     size_bytes: int = 0
     params: int = 0
@@ -64,7 +65,8 @@ class JointCandidate:
     def as_dict(self) -> dict[str, Any]:
         r = lambda v, n: None if v is None else round(v, n)  # noqa: E731
         return {"label": self.label, "runtime": self.decision.runtime, "status": self.status,
-                "quality": r(self.quality, 5), "drop": r(self.drop, 3), "agreement": r(self.agreement, 5),
+                "quality": r(self.quality, 5), "drop": r(self.drop, 3), "drop_se": r(self.drop_se, 3),
+                "agreement": r(self.agreement, 5),
                 "size_bytes": self.size_bytes, "params": self.params, "p50_ms": r(self.p50_ms, 4),
                 "latency_source": self.latency_source, "screen_ms": r(self.screen_ms, 4),
                 "screen_source": self.screen_source, "trial": self.trial, "seconds": round(self.seconds, 2),
@@ -102,6 +104,22 @@ class Evaluator:
         ref = self.ref_logits[rt]
         agree = top1_agreement(logits, ref)
         return (accuracy(logits, self.y[: len(logits)]) if self.y is not None else agree), agree
+
+    def _drop_se(self, rt: str, logits: np.ndarray) -> float:
+        """The drop's standard error: paired over the scoring inputs with labels; without, that of the
+        disagreement rate with the unmodified model."""
+        top, ref = logits.reshape(len(logits), -1).argmax(1), self.ref_logits[rt].reshape(len(logits), -1).argmax(1)
+        if self.y is None:
+            return paired_drop_se(np.ones(len(top), bool), top == ref)
+        y = self.y[: len(top)]
+        return paired_drop_se(ref == y, top == y)
+
+    def _score(self, cand: JointCandidate, runner: Any) -> None:
+        rt = cand.decision.runtime
+        logits = run_all(runner, self.x)
+        cand.quality, cand.agreement = self._quality(rt, logits)
+        cand.drop = 100.0 * (self.dense[rt].quality - cand.quality)
+        cand.drop_se = self._drop_se(rt, logits)
 
     def baseline(self, runs: int) -> dict[str, JointCandidate]:
         """Exports the unmodified model for every runtime, scores it, times all interleaved, picks the anchor."""
@@ -147,8 +165,7 @@ class Evaluator:
         cand.path = self.b.artifact(model, d, name)
         cand.params = _params(model)
         runner = load_runner(d.runtime, cand.path, self.threads)
-        cand.quality, cand.agreement = self._quality(d.runtime, run_all(runner, self.x))
-        cand.drop = 100.0 * (self.dense[d.runtime].quality - cand.quality)
+        self._score(cand, runner)
         cand.size_bytes = cand.path.stat().st_size
         if self.latency == "measured":
             self._measure(cand, runner)
@@ -164,8 +181,7 @@ class Evaluator:
         new.path = self.b.artifact(model, cand.decision, name)
         new.params = _params(model)
         runner = load_runner(cand.decision.runtime, new.path, self.threads)
-        new.quality, new.agreement = self._quality(cand.decision.runtime, run_all(runner, self.x))
-        new.drop = 100.0 * (self.dense[cand.decision.runtime].quality - new.quality)
+        self._score(new, runner)
         new.size_bytes = new.path.stat().st_size
         self._measure(new, runner) if self.latency == "measured" else self._predict(new)
         return new

@@ -88,7 +88,7 @@ def markdown(r: JointResult, plot_rel: str | None, metric: str) -> str:
         f"Unmodified model's best FP32 artifact: {best_rt}, p50 {_ms(dense_p50)} ms. Chosen: {ch.label} in "
         f"{d.runtime}, p50 {_ms(t.get('chosen', {}).get('p50_ms', ch.p50_ms))} ms"
         + (f" (**{speed:.2f}x** faster)" if speed else "")
-        + f", {metric} {ch.quality:.4f} (drop {ch.drop:.2f} pts), {ch.size_bytes / 1e3:.1f} kB, {ch.params} parameters; "
+        + f", {metric} {ch.quality:.4f} (drop {ch.drop:.2f} ± {ch.drop_se:.2f} pts), {ch.size_bytes / 1e3:.1f} kB, {ch.params} parameters; "
         f"{len(d.widths)} channel groups pruned, {len(d.int8)} of {len(r.space.layers)} layers INT8"
         + (f", {len(d.sparsity)} layers sparse" if d.sparsity else "") + ".",
         "", f"Why: {r.reason}. Constraints met: {'yes' if r.constraints_met else '**no**'}.", "",
@@ -112,9 +112,9 @@ def markdown(r: JointResult, plot_rel: str | None, metric: str) -> str:
                      f"{row['channels'] or '–'} | {row['kept'] or '–'} | {row['precision']} | "
                      f"{100 * row['sparsity']:.0f}% | {row['note']} |")
     lines += ["", "Pareto front (quality drop, latency, size):", "",
-              "| candidate | runtime | p50 ms | drop (pts) | size kB | groups pruned | INT8 layers |",
-              "|---|---|---:|---:|---:|---:|---:|"]
+              "| candidate | runtime | p50 ms | drop (pts) | ± (1 s.e.) | size kB | groups pruned | INT8 layers |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for c in r.front[:30]:
-        lines.append(f"| {c.label} | {c.decision.runtime} | {_ms(c.p50_ms)} | {c.drop:.2f} | "
+        lines.append(f"| {c.label} | {c.decision.runtime} | {_ms(c.p50_ms)} | {c.drop:.2f} | {c.drop_se:.2f} | "
                      f"{c.size_bytes / 1e3:.1f} | {len(c.decision.widths)} | {len(c.decision.int8)} |")
     return "\n".join(lines)

@@ -25,11 +25,19 @@ class Settings:
     max_seconds: float = field(default=1080.0, metadata={"help": "time limit of the search (the final timing and "
                                                                  "fine-tune come on top)"})
     max_quality_drop: float = field(default=1.0, metadata={"help": "constraint: quality drop in points"})
+    confidence: float = field(default=0.0, metadata={
+        "help": "a candidate meets max_quality_drop when its drop plus this many standard errors (paired, over the "
+                "scoring inputs) does: on a few hundred inputs a thinner model's measured drop is noise of 1-2 "
+                "points, and the fastest candidate that looks feasible is the one most likely to be lucky (0: the "
+                "measured drop alone)"})
     latency_budget_ms: float = field(default=0.0, metadata={"help": "constraint: p50 latency in ms (0: none)"})
     max_size_mb: float = field(default=0.0, metadata={"help": "constraint: artifact size in MB (0: none)"})
     latency_slack: float = field(default=0.05, metadata={"help": "choose the lowest drop within this fraction of "
                                                                  "the fastest feasible latency"})
     finetune_epochs: int = field(default=2, metadata={"help": "fine-tuning epochs of each pruned candidate"})
+    finetune_steps: int = field(default=0, metadata={
+        "help": "at least this many optimiser steps of fine-tuning per pruned candidate: on small data, more epochs "
+                "than finetune_epochs (0: exactly finetune_epochs)"})
     final_epochs: int = field(default=0, metadata={"help": "extra fine-tuning epochs of the chosen candidate"})
     lr: float = field(default=5e-4, metadata={"help": "fine-tuning learning rate (Adam)"})
     distill: float = field(default=0.0, metadata={
@@ -61,11 +69,11 @@ class Settings:
             raise SettingsError(f"joint: sparsities must be in [0, 1), got {list(self.sparsities)}")
         if self.trials < 1 or self.max_seconds <= 0:
             raise SettingsError("joint: trials must be >= 1 and max_seconds > 0")
-        if self.max_quality_drop < 0 or self.latency_budget_ms < 0 or self.max_size_mb < 0:
-            raise SettingsError("joint: constraints must be >= 0 (0 disables latency and size limits)")
+        if self.max_quality_drop < 0 or self.latency_budget_ms < 0 or self.max_size_mb < 0 or self.confidence < 0:
+            raise SettingsError("joint: constraints and confidence must be >= 0 (0 disables latency and size limits)")
         if not 0 <= self.latency_slack < 1:
             raise SettingsError(f"joint: latency_slack must be in [0, 1), got {self.latency_slack}")
-        ints = {"finetune_epochs": 0, "final_epochs": 0, "batch_size": 1, "train_inputs": 0, "calibration_inputs": 1,
+        ints = {"finetune_epochs": 0, "finetune_steps": 0, "final_epochs": 0, "batch_size": 1, "train_inputs": 0, "calibration_inputs": 1,
                 "eval_inputs": 8, "timing_runs": 5, "final_runs": 20, "channel_multiple": 0}
         for name, low in ints.items():
             v = getattr(self, name)
