@@ -39,6 +39,10 @@ def test_default_run_writes_verified_measured_artifacts(digits_run: Path):
     assert plan["joint"]["used"] and not plan["prune"]["used"] and "x86" in plan["prune"]["why"]
     assert plan["quantize"]["used"] and "joint search does not build" in plan["quantize"]["why"]
     assert report["stages"][4]["settings"]["formats"] == ["pte"]
+    # one quality budget, met with one standard error of margin by both searches; candidates trained by steps
+    assert report["stages"][2]["settings"]["confidence"] == report["stages"][4]["settings"]["confidence"] == 1.0
+    assert report["stages"][2]["settings"]["finetune_steps"] == 1000
+    assert all("drop_se" in c for c in report["stages"][2]["details"]["candidates"])
     check = report["stages"][0]["details"]["findings"]
     assert {f["runtime"] for f in check} == {"litert", "onnxruntime", "executorch"}
     assert not any(f["sparse"] for f in check)  # the digits CNN's stem blocks XNNPACK's sparse path

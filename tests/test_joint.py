@@ -226,7 +226,6 @@ def test_confidence_margin_keeps_a_lucky_candidate_out():
     changes few inputs passes with; the standard error comes from the disagreements."""
     import numpy as np
 
-    from edgekit.joint.search import BoundConstraints
     from edgekit.train import paired_drop_se
 
     ref = np.array([True] * 90 + [False] * 10)
@@ -244,8 +243,8 @@ def test_confidence_margin_keeps_a_lucky_candidate_out():
         return c
 
     lucky, safe, base = cand("lucky", 0.5, 1.8, 0.18), cand("safe", -2.5, 1.5, 0.24), cand("base", 0.0, 0.0, 0.33)
-    plain = BoundConstraints(1.0, None, None, 0.0)
-    bound = BoundConstraints(1.0, None, None, 1.0)
+    plain = Constraints(1.0, None, None, 0.0)
+    bound = Constraints(1.0, None, None, 1.0)
     assert choose([lucky, safe, base], plain, 0.05)[0] is lucky
     best, reason, met = choose([lucky, safe, base], bound, 0.05)
     assert best is safe and met and "plus 1 standard error is" in reason and "-2.50 ± 1.50" in reason

@@ -120,6 +120,24 @@ def test_choice_prefers_lowest_drop_near_the_fastest_feasible():
     assert chosen.policy.label == "t" and "latency unavailable" in why
 
 
+def test_confidence_margin_applies_to_the_int8_search():
+    """The INT8 policy search's constraint takes the same margin as the joint search's: a fast policy whose drop is
+    within the budget only by luck (large standard error) is not feasible with confidence 1; the margin travels
+    to worker processes with the constraints."""
+    from dataclasses import asdict
+
+    lucky, steady = _cand(0.5, 1.0, 100, "lucky"), _cand(0.5, 1.2, 100, "steady")
+    lucky.drop_se, steady.drop_se = 1.8, 0.3
+    assert choose([lucky, steady], Constraints(1.0))[0] is lucky
+    chosen, why, met = choose([lucky, steady], Constraints(1.0, confidence=1.0))
+    assert chosen is steady and met and "0.50 ± 0.30" in why
+    assert Constraints(**asdict(Constraints(1.0, confidence=1.0))).confidence == 1.0
+    from edgekit.stages.quantize import Settings as QuantizeSettings
+
+    with pytest.raises(SettingsError, match="confidence"):
+        QuantizeSettings(confidence=-0.5)
+
+
 def test_seed_policies_keep_most_sensitive_layers_float():
     layers = [Layer(f"l{i}", "Conv", 10) for i in range(6)]
     seeds = seed_policies(layers, ["l3", "l0", "l5", "l1", "l2", "l4"], "minmax", max_seeds=10)

@@ -82,6 +82,9 @@ def technique(name: str, order: int) -> Callable[[Callable[[Facts], Decision]], 
 
 JOINT_TRAIN_INPUTS = 2000  # fine-tuning inputs per epoch of each pruned candidate (bounds auto's time on big data)
 JOINT_FINETUNE_STEPS = 1000  # optimiser steps (batch 32) each pruned candidate gets at least
+# Searches meet the quality budget with one paired standard error of margin: on PP-OCR's classifier's 400 test lines
+# width 0.5 measured 0.5 +- 1.8 points down, passed a 1-point budget, then lost 2.5 points on new lines.
+CONFIDENCE = 1.0
 
 
 @technique("joint", order=15)
@@ -105,10 +108,8 @@ def _joint(f: Facts) -> Decision:
     # Steps, not epochs: on PP-OCR's classifier pruned to width 0.75 from the model as loaded, with distillation,
     # 560 steps of 32 on 3000 lines end 2 points above it, while on 800 lines 600 steps leave it 1.35 points down
     # and 900-1200 steps 0.5 (benchmarks/cls_width_finetune.py --pretune 0); width 0.5 stays 2.5+ points down.
-    # Feasible with one standard error of margin: on the classifier's 400 test lines a thinner candidate's drop
-    # carries 1.8 points of noise, and width 0.5 passed a 1-point budget at 0.5 there, then lost 2.5 on new lines.
     settings = {"max_quality_drop": f.budget, "trials": 12, "widths": [1.0, 0.75, 0.5], "finetune_epochs": 2,
-                "finetune_steps": JOINT_FINETUNE_STEPS, "batch_size": 32, "distill": 0.5, "confidence": 1.0,
+                "finetune_steps": JOINT_FINETUNE_STEPS, "batch_size": 32, "distill": 0.5, "confidence": CONFIDENCE,
                 "train_inputs": JOINT_TRAIN_INPUTS, "timing_runs": 10, "final_runs": 60, "max_seconds": 300.0}
     return Decision(True, f"no runtime of {f.target.name} runs this model's weights sparse ({f.sparse_blocker}): "
                           "channel pruning (widths rounded to the target's channel multiple, fine-tuned with "
@@ -169,8 +170,9 @@ def _quantize(f: Facts) -> Decision:
                 and r.name not in JOINT_RUNTIMES]
         if not fmts:
             return Decision(False, "the joint search chose each layer's precision together with its width")
-        settings = {"chain_budget": True, "max_quality_drop": f.budget, "trials": 16, "timing_runs": 10,
-                    "final_runs": 60, "max_seconds": 300.0, "skip_failing_formats": True, "formats": fmts}
+        settings = {"chain_budget": True, "max_quality_drop": f.budget, "confidence": CONFIDENCE, "trials": 16,
+                    "timing_runs": 10, "final_runs": 60, "max_seconds": 300.0, "skip_failing_formats": True,
+                    "formats": fmts}
         return Decision(True, f"per-layer INT8 policy search for {', '.join(fmts)}, which the joint search does "
                               "not build (it chose the precision of the others together with their width), on the "
                               "joint search's model and within what it left of the budget", [("quantize", settings)])
@@ -179,8 +181,8 @@ def _quantize(f: Facts) -> Decision:
     if not fmts:
         return Decision(False, f"no runtime of {f.target.name} has an INT8 backend in edgekit"
                                + ("" if f.torch_model else " that works on the model file"))
-    settings = {"chain_budget": True, "max_quality_drop": f.budget, "trials": 16, "timing_runs": 10,
-                "final_runs": 60, "max_seconds": 300.0, "skip_failing_formats": True}
+    settings = {"chain_budget": True, "max_quality_drop": f.budget, "confidence": CONFIDENCE, "trials": 16,
+                "timing_runs": 10, "final_runs": 60, "max_seconds": 300.0, "skip_failing_formats": True}
     if not f.torch_model:
         settings["formats"] = fmts
     metric = "accuracy" if f.labelled else "top-1 agreement with the loaded model"

@@ -148,6 +148,16 @@ def paired_drop_se(reference_ok: np.ndarray, candidate_ok: np.ndarray) -> float:
     return 100.0 * float(np.sqrt(max(lost + gained - (lost - gained) ** 2 / n, 0.0))) / n
 
 
+def logits_drop_se(logits: np.ndarray, reference_logits: np.ndarray, y: np.ndarray | None) -> float:
+    """Standard error (points) of a candidate's quality drop against a reference scored on the same inputs: paired
+    accuracy with labels; without, that of the top-1 disagreement rate with the reference."""
+    n = len(logits)
+    top, ref = logits.reshape(n, -1).argmax(1), reference_logits[:n].reshape(n, -1).argmax(1)
+    if y is None:
+        return paired_drop_se(np.ones(n, bool), top == ref)
+    return paired_drop_se(ref == y[:n], top == y[:n])
+
+
 def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
     """Signal-to-quantisation-noise ratio of `other` against `reference`, in dB."""
     noise = float(np.mean((reference.astype(np.float64) - other) ** 2))

@@ -27,7 +27,7 @@ from edgekit.joint.build import Builder
 from edgekit.joint.space import Decision
 from edgekit.quant.evaluate import paired_timing, run_all
 from edgekit.runtimes import load_runner, time_interleaved
-from edgekit.train import accuracy, paired_drop_se, top1_agreement
+from edgekit.train import accuracy, logits_drop_se, top1_agreement
 
 QUICK_MARGIN = 0.15  # a short timing's own spread on a shared machine
 PREDICTOR_TOLERANCE = 0.25
@@ -105,21 +105,12 @@ class Evaluator:
         agree = top1_agreement(logits, ref)
         return (accuracy(logits, self.y[: len(logits)]) if self.y is not None else agree), agree
 
-    def _drop_se(self, rt: str, logits: np.ndarray) -> float:
-        """The drop's standard error: paired over the scoring inputs with labels; without, that of the
-        disagreement rate with the unmodified model."""
-        top, ref = logits.reshape(len(logits), -1).argmax(1), self.ref_logits[rt].reshape(len(logits), -1).argmax(1)
-        if self.y is None:
-            return paired_drop_se(np.ones(len(top), bool), top == ref)
-        y = self.y[: len(top)]
-        return paired_drop_se(ref == y, top == y)
-
     def _score(self, cand: JointCandidate, runner: Any) -> None:
         rt = cand.decision.runtime
         logits = run_all(runner, self.x)
         cand.quality, cand.agreement = self._quality(rt, logits)
         cand.drop = 100.0 * (self.dense[rt].quality - cand.quality)
-        cand.drop_se = self._drop_se(rt, logits)
+        cand.drop_se = logits_drop_se(logits, self.ref_logits[rt], self.y)
 
     def baseline(self, runs: int) -> dict[str, JointCandidate]:
         """Exports the unmodified model for every runtime, scores it, times all interleaved, picks the anchor."""

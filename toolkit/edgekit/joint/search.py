@@ -81,29 +81,11 @@ class JointResult:
                 "candidates": [c.as_dict() for c in self.candidates]}
 
 
-@dataclass(frozen=True)
-class BoundConstraints(Constraints):
-    """Constraints whose quality drop is the candidate's drop plus `confidence` standard errors (Settings.confidence):
-    feasible means within the budget with that confidence, not only as measured on the scoring inputs."""
-
-    confidence: float = 0.0
-
-    def violations(self, c: JointCandidate) -> list[float]:  # type: ignore[override]
-        out = super().violations(c)
-        if self.max_quality_drop is not None:
-            out[0] += self.confidence * c.drop_se
-        return out
-
-
 def choose(cands: list[JointCandidate], constraints: Constraints, slack: float) -> tuple[JointCandidate, str, bool]:
     """Among feasible candidates: the lowest drop within `slack` of the fastest (smallest size without latency).
     Without a feasible one: the candidate closest to the constraints."""
     best, reason, met = _choose(cands, constraints, slack)
-    z = getattr(constraints, "confidence", 0.0)
-    if z and constraints.max_quality_drop is not None:
-        reason += (f"; a candidate is feasible when its drop plus {z:g} standard error{'s' * (z != 1)} is within "
-                   f"{constraints.max_quality_drop:g} pts (this one: {best.drop:.2f} ± {best.drop_se:.2f})")
-    return best, reason, met
+    return best, reason + constraints.margin_note(best), met
 
 
 def _choose(cands: list[JointCandidate], constraints: Constraints, slack: float) -> tuple[JointCandidate, str, bool]:
@@ -188,8 +170,8 @@ def search_joint(model: nn.Module, data: DataBundle, target: Target, settings: S
     y_eval = None if data.y_test is None else data.y_test[: settings.eval_inputs]
     ev = Evaluator(builder, runtimes, data.x_test[: settings.eval_inputs], y_eval, settings, threads, latency,
                    predictor)
-    constraints = BoundConstraints(settings.max_quality_drop, settings.latency_budget_ms or None,
-                                   settings.max_size_mb or None, settings.confidence)
+    constraints = Constraints(settings.max_quality_drop, settings.latency_budget_ms or None,
+                              settings.max_size_mb or None, settings.confidence)
     start = time.perf_counter()
     ev.baseline(max(20, settings.final_runs // 4))
     cands = _optimise(space, ev, constraints, settings, progress, start)

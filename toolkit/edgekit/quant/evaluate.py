@@ -23,7 +23,7 @@ import numpy as np
 from edgekit.errors import EdgekitError
 from edgekit.quant.policy import Layer, Policy
 from edgekit.runtimes import Runner, load_runner, time_interleaved
-from edgekit.train import accuracy, sqnr_db, top1_agreement
+from edgekit.train import accuracy, logits_drop_se, sqnr_db, top1_agreement
 
 
 class Backend(Protocol):
@@ -47,6 +47,7 @@ class Candidate:
     p50_raw_ms: float | None = None  # as timed, interleaved with the anchor
     latency_source: str = "none"
     trial: int = -1
+    drop_se: float = 0.0  # standard error of `drop` (points, paired against the float artifact)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -55,7 +56,7 @@ class Candidate:
 
     def as_dict(self) -> dict[str, Any]:
         return {"label": self.policy.label, "policy": self.policy.describe(), "quality": round(self.quality, 5),
-                "drop": round(self.drop, 3), "sqnr_db": round(self.sqnr_db, 2), "agreement": round(self.agreement, 5),
+                "drop": round(self.drop, 3), "drop_se": round(self.drop_se, 3), "sqnr_db": round(self.sqnr_db, 2), "agreement": round(self.agreement, 5),
                 "size_bytes": self.size_bytes, "p50_ms": None if self.p50_ms is None else round(self.p50_ms, 4),
                 "latency_source": self.latency_source, "trial": self.trial}
 
@@ -164,7 +165,7 @@ class Scorer:
         cand = Candidate(policy=policy, path=path, quality=q, drop=100.0 * (self.float_quality - q),
                          sqnr_db=float(sqnr_db(self.float_logits, logits)),
                          agreement=top1_agreement(logits, self.float_logits),
-                         size_bytes=path.stat().st_size)
+                         size_bytes=path.stat().st_size, drop_se=logits_drop_se(logits, self.float_logits, self.y))
         if time_it:
             self._time(cand, runner, path)
         self.evaluated += 1
@@ -189,7 +190,8 @@ class Scorer:
         q = self._quality(logits)
         cand = Candidate(policy=Policy(label=label), path=Path(path), quality=q, drop=100.0 * (self.float_quality - q),
                          sqnr_db=float(sqnr_db(self.float_logits, logits)),
-                         agreement=top1_agreement(logits, self.float_logits), size_bytes=Path(path).stat().st_size)
+                         agreement=top1_agreement(logits, self.float_logits), size_bytes=Path(path).stat().st_size,
+                         drop_se=logits_drop_se(logits, self.float_logits, self.y))
         self._time(cand, runner, Path(path))
         return cand
 

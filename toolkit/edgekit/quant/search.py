@@ -24,10 +24,15 @@ class Constraints:
     max_quality_drop: float | None = None  # points
     latency_budget_ms: float | None = None
     max_size_mb: float | None = None
+    # The quality constraint holds for the drop plus this many paired standard errors (`drop_se`): on a few hundred
+    # scoring inputs a candidate's drop carries a point or two of noise, and the fastest candidate that looks
+    # feasible is the one most likely to have been lucky.
+    confidence: float = 0.0
 
     def violations(self, c: Candidate) -> list[float]:
         """Optuna convention: <= 0 means satisfied."""
-        out = [c.drop - self.max_quality_drop if self.max_quality_drop is not None else -1.0]
+        bound = c.drop + self.confidence * getattr(c, "drop_se", 0.0)
+        out = [bound - self.max_quality_drop if self.max_quality_drop is not None else -1.0]
         if self.latency_budget_ms is not None:
             out.append(c.p50_ms - self.latency_budget_ms if c.p50_ms is not None else 1.0)
         else:
@@ -37,6 +42,14 @@ class Constraints:
 
     def met(self, c: Candidate) -> bool:
         return all(v <= 0 for v in self.violations(c))
+
+    def margin_note(self, c: Candidate) -> str:
+        """What the choice's reason says about the margin ('' without one)."""
+        if not self.confidence or self.max_quality_drop is None:
+            return ""
+        z = self.confidence
+        return (f"; a candidate is feasible when its drop plus {z:g} standard error{'s' * (z != 1)} is within "
+                f"{self.max_quality_drop:g} pts (this one: {c.drop:.2f} ± {getattr(c, 'drop_se', 0.0):.2f})")
 
 
 def seed_policies(layers: list[Layer], ranked: list[str], calibration: str, max_seeds: int) -> list[Policy]:
@@ -73,6 +86,11 @@ def choose(cands: list[Candidate], constraints: Constraints, latency_slack: floa
            ) -> tuple[Candidate, str, bool]:
     """The chosen policy and why: among feasible candidates, the lowest quality drop within `latency_slack` of
     the fastest feasible one (smallest size without latency). Returns (candidate, reason, constraints_met)."""
+    best, why, met = _choose(cands, constraints, latency_slack)
+    return best, why + constraints.margin_note(best), met
+
+
+def _choose(cands: list[Candidate], constraints: Constraints, latency_slack: float) -> tuple[Candidate, str, bool]:
     if not cands:
         raise SettingsError("search: no candidate was evaluated")
     feasible = [c for c in cands if constraints.met(c)]

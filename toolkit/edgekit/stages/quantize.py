@@ -62,6 +62,9 @@ class Settings:
     chain_budget: bool = field(default=False, metadata={
         "help": "take the run's quality budget (--max-quality-drop, counted from the model as loaded) minus what "
                 "earlier stages spent, when it is tighter than max_quality_drop"})
+    confidence: float = field(default=0.0, metadata={
+        "help": "a policy meets the quality constraint when its drop plus this many paired standard errors (over "
+                "the scoring inputs) does (0: the measured drop alone)"})
     latency_budget_ms: float = field(default=0.0, metadata={"help": "constraint: p50 latency in ms (0: none)"})
     max_size_mb: float = field(default=0.0, metadata={"help": "constraint: artifact size in MB (0: none)"})
     latency_slack: float = field(default=0.10, metadata={"help": "choose the lowest drop within this fraction "
@@ -92,8 +95,9 @@ class Settings:
                                 f"{self.tflite_backend}")
         if self.trials < 1 or self.tflite_trials < 0 or self.pte_trials < 0:
             raise SettingsError("quantize: trials must be >= 1, tflite_trials and pte_trials >= 0")
-        if self.max_quality_drop < 0 or self.latency_budget_ms < 0 or self.max_size_mb < 0:
-            raise SettingsError("quantize: constraints must be >= 0 (0 disables latency and size limits)")
+        if self.max_quality_drop < 0 or self.latency_budget_ms < 0 or self.max_size_mb < 0 or self.confidence < 0:
+            raise SettingsError("quantize: constraints and confidence must be >= 0 (0 disables latency and size "
+                                "limits)")
         if not 0 <= self.latency_slack < 1:
             raise SettingsError(f"quantize: latency_slack must be in [0, 1), got {self.latency_slack}")
         if self.calibration_inputs < 1 or self.eval_inputs < 8 or self.timing_runs < 5 or self.final_runs < 20:
@@ -328,7 +332,8 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     job = _Job(model, settings, ctx, ctx.data.calibration(settings.calibration_inputs).astype("float32"),
                ctx.data.x_test[: settings.eval_inputs].astype("float32"),
                None if ctx.data.y_test is None else ctx.data.y_test[: settings.eval_inputs],
-               Constraints(max_drop, settings.latency_budget_ms or None, settings.max_size_mb or None),
+               Constraints(max_drop, settings.latency_budget_ms or None, settings.max_size_mb or None,
+                           settings.confidence),
                {"threads": ctx.threads, "latency": latency, "predictor": predictor,
                 "timing_runs": settings.timing_runs, "device": device})
     results, failed = _run_searches(fmts, job, settings)
