@@ -138,6 +138,26 @@ def test_confidence_margin_applies_to_the_int8_search():
         QuantizeSettings(confidence=-0.5)
 
 
+def test_a_worker_trial_keeps_its_drop_standard_error():
+    """A shared search's main process chooses among candidates rebuilt from trials that other workers scored: the
+    margin needs their standard error too (a study written before the margin existed reads as 0)."""
+    import json
+    from types import SimpleNamespace
+
+    from edgekit.quant.search import candidate_attrs, candidate_from_trial
+
+    layers = [Layer("l0", "Conv", 10)]
+    c = _cand(0.5, 1.0, 100, "w")
+    c.drop_se = 1.8
+    attrs = json.loads(json.dumps(candidate_attrs(c)))  # what the storage holds
+    trial = SimpleNamespace(number=7, params={"l0": INT8_CHANNEL, "calibration": "minmax", "symmetric": False},
+                            user_attrs={"candidate": attrs, "label": "w"})
+    back = candidate_from_trial(trial, layers)
+    assert back.drop_se == 1.8 and not Constraints(1.0, confidence=1.0).met(back)
+    del trial.user_attrs["candidate"]["drop_se"]
+    assert candidate_from_trial(trial, layers).drop_se == 0.0
+
+
 def test_seed_policies_keep_most_sensitive_layers_float():
     layers = [Layer(f"l{i}", "Conv", 10) for i in range(6)]
     seeds = seed_policies(layers, ["l3", "l0", "l5", "l1", "l2", "l4"], "minmax", max_seeds=10)

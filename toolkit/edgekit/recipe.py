@@ -13,7 +13,7 @@ import yaml
 
 from edgekit import stages as stage_registry
 from edgekit.contract import Contract, check_order, contract_of
-from edgekit.errors import SettingsError
+from edgekit.errors import SettingsError, first_line
 from edgekit.targets import project_root
 
 
@@ -61,7 +61,7 @@ def _read_spec(spec: str | dict) -> tuple[dict, str]:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise SettingsError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        raise SettingsError(f"{path}: not valid YAML: {first_line(e)}") from None
     return raw, str(path)
 
 

@@ -99,15 +99,16 @@ class Builder:
         """The decision's model fine-tuned for `epochs` (default: candidate_epochs()); cached per architecture.
         The unmodified architecture is returned as it is (it was trained already)."""
         key = d.width_key()
-        epochs = self.candidate_epochs() if epochs is None else epochs
+        default = self.candidate_epochs()
+        epochs = default if epochs is None else epochs
         if not d.widths and not d.sparsity:
             return self.base
-        if epochs == self.candidate_epochs() and key in self._tuned:
+        if epochs == default and key in self._tuned:
             self._tuned.move_to_end(key)
             return self._tuned[key]
         model = self.structural(d)
         self.finetune(model, dict(d.sparsity), epochs, f"fine-tune {d.label or 'candidate'}")
-        if epochs == self.candidate_epochs():
+        if epochs == default:
             self._tuned[key] = model
             while len(self._tuned) > self._cache_size:
                 self._tuned.popitem(last=False)

@@ -88,8 +88,9 @@ def markdown(r: JointResult, plot_rel: str | None, metric: str) -> str:
         f"Unmodified model's best FP32 artifact: {best_rt}, p50 {_ms(dense_p50)} ms. Chosen: {ch.label} in "
         f"{d.runtime}, p50 {_ms(t.get('chosen', {}).get('p50_ms', ch.p50_ms))} ms"
         + (f" (**{speed:.2f}x** faster)" if speed else "")
-        + f", {metric} {ch.quality:.4f} (drop {ch.drop:.2f} ± {ch.drop_se:.2f} pts), {ch.size_bytes / 1e3:.1f} kB, {ch.params} parameters; "
-        f"{len(d.widths)} channel groups pruned, {len(d.int8)} of {len(r.space.layers)} layers INT8"
+        + f", {metric} {ch.quality:.4f} (drop {ch.drop:.2f} ± {ch.drop_se:.2f} pts), {ch.size_bytes / 1e3:.1f} kB, "
+        f"{ch.params} parameters; {len(d.widths)} channel groups pruned, {len(d.int8)} of {len(r.space.layers)} "
+        "layers INT8"
         + (f", {len(d.sparsity)} layers sparse" if d.sparsity else "") + ".",
         "", f"Why: {r.reason}. Constraints met: {'yes' if r.constraints_met else '**no**'}.", "",
         f"Search: {r.search_seconds:.0f} s, {sum(c.status == 'evaluated' for c in r.candidates)} candidates scored "

@@ -73,8 +73,8 @@ class Settings:
             raise SettingsError("joint: constraints and confidence must be >= 0 (0 disables latency and size limits)")
         if not 0 <= self.latency_slack < 1:
             raise SettingsError(f"joint: latency_slack must be in [0, 1), got {self.latency_slack}")
-        ints = {"finetune_epochs": 0, "finetune_steps": 0, "final_epochs": 0, "batch_size": 1, "train_inputs": 0, "calibration_inputs": 1,
-                "eval_inputs": 8, "timing_runs": 5, "final_runs": 20, "channel_multiple": 0}
+        ints = {"finetune_epochs": 0, "finetune_steps": 0, "final_epochs": 0, "batch_size": 1, "train_inputs": 0,
+                "calibration_inputs": 1, "eval_inputs": 8, "timing_runs": 5, "final_runs": 20, "channel_multiple": 0}
         for name, low in ints.items():
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < low:

@@ -56,7 +56,8 @@ class Candidate:
 
     def as_dict(self) -> dict[str, Any]:
         return {"label": self.policy.label, "policy": self.policy.describe(), "quality": round(self.quality, 5),
-                "drop": round(self.drop, 3), "drop_se": round(self.drop_se, 3), "sqnr_db": round(self.sqnr_db, 2), "agreement": round(self.agreement, 5),
+                "drop": round(self.drop, 3), "drop_se": round(self.drop_se, 3), "sqnr_db": round(self.sqnr_db, 2),
+                "agreement": round(self.agreement, 5),
                 "size_bytes": self.size_bytes, "p50_ms": None if self.p50_ms is None else round(self.p50_ms, 4),
                 "latency_source": self.latency_source, "trial": self.trial}
 

@@ -31,7 +31,7 @@ class Constraints:
 
     def violations(self, c: Candidate) -> list[float]:
         """Optuna convention: <= 0 means satisfied."""
-        bound = c.drop + self.confidence * getattr(c, "drop_se", 0.0)
+        bound = c.drop + self.confidence * c.drop_se
         out = [bound - self.max_quality_drop if self.max_quality_drop is not None else -1.0]
         if self.latency_budget_ms is not None:
             out.append(c.p50_ms - self.latency_budget_ms if c.p50_ms is not None else 1.0)
@@ -49,7 +49,7 @@ class Constraints:
             return ""
         z = self.confidence
         return (f"; a candidate is feasible when its drop plus {z:g} standard error{'s' * (z != 1)} is within "
-                f"{self.max_quality_drop:g} pts (this one: {c.drop:.2f} ± {getattr(c, 'drop_se', 0.0):.2f})")
+                f"{self.max_quality_drop:g} pts (this one: {c.drop:.2f} ± {c.drop_se:.2f})")
 
 
 def seed_policies(layers: list[Layer], ranked: list[str], calibration: str, max_seeds: int) -> list[Policy]:
@@ -157,8 +157,8 @@ def make_objective(layers: list[Layer], calibrations: tuple[str, ...], constrain
 def candidate_attrs(c: Candidate) -> dict[str, Any]:
     """What a trial records of its candidate (JSON)."""
     keep = {k: v for k, v in c.extra.items() if isinstance(v, (int, float, str, bool)) or v is None}
-    return {"quality": c.quality, "drop": c.drop, "sqnr_db": c.sqnr_db, "agreement": c.agreement,
-            "size_bytes": c.size_bytes, "p50_ms": c.p50_ms, "p50_raw_ms": c.p50_raw_ms,
+    return {"quality": c.quality, "drop": c.drop, "drop_se": c.drop_se, "sqnr_db": c.sqnr_db,
+            "agreement": c.agreement, "size_bytes": c.size_bytes, "p50_ms": c.p50_ms, "p50_raw_ms": c.p50_raw_ms,
             "latency_source": c.latency_source, "path": str(c.path), "extra": keep}
 
 
@@ -173,7 +173,8 @@ def candidate_from_trial(t: Any, layers: list[Layer]) -> Candidate | None:
     return Candidate(policy=policy, path=Path(a["path"]), quality=a["quality"], drop=a["drop"],
                      sqnr_db=a["sqnr_db"], agreement=a["agreement"], size_bytes=a["size_bytes"],
                      p50_ms=a["p50_ms"], p50_raw_ms=a["p50_raw_ms"], latency_source=a["latency_source"],
-                     trial=t.number, extra={**a.get("extra", {}), "worker_trial": True})
+                     trial=t.number, drop_se=a.get("drop_se", 0.0),  # studies older than the margin lack it
+                     extra={**a.get("extra", {}), "worker_trial": True})
 
 
 @dataclass
