@@ -140,9 +140,10 @@ def onnx_op_types(model: nn.Module, x: np.ndarray, d: Path, name: str) -> dict[s
 
 def latency(models: dict[str, nn.Module], x: np.ndarray, d: Path, runs: int) -> dict[str, dict]:
     """Interleaved p50 (ms) of every model in TFLite (XNNPACK) and ONNX Runtime, 1 thread, on this machine."""
+    from edgekit.devices.timing import time_interleaved
     from edgekit.export import onnx as onnx_export
     from edgekit.export import tflite as tflite_export
-    from edgekit.runtimes import load_runner, time_interleaved
+    from edgekit.runtimes import load_runner
 
     out: dict[str, dict] = {k: {} for k in models}
     for fmt, exporter, runtime in (("tflite", tflite_export, "litert"), ("onnx", onnx_export, "onnxruntime")):

@@ -51,9 +51,10 @@ def main() -> None:
     import torch
     from _common import ppocr_cls_onnx, text_lines
 
+    from edgekit.devices.timing import time_interleaved
     from edgekit.export import tflite as tflite_export
     from edgekit.prune.channels import prune_to_widths
-    from edgekit.runtimes import load_runner, time_interleaved
+    from edgekit.runtimes import load_runner
     from edgekit.targets import load_target
     from edgekit.train import accuracy, fit, outputs_are_probabilities, predict
     from edgekit.zoo import load_model

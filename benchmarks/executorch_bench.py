@@ -88,12 +88,13 @@ def time_all(paths: dict[str, Path], x: np.ndarray, runs: int, warmup: int = 10)
 def predictor_check(model: Any, x: np.ndarray, calib: np.ndarray, paths: dict[str, Path], tmp: Path, train: int,
                     variants: int, runs: int) -> dict[str, Any]:
     """Predictor built from ETDump profiles of FP32, INT8 and `train` random policies; checked on `variants` others."""
-    from edgekit.measure import harness
-    from edgekit.measure.predictor import predictor_from_profile_dicts
-    from edgekit.measure.profile import add_entry, new_profile
+    from edgekit.devices import harness
+    from edgekit.devices.timing import time_interleaved
+    from edgekit.latency.predictor import predictor_from_profile_dicts
+    from edgekit.latency.profile import add_entry, new_profile
     from edgekit.quant.executorch_backend import ExecuTorchQuantizer
     from edgekit.quant.policy import FLOAT, INT8_CHANNEL, Policy
-    from edgekit.runtimes import load_runner, time_interleaved
+    from edgekit.runtimes import load_runner
     from edgekit.runtimes.executorch import per_op_profile
 
     # Latency does not depend on the activation ranges: min/max on 8 inputs keeps each variant's export short.

@@ -76,7 +76,8 @@ def search(m: dict, work: Path, *, plan=None, workers: int = 1, device: str | No
     from edgekit.quant.distributed import write_onnx_spec
     from edgekit.quant.driver import search_runtime
     from edgekit.quant.evaluate import Scorer
-    from edgekit.quant.search import Constraints, Distributed
+    from edgekit.quant.search import Distributed
+    from edgekit.search_core import Constraints
     from edgekit.study import launch_workers
 
     start = time.perf_counter()

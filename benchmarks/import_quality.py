@@ -99,10 +99,10 @@ def main() -> None:
     import torch
     import torchvision
 
+    from edgekit.devices.timing import time_interleaved
     from edgekit.export import tflite as tflite_export
     from edgekit.importers import check_import
     from edgekit.importers.onnx import import_onnx
-    from edgekit.runtimes import time_interleaved
     from edgekit.runtimes.litert import LiteRTRunner
     from edgekit.zoo import _per_sample, load_model
 

@@ -50,8 +50,7 @@ def load() -> float:
 
 
 def holdout_accuracy(path: Path, runtime: str, x: np.ndarray, y: np.ndarray) -> float:
-    from edgekit.quant.evaluate import run_all
-    from edgekit.runtimes import load_runner
+    from edgekit.runtimes import load_runner, run_all
     from edgekit.train import accuracy
 
     logits = run_all(load_runner(runtime, path, 1), x.astype(np.float32))
@@ -59,7 +58,8 @@ def holdout_accuracy(path: Path, runtime: str, x: np.ndarray, y: np.ndarray) -> 
 
 
 def final_timing(paths: dict[str, Path], x: np.ndarray, runs: int) -> dict[str, dict[str, float]]:
-    from edgekit.runtimes import load_runner, time_interleaved
+    from edgekit.devices.timing import time_interleaved
+    from edgekit.runtimes import load_runner
 
     runners = [load_runner("litert" if p.suffix == ".tflite" else "onnxruntime", p, 1) for p in paths.values()]
     la = load()

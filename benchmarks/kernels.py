@@ -50,7 +50,7 @@ def kernel_bench(runs: int) -> dict:
     import torch
 
     from edgekit import kernels
-    from edgekit.runtimes import time_interleaved
+    from edgekit.devices.timing import time_interleaved
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
@@ -161,11 +161,12 @@ def sparse_mobilenet_v2(zeros: float = 0.9):
 def e2e_bench(trials: int, runs: int, tuning_dir: Path | None) -> dict:
     import torch
 
+    from edgekit.devices.timing import time_interleaved
     from edgekit.export import onnx as onnx_export
     from edgekit.export import tflite as tflite_export
     from edgekit.export import tvm as tvm_export
     from edgekit.export.verify import verify_artifact
-    from edgekit.runtimes import load_runner, time_interleaved
+    from edgekit.runtimes import load_runner
     from edgekit.runtimes import tvm as tvm_runtime
 
     torch.set_num_threads(1)

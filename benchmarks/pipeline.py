@@ -89,7 +89,8 @@ def cls(work: Path, runs: int, preslim: bool, n_train: int = 3000) -> dict[str, 
 
     from edgekit import api
     from edgekit.chain import baseline_artifacts
-    from edgekit.runtimes import load_runner, time_interleaved
+    from edgekit.devices.timing import time_interleaved
+    from edgekit.runtimes import load_runner
 
     model = ppocr_cls_onnx()
     if preslim:

@@ -74,12 +74,13 @@ def setup(name: str, work: Path, args: argparse.Namespace) -> dict:
 
 
 def bench_model(name: str, args: argparse.Namespace, work: Path) -> tuple[dict, dict]:
+    from edgekit.devices.timing import time_files
     from edgekit.quant import nncf_backend, onnx_backend
     from edgekit.quant.driver import search_runtime
-    from edgekit.quant.evaluate import Scorer, final_timing
+    from edgekit.quant.evaluate import Scorer
     from edgekit.quant.policy import INT8_CHANNEL, Policy
-    from edgekit.quant.search import Constraints
     from edgekit.quant.sensitivity import onnx_latency_shares
+    from edgekit.search_core import Constraints
 
     d = setup(name, work, args)
     wdir = work / name
@@ -102,7 +103,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> tuple[dict, 
     paths = {"float": d["float"], "int8": r.int8.path, "nncf": nncf.path}
     if r.chosen is not r.int8:
         paths["policy"] = r.chosen.path
-    timing = final_timing(paths, "onnxruntime", d["x"], 1, args.final_runs)
+    timing = time_files({n: ("onnxruntime", p) for n, p in paths.items()}, d["x"], 1, args.final_runs)
     timing.setdefault("policy", timing["int8"])  # the search chose full INT8 itself
     r.timings = {"float": timing["float"], "int8": timing["int8"], "chosen": timing["policy"]}
     v = r.verdict()

@@ -7,7 +7,7 @@ what `edgekit check` predicts); browser latency in headless Chromium with the TF
 @tensorflow/tfjs-tflite (XNNPACK, WASM SIMD); and, with --emulate, the sparse/dense time ratio under qemu-x86_64
 emulating an SSE-only CPU (Nehalem), where XNNPACK does take its sparse path: evidence the rules hold, not a latency.
 
-With --device ssh://user@host (an ARM board, device-runner harness of edgekit.measure.device), the same pair is
+With --device ssh://user@host (an ARM board, the harness of edgekit.devices.ssh), the same pair is
 timed there too (device_speedup_*): the sparse path's real target.
 
 Usage: .venv/bin/python benchmarks/sparse_speedup.py [--runs 50] [--sparsities 0.7,0.8,0.9] [--emulate]
@@ -107,7 +107,8 @@ def main() -> None:
     import torchvision
 
     from edgekit import rules
-    from edgekit.runtimes import load_runner, time_interleaved
+    from edgekit.devices.timing import time_interleaved
+    from edgekit.runtimes import load_runner
     from edgekit.targets import load_target
     from edgekit.zoo import calibrate_batchnorm
 
@@ -135,7 +136,7 @@ def main() -> None:
                 row[f"host_sparse_p50_ms_{threads}t"] = round(tb.p50_ms, 3)
                 row[f"host_speedup_{threads}t"] = round(ta.p50_ms / tb.p50_ms, 3)
             try:
-                from edgekit.measure.tflite_web import time_tflite_in_chromium
+                from edgekit.devices.tflite_web import time_tflite_in_chromium
 
                 w = time_tflite_in_chromium([dense, sparse], x, args.warmup, args.runs, threads=1)
                 p50 = [float(np.percentile(v, 50)) for v in w["samples_ms"]]

@@ -32,10 +32,11 @@ def main() -> None:
     import torchvision
 
     from edgekit import zoo
+    from edgekit.devices import browser
+    from edgekit.devices.timing import time_interleaved
     from edgekit.export import onnx as onnx_export
-    from edgekit.export.web import write_bundle
-    from edgekit.measure import browser
-    from edgekit.runtimes import load_runner, time_interleaved
+    from edgekit.runtimes import load_runner
+    from edgekit.runtimes._web_bundle import write_bundle
 
     tmp = Path(tempfile.mkdtemp(prefix="edgekit-bench-wasm-"))
     torch.manual_seed(0)

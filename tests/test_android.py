@@ -15,11 +15,11 @@ import pytest
 
 from conftest import run_cli
 from edgekit.devices import Job
+from edgekit.devices import adb as android
+from edgekit.devices.android_harness import harness_script, profile_from_harness_log, split_sections
+from edgekit.devices.benchmark_log import parse_benchmark_output
 from edgekit.errors import InputError, RuntimeUnavailable, SettingsError
-from edgekit.measure import android
-from edgekit.measure.android_harness import harness_script, profile_from_harness_log, split_sections
-from edgekit.measure.benchmark_log import parse_benchmark_output
-from edgekit.measure.profile import load_profile_file, save_profile
+from edgekit.latency.profile import load_profile_file, save_profile
 from edgekit.report import Artifact
 from edgekit.targets import load_target
 
@@ -224,7 +224,7 @@ def test_offline_device_and_emulator_are_refused(tflite):
 def test_adb_device_and_measure_stage_fill_latency_and_run_folder_profile(tflite, tmp_path):
     from edgekit.devices import latency_source
     from edgekit.devices.adb import AndroidDevice
-    from edgekit.measure.record import record_latencies
+    from edgekit.stages._latency_record import record_latencies
 
     out = tmp_path / "run"
     (out / "artifacts").mkdir(parents=True)

@@ -1,5 +1,5 @@
 """The one device interface: URI lookup (a registry, no string branches in callers), the latency-source rule every
-stage uses, the local device, and the import graph (measure/device.py imports no device module)."""
+stage uses, the local device, and the import graph (devices/uri.py and facts.py import no device module)."""
 
 from __future__ import annotations
 
@@ -80,18 +80,22 @@ def test_local_device_times_side_by_side_and_runs(digits_run: Path):
 
 
 def test_device_modules_form_no_cycle():
-    """measure/device.py (URIs, the harness, the honesty check) imports no device module and not the Android
-    runner; the devices import it, never the other way round."""
+    """devices/uri.py and devices/facts.py (URIs, the honesty check, harness results) import no device module; the
+    devices import them, never the other way round. The harness imports nothing of edgekit (it runs on the device);
+    no device module reaches for the run (stages, pipeline)."""
     def imports(path: Path) -> set[str]:
         tree = ast.parse(path.read_text())
         return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | {
             a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
 
-    base = imports(PKG / "measure" / "device.py")
-    assert not {m for m in base if m.startswith(("edgekit.devices", "edgekit.measure.android"))}
-    for name in ("ssh.py", "android.py", "browser.py", "harness.py"):
-        assert not {m for m in imports(PKG / "measure" / name) if m.startswith("edgekit.devices")}, name
-    assert not {m for m in imports(PKG / "measure" / "android.py") if m == "edgekit.stages" or "pipeline" in m}
+    devices = ("edgekit.devices.ssh", "edgekit.devices.adb", "edgekit.devices.browser", "edgekit.devices.local",
+               "edgekit.devices.farm")
+    for name in ("uri.py", "facts.py"):
+        assert not {m for m in imports(PKG / "devices" / name) if m.startswith(devices)}, name
+    assert not {m for m in imports(PKG / "devices" / "harness.py") if m.startswith("edgekit")}
+    for path in (PKG / "devices").glob("*.py"):
+        assert not {m for m in imports(path) if m.startswith(("edgekit.stages", "edgekit.pipeline"))}, path.name
+    assert not (PKG / "measure").exists()
 
 
 def test_worker_command_errors(tmp_path: Path):

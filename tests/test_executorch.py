@@ -121,7 +121,7 @@ def test_harness_runs_pte_and_the_host_decodes_its_etdump(tiny):
     import subprocess
     import sys
 
-    from edgekit.measure import harness
+    from edgekit.devices import harness
 
     r = subprocess.run([sys.executable, harness.__file__, str(tiny["int8"]), "--runs", "5", "--warmup", "1",
                         "--profile-runs", "2"], capture_output=True, text=True, timeout=300)
@@ -222,10 +222,10 @@ def test_compress_writes_verified_measured_and_profiled_pte(digits_run: Path):
 
 
 def test_predictor_learns_executorch_kernels_and_checks_layers(tiny, tmp_path):
-    from edgekit.measure import harness
-    from edgekit.measure.predictor import predictor_from_profile_dicts
-    from edgekit.measure.profile import add_entry, new_profile
-    from edgekit.runtimes import time_interleaved
+    from edgekit.devices import harness
+    from edgekit.devices.timing import time_interleaved
+    from edgekit.latency.predictor import predictor_from_profile_dicts
+    from edgekit.latency.profile import add_entry, new_profile
 
     # 64x64 inputs: operators long enough for the profiler's 1 us resolution.
     rng = np.random.default_rng(3)

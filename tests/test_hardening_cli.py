@@ -243,7 +243,7 @@ def test_malformed_adapter_metadata_is_one_line(tmp_path: Path):
 
 
 def test_device_uri_options_are_checked(tmp_path: Path):
-    from edgekit.measure.device import parse_device_uri
+    from edgekit.devices.uri import parse_device_uri
 
     for uri in ("ssh://host?timeout=abc", "ssh://host?timeout=-5", "ssh://host?accept_new=maybe",
                 "ssh://host?timeout="):
@@ -330,7 +330,7 @@ def test_help_shows_the_stage_defaults(capsys, monkeypatch):
 def test_artifact_table_fits_80_columns_without_splitting_words():
     from rich.console import Console
 
-    from edgekit.cli import _print_summary
+    from edgekit.commands._shared import print_summary as _print_summary
 
     names = ["model_fp32.onnx", "model_fp32.tflite", "model_int8.onnx", "model_mixed_policy_search.tflite",
              "model_sparse_xnnpack_ready.tflite", "web/model_bundle_for_the_browser"]

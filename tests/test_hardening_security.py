@@ -160,7 +160,7 @@ def test_module_factory_needs_the_opt_in_flag(tmp_path: Path):
 # --- 2: the Android harness script ---------------------------------------------------------------------------------
 
 def test_harness_script_rejects_names_that_break_out_of_a_line(tmp_path: Path):
-    from edgekit.measure.android_harness import harness_script
+    from edgekit.devices.android_harness import harness_script
     from edgekit.targets import load_target
 
     tgt = load_target("android-arm64")
@@ -215,8 +215,8 @@ _BODIES = [" " * 5000 + "x", "\t" * 5000 + "x", "a" * 5000, "1 " * 2500 + "x", "
 
 
 def test_benchmark_log_parser_is_linear_on_adversarial_lines():
-    from edgekit.measure.android_harness import profile_from_harness_log, split_sections
-    from edgekit.measure.benchmark_log import parse_benchmark_output
+    from edgekit.devices.android_harness import profile_from_harness_log, split_sections
+    from edgekit.devices.benchmark_log import parse_benchmark_output
 
     worst = (0.0, "")
     for prefix in _PREFIXES:
@@ -235,7 +235,7 @@ def test_benchmark_log_parser_is_linear_on_adversarial_lines():
 
 
 def test_benchmark_log_parser_still_reads_wide_real_lines():
-    from edgekit.measure.benchmark_log import parse_benchmark_output
+    from edgekit.devices.benchmark_log import parse_benchmark_output
 
     text = ("11-25 13:02:11.123  4312  4330 I tflite  : count=50 first=100 curr=90 min=80 max=120 avg=95.5 std=3\n"
             "I/tflite  ( 4312): Inference timings in us: Init: 1000, First inference: 2000, Warmup (avg): 1500, "
@@ -257,7 +257,7 @@ def _post(url: str, body: bytes) -> int:
 def test_result_server_takes_results_only_with_the_run_token(tmp_path: Path):
     import threading
 
-    from edgekit.measure._web_server import RESULT_PATH, PageServer
+    from edgekit.devices._web_server import RESULT_PATH, PageServer
 
     server = PageServer(tmp_path, b"")
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -303,7 +303,7 @@ def _wait_gone(pids: list[int], seconds: float = 10.0) -> bool:
 
 
 def test_chromium_runs_in_its_own_process_group_and_all_of_it_is_stopped(tmp_path: Path):
-    from edgekit.measure._web_server import run_page
+    from edgekit.devices._web_server import run_page
 
     page = run_page(str(_fake_chromium(tmp_path)), tmp_path, "", np.zeros(1, np.float32), timeout=1.5)
     assert not page.finished
@@ -313,7 +313,7 @@ def test_chromium_runs_in_its_own_process_group_and_all_of_it_is_stopped(tmp_pat
 
 def test_a_killed_edgekit_leaves_no_chromium_behind(tmp_path: Path):
     code = ("import sys, numpy as np; from pathlib import Path; from edgekit import cli; cli.install_signal_handlers();"
-            "from edgekit.measure._web_server import run_page;"
+            "from edgekit.devices._web_server import run_page;"
             f"run_page({str(_fake_chromium(tmp_path))!r}, Path({str(tmp_path)!r}), '', np.zeros(1, np.float32), 600)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     pids = tmp_path / "pids"
@@ -332,7 +332,7 @@ def test_a_killed_edgekit_leaves_no_chromium_behind(tmp_path: Path):
 
 def test_report_keeps_only_user_and_host_of_the_device():
     """(report.json of a real run: tests/test_hardening_run.py::test_report_stores_host_and_user_only)"""
-    from edgekit.measure.device import device_for_report
+    from edgekit.devices.uri import device_for_report
 
     uri = "ssh://pi@raspberrypi:2222?identity=/home/me/.ssh/secret_key&known_hosts=/home/me/kh&python=/opt/py"
     assert device_for_report(uri) == "ssh://pi@raspberrypi:2222"

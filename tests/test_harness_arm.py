@@ -26,10 +26,11 @@ from pathlib import Path
 
 import pytest
 
+from edgekit.devices import harness
+from edgekit.devices.facts import check_device_fits_target
+from edgekit.devices.uri import parse_device_uri
 from edgekit.errors import SettingsError
-from edgekit.measure import harness
-from edgekit.measure.device import check_device_fits_target, parse_device_uri
-from edgekit.measure.profile import add_entry, new_profile, save_profile
+from edgekit.latency.profile import add_entry, new_profile, save_profile
 from edgekit.targets import load_target
 
 pytestmark = pytest.mark.slow

@@ -437,7 +437,7 @@ def test_policy_search_runs_on_the_litert_quantizer(cnn_tflite: Path, tmp_path: 
     from edgekit.quant import aeq_backend
     from edgekit.quant.driver import search_runtime
     from edgekit.quant.evaluate import Scorer
-    from edgekit.quant.search import Constraints
+    from edgekit.search_core import Constraints
 
     ds = digits()
     backend = aeq_backend.AeqQuantizer(cnn_tflite, ds.x_train[:64])

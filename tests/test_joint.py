@@ -12,10 +12,10 @@ import torch
 from conftest import stage_record
 from edgekit.errors import SettingsError
 from edgekit.joint.evaluate import JointCandidate
-from edgekit.joint.search import build_space, choose
+from edgekit.joint.search import build_space
 from edgekit.joint.settings import Settings
 from edgekit.joint.space import Decision
-from edgekit.quant.search import Constraints
+from edgekit.search_core import Constraints, choose
 from edgekit.targets import load_target
 from edgekit.zoo import digits_cnn
 

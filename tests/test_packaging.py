@@ -53,7 +53,7 @@ def test_wheel_contains_recipes_targets_and_profiles(wheel: Path):
         assert shipped, kind
         missing = {s for s in shipped if f"edgekit/_data/{s}" not in names}
         assert not missing, missing
-    assert "edgekit/measure/harness.py" in names and "edgekit/measure/web_index.html" in names
+    assert {"edgekit/devices/harness.py", "edgekit/runtimes/_portable.py", "edgekit/runtimes/web_index.html"} <= names
 
 
 def test_installed_copy_finds_its_targets_and_recipes_outside_the_checkout(installed: dict, tmp_path: Path):

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
+from edgekit.devices import harness
+from edgekit.devices.local import run_local_harness
 from edgekit.errors import SettingsError
-from edgekit.measure import harness
-from edgekit.measure.device import run_local_harness
-from edgekit.measure.predictor import kernel_features, kernel_key, load_predictor, parse_signature
-from edgekit.measure.profile import (
+from edgekit.latency.predictor import kernel_features, kernel_key, load_predictor, parse_signature
+from edgekit.latency.profile import (
     add_entry,
     device_id_from_facts,
     list_profiles,
@@ -95,7 +95,7 @@ def test_predictor_from_a_measured_profile(digits_run: Path, tmp_path: Path):
     """Real measurements of the float and an INT8 digits CNN -> a predictor that labels its figures predicted."""
     from onnxruntime.quantization import QuantFormat, quantize_static
 
-    from edgekit.measure.validate import _Calibration
+    from edgekit.commands._validate import _Calibration
 
     fp32 = digits_run / "artifacts" / "model_fp32.onnx"
     int8 = tmp_path / "model_int8.onnx"
@@ -123,7 +123,7 @@ def test_predictor_from_a_measured_profile(digits_run: Path, tmp_path: Path):
 
 def test_validate_small(digits_run: Path, tmp_path: Path):
     """The validation loop end to end on the tiny digits CNN (the mobilenet_v2 run is `edgekit profile --validate`)."""
-    from edgekit.measure.validate import validate_host
+    from edgekit.commands._validate import validate_host
 
     res = validate_host(variants=3, train=2, runs=20, warmup=2, profile_runs=3,
                         model=digits_run / "artifacts" / "model_fp32.onnx", profiles_root=tmp_path,

@@ -10,7 +10,8 @@ import pytest
 from edgekit.errors import InputError, SettingsError
 from edgekit.quant.evaluate import Candidate
 from edgekit.quant.policy import FLOAT, INT8_CHANNEL, INT8_TENSOR, Layer, Policy
-from edgekit.quant.search import Constraints, choose, pareto_front, seed_policies
+from edgekit.quant.search import seed_policies
+from edgekit.search_core import Constraints, choose, pareto_front
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,7 @@ def test_confidence_margin_applies_to_the_int8_search():
     chosen, why, met = choose([lucky, steady], Constraints(1.0, confidence=1.0))
     assert chosen is steady and met and "0.50 ± 0.30" in why
     assert Constraints(**asdict(Constraints(1.0, confidence=1.0))).confidence == 1.0
-    from edgekit.stages.quantize import Settings as QuantizeSettings
+    from edgekit.quant.settings import Settings as QuantizeSettings
 
     with pytest.raises(SettingsError, match="confidence"):
         QuantizeSettings(confidence=-0.5)
@@ -207,17 +208,15 @@ def test_sensitivity_pass_stops_at_its_deadline_and_ranks_the_rest_after(cnn, tm
 
 
 def test_latency_is_measured_only_for_the_host_target():
-    from types import SimpleNamespace
-
-    from edgekit.stages.quantize import _latency_mode
+    from edgekit.quant.run import latency_mode
     from edgekit.targets import load_target
 
-    assert _latency_mode(SimpleNamespace(target=load_target("host"), device=None)) == ("measured", None, None)
-    mode, predictor, device = _latency_mode(SimpleNamespace(target=load_target("rpi4"), device=None))
+    assert latency_mode(load_target("host"), None) == ("measured", None, None)
+    mode, predictor, device = latency_mode(load_target("rpi4"), None)
     assert mode in ("predicted", "none") and (predictor is None) == (mode == "none") and device is None
     # The browser target's engines are not started per candidate: without --device the search does not measure.
-    assert _latency_mode(SimpleNamespace(target=load_target("wasm"), device=None))[0] in ("predicted", "none")
-    mode, _, device = _latency_mode(SimpleNamespace(target=load_target("host"), device="ssh://me@127.0.0.1"))
+    assert latency_mode(load_target("wasm"), None)[0] in ("predicted", "none")
+    mode, _, device = latency_mode(load_target("host"), "ssh://me@127.0.0.1")
     assert mode == "measured" and device.uri == "ssh://me@127.0.0.1:22"  # candidates timed on that device
 
 

@@ -179,8 +179,8 @@ def test_sparsify_without_eligible_layers_writes_no_sparse_artifact(tmp_path):
 @pytest.mark.browser
 def test_sparse_tflite_runs_in_the_browser_runtime(tiny_run):
     """The TFLite WebAssembly runtime (tfjs-tflite, XNNPACK) loads the sparse file and agrees with the dense one."""
+    from edgekit.devices.tflite_web import time_tflite_in_chromium
     from edgekit.errors import RuntimeUnavailable
-    from edgekit.measure.tflite_web import time_tflite_in_chromium
     from edgekit.runtimes import load_runner
 
     out, _ = tiny_run

@@ -15,10 +15,10 @@ import pytest
 
 from conftest import run_cli
 from edgekit.devices import Job, open_device
+from edgekit.devices.ssh import DeviceError, DeviceUnreachable, HostKeyError, SSHDevice, measure_over_ssh
+from edgekit.devices.uri import SSHTarget, parse_device_uri
 from edgekit.errors import RuntimeUnavailable, SettingsError
 from edgekit.fileio import sha256_file
-from edgekit.measure.device import device_facts, parse_device_uri
-from edgekit.measure.ssh import DeviceError, DeviceUnreachable, HostKeyError, SSHTarget, measure_over_ssh
 from edgekit.targets import host_facts, load_target
 from loopback import Missing, free_port, keygen, start_sshd
 
@@ -71,7 +71,8 @@ def test_profile_command_over_ssh(sshd, digits_run: Path):
     assert out["source"] == "measured" and out["device_id"].endswith("-via-ssh")
     assert out["artifacts"][0]["runtime"].startswith("onnxruntime") and out["profile"] is None
     # Device facts need no runtime: the harness is streamed to the device's Python.
-    facts = device_facts(parse_device_uri(_uri(sshd, python="python3")))
+    with SSHDevice(_uri(sshd, python="python3")) as dev:
+        facts = dev.facts()
     assert facts["hostname"] == host_facts()["hostname"] and facts["cores"] >= 1
 
 
@@ -91,8 +92,7 @@ def test_ssh_device_times_side_by_side_and_checks_the_target(sshd, digits_run: P
         from edgekit.data import digits
 
         x = digits().x_test[:16].astype("float32")
-        from edgekit.quant.evaluate import run_all
-        from edgekit.runtimes import load_runner
+        from edgekit.runtimes import load_runner, run_all
 
         here = run_all(load_runner("onnxruntime", jobs[0].path), x)
         np.testing.assert_allclose(dev.run(jobs[0], x), here.reshape(len(x), -1), atol=1e-5)

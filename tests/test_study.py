@@ -17,7 +17,8 @@ import pytest
 from edgekit.errors import EdgekitError, SettingsError
 from edgekit.quant.evaluate import Candidate
 from edgekit.quant.policy import Layer
-from edgekit.quant.search import Constraints, Distributed, choose, run_search
+from edgekit.quant.search import Distributed, run_search
+from edgekit.search_core import Constraints, choose
 from edgekit.study import StudyPlan, complete_trials, open_storage, storage_url
 from loopback import Missing, start_postgres
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli
+from edgekit.devices import browser
 from edgekit.errors import InputError, RuntimeUnavailable
-from edgekit.export.web import RUNTIME_FILES, write_bundle
 from edgekit.fileio import sha256_file
-from edgekit.measure import browser
 from edgekit.runtimes import load_runner
+from edgekit.runtimes._web_bundle import RUNTIME_FILES, write_bundle
 from edgekit.runtimes.onnxruntime_web import NodeOrtWebRunner, node_modules, package_version
 
 HAS_CHROMIUM = browser.chromium_binary() is not None

@@ -120,7 +120,7 @@ def compress(model: Any = None, target: str = "host", *, data: Any = None, recip
         trust_code: allow model sources that run code (module:factory, pickled .pt2 entries); see edgekit.untrusted.
     """
     from edgekit.contract import check_facts
-    from edgekit.measure.device import device_for_report
+    from edgekit.devices.uri import device_for_report
     from edgekit.pipeline import RunContext, load_recipe, run_pipeline
     from edgekit.report import load_report
     from edgekit.runfolder import check_run_folder, input_identity

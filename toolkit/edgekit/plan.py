@@ -161,7 +161,7 @@ def _decompose(f: Facts) -> Decision:
 
 @technique("quantize", order=50)
 def _quantize(f: Facts) -> Decision:
-    from edgekit.stages.quantize import BACKENDS
+    from edgekit.quant.settings import BACKENDS
 
     if "joint" in f.chosen:  # the joint search chose the precision of the formats it builds; the others remain
         from edgekit.joint.settings import RUNTIMES as JOINT_RUNTIMES

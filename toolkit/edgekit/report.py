@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit import __version__
 from edgekit.errors import InputError
 from edgekit.fileio import write_json
+from edgekit.version import __version__
 
 SCHEMA = 2
 READABLE_SCHEMAS = (1, 2)

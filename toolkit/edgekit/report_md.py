@@ -33,8 +33,6 @@ def _header(report: dict[str, Any]) -> list[str]:
              f"- data: {data.get('description', '–')}; quality metric: **{data.get('quality_metric', '–')}**",
              f"- threads: {report.get('threads')}", ""]
     if report.get("import"):
-        from edgekit.importers import describe_import
-
         lines.insert(-1, f"- import: {describe_import(report['import'])}")
     route = report.get("route") or {}
     if route.get("name") not in (None, "torch"):
@@ -45,6 +43,22 @@ def _header(report: dict[str, Any]) -> list[str]:
         lines += [f"Target **{report.get('target')}**: {target.get('description', '')} ({target.get('cpu')}, "
                   f"{target.get('cores')} cores, {', '.join(target.get('simd', [])) or 'no SIMD listed'})", ""]
     return lines
+
+
+def describe_import(info: dict[str, Any]) -> str:
+    """One Markdown line for the report: what the file was, which passes applied, how the check came out."""
+    if info.get("format") == "tflite":
+        return (f"TFLite file{' (' + info['producer'] + ')' if info.get('producer') else ''}, "
+                f"{info.get('nodes_in_file')} ops, input {info.get('input', {}).get('shape')}: used as it is")
+    passes = ", ".join(p["pass"] for p in info.get("passes", [])) or "none"
+    line = (f"{info.get('format', '?').upper()} file from {info.get('producer') or 'an unnamed exporter'} (opset "
+            f"{info.get('opset')}), {info.get('nodes_in_file')} -> {info.get('nodes_converted')} nodes; passes: {passes}")
+    check = info.get("check")
+    if check:
+        agree = "" if check.get("top1_agreement") is None else f", top-1 agreement {check['top1_agreement']:.4g}"
+        line += (f"; checked against {check['reference']} on {check['inputs']} {check['data']}: max abs error "
+                 f"{check['max_abs_err']:.3g}{agree} ({'passed' if check['passed'] else 'FAILED'})")
+    return line
 
 
 def _plan(report: dict[str, Any]) -> list[str]:

@@ -68,7 +68,7 @@ def claim_run_folder(out: str | Path) -> Path:
     check_run_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     if not (out / MARKER).is_file():
-        from edgekit import __version__
+        from edgekit.version import __version__
 
         write_text(out / MARKER, f"edgekit run folder (edgekit {__version__}); edgekit writes here\n")
     for p in out.rglob("*.tmp"):

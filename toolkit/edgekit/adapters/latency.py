@@ -44,7 +44,8 @@ def conv_graph(convs: list[nn.Conv2d], input_shape: tuple[int, ...]) -> bytes:
 def time_candidates(candidates: list[list[nn.Conv2d]], input_shape: tuple[int, ...], threads: int = 1,
                     runs: int = 30) -> list[float]:
     """Interleaved p50 latency (ms) of each candidate conv sequence in ONNX Runtime on this machine."""
-    from edgekit.runtimes import load_runner, time_interleaved
+    from edgekit.devices.timing import time_interleaved
+    from edgekit.runtimes import load_runner
 
     x = np.random.default_rng(0).standard_normal(input_shape, dtype=np.float32)
     with tempfile.TemporaryDirectory(prefix="edgekit-rank-") as d:

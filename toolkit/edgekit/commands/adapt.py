@@ -21,7 +21,7 @@ def _run(stage: str, values: dict[str, Any], *, model: str | None, target: str, 
          weights: str | None, input_shape: str | None, out: Path | None, export: bool, fresh: bool,
          set_: list[str] | None, trust_model_code: bool) -> None:
     from edgekit import api
-    from edgekit.cli import _console, _print_summary, parse_sets, progress_bar
+    from edgekit.commands._shared import make_console, parse_sets, print_summary, progress_bar
 
     overrides = parse_sets(set_)
     settings = {k: v for k, v in values.items() if v is not None}
@@ -30,14 +30,14 @@ def _run(stage: str, values: dict[str, Any], *, model: str | None, target: str, 
     if export:
         stages += [{"export": {}}, {"verify": {}}]
     out_dir = out or Path("runs") / f"{api.default_out_dir(model, target).name}-{stage}"
-    console = _console()
+    console = make_console()
     with progress_bar() as progress:
         report = api.compress(model, target, recipe={"stages": stages}, data=data, weights=weights,
                               input_shape=api.parse_shape(input_shape), out=out_dir, overrides=overrides,
                               resume=not fresh, progress=progress, console=console, trust_code=trust_model_code)
     rec = next(s for s in report["stages"] if s["name"] == stage)
     console.print(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec["metrics"].items()))
-    _print_summary(console, report, out_dir)
+    print_summary(console, report, out_dir)
 
 
 Model = Annotated[str | None, typer.Argument(help=MODEL_HELP)]

@@ -33,9 +33,9 @@ def android_harness(
 ) -> None:
     """Write the adb commands that measure ARTIFACT on an Android phone with TFLite's benchmark_model; import the
     log they write with `edgekit profile ARTIFACT --target T --from-log LOG`."""
+    from edgekit.devices.android_harness import harness_script
     from edgekit.errors import InputError, SettingsError
     from edgekit.fileio import write_text
-    from edgekit.measure.android_harness import harness_script
     from edgekit.targets import load_target
 
     if not artifact.is_file():
@@ -59,7 +59,7 @@ def profile_android(artifacts: list[Path] | None, target: str, device: str, from
                     threads: int | None, runs: int | None, warmup: int, save: bool, out: Path | None = None) -> None:
     """`edgekit profile` for Android: --device adb://SERIAL[?tool=apk] measures; --from-log imports a log."""
     from edgekit.errors import InputError, SettingsError
-    from edgekit.measure.profile import save_profile
+    from edgekit.latency.profile import save_profile
     from edgekit.targets import load_target
 
     tgt = load_target(target)
@@ -70,7 +70,7 @@ def profile_android(artifacts: list[Path] | None, target: str, device: str, from
         if not a.is_file():
             raise InputError(f"no such artifact: {a}")
     if from_log is not None:
-        from edgekit.measure.android_harness import profile_from_harness_log
+        from edgekit.devices.android_harness import profile_from_harness_log
 
         if len(artifacts or []) > 1:
             raise SettingsError("--from-log imports one benchmark_model run: pass at most one artifact")

@@ -51,8 +51,8 @@ def status(
 def probe(m: Any, leases: Any, timeout_s: int) -> dict[str, Any]:
     """One device's row: reachable or not (with the one-line reason), its facts, whether it fits its target."""
     from edgekit.devices import open_device
+    from edgekit.devices.facts import check_device_fits_target
     from edgekit.errors import first_line
-    from edgekit.measure.device import check_device_fits_target
     from edgekit.targets import load_target
 
     row: dict[str, Any] = {"name": m.name, "uri": m.display, "target": m.target, "labels": list(m.labels),

@@ -69,10 +69,10 @@ def _measure(artifacts: list[Path], target: str, device: str, threads: int | Non
     """Times the files on the device (one measurement: side by side) and writes one profile entry per file, into
     `out` (default: the profiles/ the predictor reads)."""
     from edgekit.devices import Job, open_device
+    from edgekit.devices.facts import SUFFIX_RUNTIMES
     from edgekit.errors import InputError, RuntimeUnavailable, SettingsError
     from edgekit.fileio import sha256_file
-    from edgekit.measure.device import SUFFIX_RUNTIMES
-    from edgekit.measure.profile import add_entry, device_id_from_facts, new_profile, save_profile
+    from edgekit.latency.profile import add_entry, device_id_from_facts, new_profile, save_profile
     from edgekit.targets import load_target
 
     for a in artifacts:
@@ -126,8 +126,8 @@ def validate_out_dir(out: Path | None) -> Path:
 
 def _validate(target: str, device: str, threads: int, runs: int, warmup: int, profile_runs: int, variants: int,
               train: int, model: Path | None, sequential: bool, out: Path) -> None:
+    from edgekit.commands._validate import validate_host
     from edgekit.errors import InputError, SettingsError
-    from edgekit.measure.validate import validate_host
     from edgekit.targets import load_target
 
     if not load_target(target).is_host or device != "local":

@@ -50,7 +50,7 @@ def prune(
     """Find a winning ticket: iterative magnitude pruning with rewinding, with re-init and random-mask controls
     (--structure channel: over channel groups, giving a thinner dense network)."""
     from edgekit import api
-    from edgekit.cli import _console, parse_sets, progress_bar
+    from edgekit.commands._shared import make_console, parse_sets, progress_bar
 
     settings: dict[str, Any] = {k: v for k, v in {
         "rounds": rounds, "rate": rate, "rewind_step": rewind_step, "epochs": epochs, "pattern": pattern,
@@ -65,7 +65,7 @@ def prune(
     shape = api.parse_shape(input_shape)
     tgt = target or "host"
     out_dir = out or Path(str(api.default_out_dir(model, tgt)).removesuffix(f"-{tgt}") + "-prune")
-    console = _console()
+    console = make_console()
     with progress_bar() as progress:
         # --fresh reaches the prune stage through the pipeline, after the inputs were checked: a bad model never
         # costs the rounds of an earlier run.

@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Search per-layer INT8 policies scored on latency in each artifact's runtime (recipe `quant`)."""
         from edgekit import api
-        from edgekit.cli import _console, _print_summary, parse_sets, progress_bar
+        from edgekit.commands._shared import make_console, parse_sets, print_summary, progress_bar
 
         overrides = parse_sets(set_)
         overrides["quantize"] = {"max_quality_drop": max_quality_drop, "latency_budget_ms": latency_budget_ms,
@@ -46,10 +46,10 @@ def register(app: typer.Typer) -> None:
         if formats:
             overrides["quantize"]["formats"] = [f.strip() for f in formats.split(",") if f.strip()]
         out_dir = out or Path(f"{api.default_out_dir(model, target)}-quant")
-        console = _console()
+        console = make_console()
         with progress_bar() as progress:
             report = api.compress(model, target, recipe="quant", data=data, weights=weights,
                                   input_shape=api.parse_shape(input_shape), out=out_dir, overrides=overrides,
                                   device=device, resume=not fresh, progress=progress, console=console,
                                   trust_code=trust_model_code)
-        _print_summary(console, report, out_dir)
+        print_summary(console, report, out_dir)

@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Search per-layer width, precision and sparsity together on latency measured in each runtime."""
         from edgekit import api
-        from edgekit.cli import _console, _print_summary, parse_sets, progress_bar
+        from edgekit.commands._shared import make_console, parse_sets, print_summary, progress_bar
 
         joint: dict[str, object] = {"max_quality_drop": max_quality_drop, "latency_budget_ms": latency_budget_ms,
                                     "max_size_mb": max_size_mb, "trials": trials, "max_seconds": max_seconds}
@@ -44,13 +44,13 @@ def register(app: typer.Typer) -> None:
         overrides = parse_sets(set_)
         overrides["joint"] = {**joint, **overrides.get("joint", {})}
         out_dir = out or Path(f"{api.default_out_dir(model, target)}-joint")
-        console = _console()
+        console = make_console()
         with progress_bar() as progress:
             report = api.compress(model, target, recipe="joint", data=data, weights=weights,
                                   input_shape=api.parse_shape(input_shape), out=out_dir, overrides=overrides,
                                   resume=not fresh, progress=progress, console=console,
                                   trust_code=trust_model_code)
-        _print_summary(console, report, out_dir)
+        print_summary(console, report, out_dir)
         stage = next(s for s in report["stages"] if s["name"] == "joint")
         m = stage["metrics"]
         speed = m.get("speedup")

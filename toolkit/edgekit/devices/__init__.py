@@ -127,7 +127,7 @@ class BaseDevice:
     def check(self, facts: dict[str, Any]) -> None:
         """Refuses timings from a device that is not what the bound target describes (no-op without a target)."""
         if self.target is not None:
-            from edgekit.measure.device import check_device_fits_target
+            from edgekit.devices.facts import check_device_fits_target
 
             check_device_fits_target(facts, self.target, self.uri)
 
@@ -236,9 +236,9 @@ def latency_source(target: Target, device: str | None, *, for_search: bool = Fal
     reason = (f"no {target.name} device attached (pass --device URI to measure there); host timings are not "
               f"reported as {target.name} latencies")
     if for_search:
-        from edgekit.quant.driver import load_predictor
+        from edgekit.latency.predictor import find_predictor
 
-        predictor = load_predictor(target.name)
+        predictor = find_predictor(target.name)
         if predictor is not None:
             return LatencySource("predicted", reason=f"predicted from the {target.name} profile",
                                  predictor=predictor)

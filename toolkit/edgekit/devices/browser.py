@@ -1,20 +1,139 @@
 """`node` and `chromium`: the browser target's devices, real JavaScript engines on this machine running
 onnxruntime-web (and, in Chromium, the TFLite WebAssembly runtime for .tflite files). How each engine is driven:
-edgekit.measure.browser and edgekit.measure.tflite_web."""
+edgekit.devices.browser and edgekit.devices.tflite_web."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit.devices import BaseDevice, Job
-from edgekit.errors import SettingsError
+from edgekit.devices._web_server import (
+    INPUT_PATH,
+    RESULT_PATH,
+    chromium_binary,
+    chromium_version,
+    page_result,
+    require_chromium,
+)
+from edgekit.devices.timing import Timing
+from edgekit.errors import RuntimeUnavailable, SettingsError
+from edgekit.report import Latency
+from edgekit.targets import host_facts
 
 if TYPE_CHECKING:
     from edgekit.report import Latency
     from edgekit.targets import Target
+
+
+ENGINES = ("node", "chromium")
+MIN_WARMUP_MS = 1000.0  # both engines tier WebAssembly up from a baseline compiler; see ort_node_runner.js
+CHROMIUM_TIMEOUT_S = 300.0
+PROFILE_RUNS = 10  # runs of ORT's own profiler in Node for per-operator times (0: off)
+
+
+def host_cpu() -> str:
+    f = host_facts()
+    return f"{f['cpu']} ({f['cores']} cores, {f['arch']})"
+
+
+def time_in_chromium(bundle: Path, x: np.ndarray, warmup: int, runs: int, threads: int = 1,
+                     timeout: float = CHROMIUM_TIMEOUT_S) -> dict[str, Any]:
+    """Opens the bundle's index.html in headless Chromium and returns what the page posted.
+
+    Returns:
+        {"samples_ms", "output", "user_agent", "onnxruntime_web", "warmup_runs", "chromium": version, ...}.
+    """
+    binary = require_chromium()
+    query = (f"bench=1&input={INPUT_PATH}&report={RESULT_PATH}&warmup={warmup}&runs={runs}"
+             f"&min_warmup_ms={MIN_WARMUP_MS:g}&threads={threads}")
+    result = page_result(binary, Path(bundle), query, x, timeout, "page")
+    return {**result, "chromium": chromium_version(binary)}
+
+
+def time_in_node(model: Path, x: np.ndarray, warmup: int, runs: int, threads: int = 1) -> dict[str, Any]:
+    """Times an .onnx file or bundle in onnxruntime-web under Node; returns samples, output and versions."""
+    from edgekit.runtimes.onnxruntime_web import NodeOrtWebRunner
+
+    runner = NodeOrtWebRunner(model, threads)
+    try:
+        output = runner(x)
+        t = runner.time(x, warmup, runs, MIN_WARMUP_MS)
+        per_op = runner.per_op(x, 2, PROFILE_RUNS) if PROFILE_RUNS else []
+        return {**t, "output": output.ravel().tolist(), "runtime": runner.runtime, "versions": runner.versions,
+                "per_op": per_op}
+    finally:
+        runner.close()
+
+
+def measure_artifact(path: Path, x: np.ndarray, engines: tuple[str, ...], warmup: int, runs: int,
+                     threads: int = 1) -> list[Latency]:
+    """Measures one .onnx file or web bundle in each engine; returns one latency entry per engine.
+
+    Entries: measured Latency records with `engine` (and extra["raw"]: samples and versions for profiles, which
+    callers drop from report.json), or Latency.none with the reason when an engine is not installed and was not
+    asked for explicitly.
+    """
+    from edgekit.runtimes.onnxruntime_web import package_version
+
+    runtime = f"onnxruntime-web {package_version()} (wasm, SIMD128)"
+    out, node_output = [], None
+    for engine in engines:
+        if engine == "node":
+            r = time_in_node(path, x, warmup, runs, threads)
+            node_output = np.asarray(r["output"], np.float32)
+            device = f"node {r['versions']['node']} (V8 {r['versions']['v8']}) on host: {host_cpu()}"
+            extra: dict[str, Any] = {}
+        else:
+            if chromium_binary() is None and len(engines) > 1:
+                out.append(Latency.none("headless Chromium is not installed (Debian package `chromium`)",
+                                        engine="chromium", runtime=runtime))
+                continue
+            try:
+                r = _time_bundle_in_chromium(Path(path), x, warmup, runs, threads)
+            except RuntimeUnavailable as e:
+                if len(engines) == 1:  # asked for explicitly (--device chromium): fail loudly
+                    raise
+                out.append(Latency.none(str(e), engine="chromium", runtime=runtime))
+                continue
+            device = f"chromium {r['chromium']} (headless) on host: {host_cpu()}"
+            extra = {"cross_origin_isolated": r.get("cross_origin_isolated")}
+            if node_output is not None and r.get("output"):
+                # Same runtime, same input: the browser must compute what Node computed.
+                diff = np.abs(np.asarray(r["output"], np.float32).ravel() - node_output.ravel()).max()
+                extra["output_max_abs_diff_vs_node"] = float(diff)
+        timing = Timing.from_samples([s / 1e3 for s in r["samples_ms"]])
+        out.append(Latency.measured(timing, device=device, runtime=runtime, threads=threads, engine=engine, via=engine,
+                                    warmup_runs=r.get("warmup_runs"), **extra, raw=r))
+    return out
+
+
+def _time_bundle_in_chromium(path: Path, x: np.ndarray, warmup: int, runs: int, threads: int) -> dict[str, Any]:
+    if path.is_dir():
+        return time_in_chromium(path, x, warmup, runs, threads)
+    from edgekit.runtimes._web_bundle import write_bundle
+
+    # A plain .onnx artifact (e.g. an INT8 model from another stage) is timed through the same page.
+    with tempfile.TemporaryDirectory(prefix="edgekit-bundle-") as tmp:
+        bundle = write_bundle(path, Path(tmp) / "bundle", threads)
+        return time_in_chromium(bundle, x, warmup, runs, threads)
+
+
+def _measure_tflite(path: Path, x: np.ndarray, warmup: int, runs: int, threads: int) -> list[Latency]:
+    """A TFLite artifact (e.g. a sparse one) in Chromium through the TFLite WebAssembly runtime (tfjs-tflite)."""
+    from edgekit.devices.tflite_web import runtime_name, time_tflite_in_chromium
+
+    r = time_tflite_in_chromium([path], x, warmup, runs, threads)
+    samples = r["samples_ms"][0]
+    timing = Timing.from_samples([s / 1e3 for s in samples])
+    raw = {**r, "samples_ms": samples, "output": (r.get("outputs") or [[]])[0]}
+    return [Latency.none("no TFLite runtime for Node is measured by edgekit", engine="node", runtime=runtime_name()),
+            Latency.measured(timing, device=f"chromium {r['chromium']} (headless) on host: {host_cpu()}",
+                             runtime=r["runtime"], threads=threads, engine="chromium", via="chromium", raw=raw)]
 
 
 class _EngineDevice(BaseDevice):
@@ -50,8 +169,6 @@ class _EngineDevice(BaseDevice):
                 raise SettingsError(f"{self.engine}: timing {j.path.name} needs an example input")
             x = np.asarray(j.input, np.float32)
             if j.fmt in ("web", "onnx"):
-                from edgekit.measure.browser import measure_artifact
-
                 (lat,) = measure_artifact(j.path, x, (self.engine,), warmup, runs, threads)
             elif j.fmt == "tflite":
                 lat = self._tflite(j, x, warmup, runs, threads)
@@ -64,14 +181,14 @@ class _EngineDevice(BaseDevice):
         return out
 
     def _tflite(self, job: Job, x: np.ndarray, warmup: int, runs: int, threads: int) -> Latency:
-        from edgekit.measure.tflite_web import runtime_name
+        from edgekit.devices.tflite_web import runtime_name
         from edgekit.report import Latency
 
         return Latency.none("no TFLite runtime for Node is measured by edgekit", engine="node",
                             runtime=runtime_name())
 
     def _provenance(self, lat: Latency) -> None:
-        from edgekit.measure.profile import device_id_from_facts
+        from edgekit.latency.profile import device_id_from_facts
 
         raw = lat.extra.get("raw") or {}
         version = f"chromium {raw['chromium']}" if "chromium" in raw else f"node {raw['versions']['node']}"
@@ -90,7 +207,7 @@ class NodeDevice(_EngineDevice):
     scheme = engine = "node"
 
     def run(self, artifact: Job, inputs: np.ndarray) -> np.ndarray:
-        from edgekit.quant.evaluate import run_all
+        from edgekit.runtimes import run_all
         from edgekit.runtimes.onnxruntime_web import NodeOrtWebRunner
 
         runner = NodeOrtWebRunner(artifact.path, 1)
@@ -106,14 +223,10 @@ class ChromiumDevice(_EngineDevice):
     scheme = engine = "chromium"
 
     def _tflite(self, job: Job, x: np.ndarray, warmup: int, runs: int, threads: int) -> Latency:
-        from edgekit.measure.browser import _measure_tflite
-
         return _measure_tflite(job.path, x, warmup, runs, threads)[1]
 
     def run(self, artifact: Job, inputs: np.ndarray) -> np.ndarray:
         """One page per input batch (each page posts its output back)."""
-        from edgekit.measure.browser import _time_bundle_in_chromium
-
         x = np.asarray(inputs, np.float32)
         outs = [np.asarray(_time_bundle_in_chromium(artifact.path, x[i:i + 1], 0, 1, 1)["output"], np.float32)
                 for i in range(len(x))]

@@ -119,7 +119,7 @@ def _device(path: Path, i: int, e: Any) -> FarmDevice:
         raise SettingsError(f"{where}: uri must be a device URI (ssh://, adb://, local, node, chromium), got "
                             f"'{e['uri']}'")
     if scheme == "ssh":
-        from edgekit.measure.device import parse_device_uri
+        from edgekit.devices.uri import parse_device_uri
 
         parse_device_uri(e["uri"])  # one-line error for a malformed ssh URI, before anything connects
     load_target(e["target"])  # an unknown target is an error naming the closest ones

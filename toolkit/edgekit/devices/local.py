@@ -4,26 +4,29 @@ in a subprocess, the very code a remote device runs."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit.devices import BaseDevice, Job
-from edgekit.errors import RuntimeUnavailable, SettingsError
+from edgekit.devices.facts import (
+    HARNESS,
+    HARNESS_RUNTIMES,
+    harness_latency,
+    host_device_name,
+    parse_harness_json,
+)
+from edgekit.errors import EdgekitError, RuntimeUnavailable, SettingsError
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from edgekit.report import Latency
     from edgekit.targets import Target
-
-
-def host_device_name() -> str:
-    from edgekit.targets import host_facts
-
-    f = host_facts()
-    return f"host: {f['cpu']} ({f['cores']} cores, {f['arch']})"
 
 
 class LocalDevice(BaseDevice):
@@ -44,7 +47,7 @@ class LocalDevice(BaseDevice):
         self.harness = harness  # always time through the harness subprocess (results in extra["raw"])
 
     def _read_facts(self) -> dict[str, Any]:
-        from edgekit.measure.harness import device_facts
+        from edgekit.devices.harness import device_facts
 
         return device_facts()
 
@@ -63,9 +66,10 @@ class LocalDevice(BaseDevice):
         return self._in_process(artifacts, runs, warmup, threads, progress)
 
     def _in_process(self, jobs: Sequence[Job], runs: int, warmup: int, threads: int, progress: Any) -> list[Latency]:
-        from edgekit.measure.profile import device_id_from_facts
+        from edgekit.devices.timing import time_interleaved
+        from edgekit.latency.profile import device_id_from_facts
         from edgekit.report import Latency
-        from edgekit.runtimes import load_runner, time_interleaved
+        from edgekit.runtimes import load_runner
 
         out: list[Latency | None] = [None] * len(jobs)
         loaded, runners = [], []
@@ -85,7 +89,6 @@ class LocalDevice(BaseDevice):
 
     def _harness(self, jobs: Sequence[Job], runs: int, warmup: int, threads: int, profile_runs: int,
                  profile_first: int) -> list[Latency]:
-        from edgekit.measure.device import HARNESS_RUNTIMES, run_local_harness
         from edgekit.report import Latency
 
         ok = [j for j in jobs if j.runtime in HARNESS_RUNTIMES]
@@ -97,8 +100,7 @@ class LocalDevice(BaseDevice):
                              device=host_device_name(), runtime=j.runtime) for j in jobs]
 
     def run(self, artifact: Job, inputs: np.ndarray) -> np.ndarray:
-        from edgekit.quant.evaluate import run_all
-        from edgekit.runtimes import load_runner
+        from edgekit.runtimes import load_runner, run_all
 
         return run_all(load_runner(artifact.runtime, artifact.path, 1), np.asarray(inputs, np.float32))
 
@@ -110,24 +112,27 @@ def _input_for(job: Job, shape: tuple[int, ...] | None) -> np.ndarray:
     return np.random.default_rng(0).standard_normal(shape or (1,)).astype(np.float32)
 
 
-def harness_latency(res: dict[str, Any], via: str, threads: int, artifact: Path | None = None) -> Latency:
-    """A measured Latency from one harness result (local or over SSH); the whole result stays in extra["raw"]
-    (per-operator times, sha256) for profiles, and is dropped from report.json by whoever records it. An ExecuTorch
-    result's raw ETDump is decoded here onto the program's layers (the device needs no devtools); those per-operator
-    fields go into the latency record itself."""
-    from edgekit.measure.device import decode_per_op, device_label
-    from edgekit.measure.profile import device_id_from_facts
-    from edgekit.report import Latency
-
-    if artifact is not None:
-        decode_per_op(res, artifact)
-    facts = res["device"]
-    label = device_label(facts, via) if via != "local" else host_device_name()
-    lat = Latency.measured(res["timing"], device=label, runtime=res["runtime"], threads=threads, via=via,
-                           device_id=device_id_from_facts(facts, via), device_facts=facts,
-                           conditions=res["conditions"], raw=res)
-    if res.get("per_op_profile"):
-        from edgekit.measure.op_profile import per_op_fields
-
-        lat.extra.update(per_op_fields({"per_op": res["per_op"], **res["per_op_profile"]}))
-    return lat
+def run_local_harness(artifacts: list[Path], runtime: str, threads: int, runs: int, warmup: int,
+                      profile_runs: int = 10, timeout: int = 1800, profile_models: int = -1) -> list[dict[str, Any]]:
+    """Runs the harness in a subprocess of this Python (the same code path a device runs); several artifacts are
+    timed interleaved."""
+    argv = [sys.executable, str(HARNESS), *map(str, artifacts), "--threads", str(threads), "--runs", str(runs),
+            "--warmup", str(warmup), "--profile-runs", str(profile_runs), "--profile-models", str(profile_models)]
+    if runtime:
+        argv += ["--runtime", runtime]
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise EdgekitError(f"timing {len(artifacts)} artifact(s) locally took longer than {timeout} s") from None
+    lines = r.stdout.strip().splitlines()
+    result = parse_harness_json(lines[-1]) if lines else None
+    if result is None:
+        raise EdgekitError(f"the local harness failed: {(r.stderr.strip().splitlines() or ['?'])[-1][:200]}")
+    if not result.get("ok"):
+        if result.get("kind") == "missing_runtime":
+            raise RuntimeUnavailable(f"{result['error']}; install it with `{result.get('install')}`")
+        raise EdgekitError(result.get("error", "the local harness failed"))
+    results = result.get("results", [result])
+    for res in results:
+        res["via"] = "local"
+    return results

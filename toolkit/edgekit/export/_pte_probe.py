@@ -26,7 +26,7 @@ NOISY_DB = 60.0  # ... to below this level (float programs sit near 100+ dB: the
 
 def tap_points(program: Any) -> list[dict[str, Any]]:
     """The tensor read by each layer, in execution order: [{"layer", "node" (tap source or None), "scale", "zp"}]."""
-    from edgekit.export.pte import _op_name
+    from edgekit.export._pte_lower import _op_name
 
     points = []
     for node in program.graph_module.graph.nodes:
@@ -84,7 +84,7 @@ def layer_accuracy(program: Any, model: Any, example: Any, inputs: np.ndarray, a
     """
     from executorch.devtools.intermediate_output_tap import FULL_TENSOR, tap_intermediate_outputs_
 
-    from edgekit.export.pte import lower, quiet
+    from edgekit.export._pte_lower import lower, quiet
     from edgekit.runtimes.executorch import ExecuTorchRunner
 
     points = tap_points(program)

@@ -5,19 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgekit import sidecars
+
 TOP_LAYERS = 12
 
 
 def artifact_meta(path: Path) -> dict[str, Any]:
     """The artifact record's `executorch` field: delegation and the per-layer accuracy verdict."""
-    from edgekit.export.pte import read_sidecar, sidecar
-
-    side = read_sidecar(path)
+    side = sidecars.read(sidecars.pte(path))
     if not side:
         return {}
     meta = {k: side.get(k) for k in ("delegated_fraction", "delegated_nodes", "portable_nodes",
                                      "delegated_subgraphs", "portable_ops")}
-    meta["sidecar"] = sidecar(path).name
+    meta["sidecar"] = sidecars.pte(path).name
     layers = side.get("layers")
     if layers:
         meta["layer_accuracy"] = {k: layers.get(k) for k in ("output_sqnr_db", "output_max_abs_err",
@@ -27,9 +27,7 @@ def artifact_meta(path: Path) -> dict[str, Any]:
 
 def report_section(path: Path) -> tuple[str, str]:
     """(title, markdown): what XNNPACK took, what fell back, and the per-layer accuracy in the runtime."""
-    from edgekit.export.pte import read_sidecar
-
-    side = read_sidecar(path) or {}
+    side = sidecars.read(sidecars.pte(path)) or {}
     title = f"ExecuTorch: {Path(path).name} ({side.get('precision', '?')})"
     if not side:
         return title, "No sidecar (delegation and per-layer accuracy unknown)."

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgekit import sidecars
 from edgekit.errors import EdgekitError, RuntimeUnavailable, first_line
 from edgekit.export._tvm_kernels import KernelPolicy, fold_batchnorm, rewrite
 from edgekit.fileio import atomic_path, write_json
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     import torch.nn as nn
 
 RUNTIME = "tvm"
-SUFFIX = ".tvm.so"
+SUFFIX = sidecars.TVM_SUFFIX
 TARGET_AWARE = True  # the export stage passes the run's target (the library is compiled for its CPU)
 TUNING_DIR = Path(__file__).resolve().parents[3] / "kernels" / "tuning"
 # Edge targets by architecture: the LLVM target TVM compiles for, the kernel build, and the C compiler that links.
@@ -43,8 +44,8 @@ ARCHES = {
 
 
 def sidecar(path: Path) -> Path:
-    """The JSON that describes a TVM artifact (input shape, target, kernels)."""
-    return Path(str(path).removesuffix(SUFFIX) + ".tvm.json")
+    """The JSON that describes a TVM artifact (edgekit.sidecars)."""
+    return sidecars.tvm(path)
 
 
 def export(

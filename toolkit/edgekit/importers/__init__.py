@@ -20,19 +20,3 @@ def check_import(bundle: Any, x: np.ndarray, data: str = "calibration") -> dict[
 
         return check_onnx(bundle, x, data)
     return None
-
-
-def describe_import(info: dict[str, Any]) -> str:
-    """One Markdown line for the report: what the file was, which passes applied, how the check came out."""
-    if info.get("format") == "tflite":
-        return (f"TFLite file{' (' + info['producer'] + ')' if info.get('producer') else ''}, "
-                f"{info.get('nodes_in_file')} ops, input {info.get('input', {}).get('shape')}: used as it is")
-    passes = ", ".join(p["pass"] for p in info.get("passes", [])) or "none"
-    line = (f"{info.get('format', '?').upper()} file from {info.get('producer') or 'an unnamed exporter'} (opset "
-            f"{info.get('opset')}), {info.get('nodes_in_file')} -> {info.get('nodes_converted')} nodes; passes: {passes}")
-    check = info.get("check")
-    if check:
-        agree = "" if check.get("top1_agreement") is None else f", top-1 agreement {check['top1_agreement']:.4g}"
-        line += (f"; checked against {check['reference']} on {check['inputs']} {check['data']}: max abs error "
-                 f"{check['max_abs_err']:.3g}{agree} ({'passed' if check['passed'] else 'FAILED'})")
-    return line

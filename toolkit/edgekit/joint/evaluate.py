@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.devices.timing import paired_timing, time_interleaved
 from edgekit.errors import EdgekitError
 from edgekit.joint.build import Builder
 from edgekit.joint.space import Decision
-from edgekit.quant.evaluate import paired_timing, run_all
-from edgekit.runtimes import load_runner, time_interleaved
+from edgekit.runtimes import load_runner, run_all
 from edgekit.train import accuracy, logits_drop_se, top1_agreement
 
 QUICK_MARGIN = 0.15  # a short timing's own spread on a shared machine

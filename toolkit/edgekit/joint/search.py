@@ -27,7 +27,7 @@ from edgekit.joint.build import Builder, TrainData
 from edgekit.joint.evaluate import Evaluator, JointCandidate
 from edgekit.joint.settings import RUNTIMES, Settings
 from edgekit.joint.space import JointSpace
-from edgekit.quant.search import Constraints, pareto_front
+from edgekit.search_core import Constraints, choose, pareto_front
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -81,39 +81,10 @@ class JointResult:
                 "candidates": [c.as_dict() for c in self.candidates]}
 
 
-def choose(cands: list[JointCandidate], constraints: Constraints, slack: float) -> tuple[JointCandidate, str, bool]:
-    """Among feasible candidates: the lowest drop within `slack` of the fastest (smallest size without latency).
-    Without a feasible one: the candidate closest to the constraints."""
-    best, reason, met = _choose(cands, constraints, slack)
-    return best, reason + constraints.margin_note(best), met
-
-
-def _choose(cands: list[JointCandidate], constraints: Constraints, slack: float) -> tuple[JointCandidate, str, bool]:
-    done = [c for c in cands if c.status == "evaluated"]
-    feasible = [c for c in done if constraints.met(c)]
-    if not feasible:
-        best = min(done, key=lambda c: sum(max(v, 0.0) for v in constraints.violations(c)))
-        return best, (f"no candidate meets the constraints; chose the one closest to them ({best.label}: drop "
-                      f"{best.drop:.2f} pts)"), False
-    timed = [c for c in feasible if c.p50_ms is not None]
-    if timed:
-        fastest = min(timed, key=lambda c: c.p50_ms)
-        near = [c for c in timed if c.p50_ms <= fastest.p50_ms * (1 + slack)]
-        best = min(near, key=lambda c: (round(c.drop, 6), c.p50_ms, c.size_bytes))
-        return best, (f"fastest feasible candidate: {fastest.p50_ms:.4f} ms ({fastest.label}); among the "
-                      f"{len(near)} feasible candidates within {slack:.0%} of it, this one has the lowest quality "
-                      f"drop ({best.drop:.2f} pts)"), True
-    smallest = min(feasible, key=lambda c: c.size_bytes)
-    near = [c for c in feasible if c.size_bytes <= smallest.size_bytes * (1 + slack)]
-    best = min(near, key=lambda c: (round(c.drop, 6), c.size_bytes))
-    return best, (f"latency unavailable for this target: chose the lowest quality drop ({best.drop:.2f} pts) within "
-                  f"{slack:.0%} of the smallest feasible size"), True
-
-
 def _latency_mode(target: Target, device: str | None) -> tuple[str, Any]:
-    from edgekit.quant.driver import load_predictor
+    from edgekit.latency.predictor import find_predictor
 
-    predictor = load_predictor(target.name)
+    predictor = find_predictor(target.name)
     if target.is_host and device in (None, "local"):
         return "measured", predictor
     return ("predicted", predictor) if predictor is not None else ("none", None)
@@ -250,13 +221,12 @@ def _optimise(space: JointSpace, ev: Evaluator, constraints: Constraints, settin
 
 def _final_timing(ev: Evaluator, chosen: JointCandidate, runs: int) -> dict[str, dict[str, float]]:
     """The unmodified model in every runtime and the chosen artifact, interleaved in one process."""
-    from edgekit.runtimes import load_runner, time_interleaved
+    from edgekit.devices.timing import time_files
 
     paths = {f"dense_{rt}": c.path for rt, c in ev.dense.items()}
     if chosen.path not in paths.values():
         paths["chosen"] = chosen.path
-    runners = [load_runner(_runtime_of(p), p, ev.threads) for p in paths.values()]
-    out = {n: t.as_dict() for n, t in zip(paths, time_interleaved(runners, ev.x[:1], 10, runs), strict=True)}
+    out = time_files({n: (_runtime_of(p), p) for n, p in paths.items()}, ev.x, ev.threads, runs, warmup=10)
     if "chosen" not in out:
         out["chosen"] = out[f"dense_{chosen.decision.runtime}"]
     return out

@@ -61,7 +61,8 @@ def onnx_worker(args: dict[str, Any], folder: Path, index: int) -> tuple[Any, An
     import importlib
 
     from edgekit.quant.evaluate import Scorer
-    from edgekit.quant.search import Constraints, make_objective, nsga_sampler
+    from edgekit.quant.search import make_objective, nsga_sampler
+    from edgekit.search_core import Constraints
 
     folder = Path(folder)
     work = folder / f"worker-{index}"
@@ -89,9 +90,9 @@ def _latency_tools(args: dict[str, Any]) -> tuple[Any, Any]:
     from edgekit.targets import host_facts, load_target
 
     if args["latency"] == "predicted":
-        from edgekit.quant.driver import load_predictor
+        from edgekit.latency.predictor import find_predictor
 
-        return None, load_predictor(args["target"])
+        return None, find_predictor(args["target"])
     if args["latency"] != "measured":
         return None, None
     if args.get("device") and args["device"] != "local":

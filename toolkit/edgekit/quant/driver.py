@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.quant.evaluate import Candidate, Scorer, final_timing
+from edgekit.devices.timing import time_files
+from edgekit.quant.evaluate import Candidate, Scorer
 from edgekit.quant.policy import INT8_CHANNEL, Policy
-from edgekit.quant.search import Constraints, choose, pareto_front, run_search
+from edgekit.quant.search import run_search
 from edgekit.quant.sensitivity import LayerSensitivity, layer_sensitivity, ranking
+from edgekit.search_core import Constraints, choose, pareto_front
 
 
 @dataclass
@@ -146,24 +148,12 @@ def _final(scorer: Scorer, int8: Candidate, chosen: Candidate, runs: int) -> dic
             timings = {n: {k: getattr(lat, k) for k in ("p50_ms", "p90_ms", "min_ms", "mean_ms", "runs")}
                        | {"device": lat.via} for n, lat in zip(paths, lats, strict=True) if lat.source == "measured"}
         else:
-            timings = final_timing(paths, scorer.runtime, scorer.x, scorer.threads, runs)
+            timings = time_files({n: (scorer.runtime, p) for n, p in paths.items()}, scorer.x, scorer.threads, runs)
         timings.setdefault("chosen", timings["int8"])
         return timings
     if scorer.latency == "predicted":
         return {k: {"p50_ms": c.p50_ms} for k, c in (("int8", int8), ("chosen", chosen))}
     return {}
-
-
-def load_predictor(target_name: str) -> Any:
-    """The target's latency predictor (issue 5's edgekit.measure.predictor), or None when there is none."""
-    try:
-        from edgekit.measure.predictor import load_predictor as _load
-    except ImportError:
-        return None
-    try:
-        return _load(target_name)
-    except Exception:  # a broken or missing profile means: no prediction, never a host figure
-        return None
 
 
 def finite(v: float | None) -> float | None:

@@ -20,9 +20,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edgekit.devices.timing import paired_timing, time_interleaved
 from edgekit.errors import EdgekitError
 from edgekit.quant.policy import Layer, Policy
-from edgekit.runtimes import Runner, load_runner, time_interleaved
+from edgekit.runtimes import Runner, load_runner, run_all
 from edgekit.train import accuracy, logits_drop_se, sqnr_db, top1_agreement
 
 
@@ -54,19 +55,16 @@ class Candidate:
     def size_mb(self) -> float:
         return self.size_bytes / 1e6
 
+    @property
+    def label(self) -> str:
+        return self.policy.label
+
     def as_dict(self) -> dict[str, Any]:
         return {"label": self.policy.label, "policy": self.policy.describe(), "quality": round(self.quality, 5),
                 "drop": round(self.drop, 3), "drop_se": round(self.drop_se, 3), "sqnr_db": round(self.sqnr_db, 2),
                 "agreement": round(self.agreement, 5),
                 "size_bytes": self.size_bytes, "p50_ms": None if self.p50_ms is None else round(self.p50_ms, 4),
                 "latency_source": self.latency_source, "trial": self.trial}
-
-
-def run_all(runner: Runner, x: np.ndarray) -> np.ndarray:
-    """Logits of `runner` on every input (the artifact's fixed batch; a ragged tail is dropped)."""
-    batch = runner.input_shape[0] if runner.input_shape else 1
-    n = len(x) - len(x) % batch
-    return np.concatenate([np.asarray(runner(x[i:i + batch])).reshape(batch, -1) for i in range(0, n, batch)])
 
 
 class Scorer:
@@ -80,7 +78,7 @@ class Scorer:
         workdir: where candidate artifacts are written.
         threads: runtime threads.
         latency: "measured" (host target), "predicted" (predictor given) or "none".
-        predictor: an edgekit.measure.predictor Predictor for "predicted".
+        predictor: an edgekit.latency.predictor Predictor for "predicted".
         timing_runs: interleaved rounds per candidate.
         device: an edgekit.devices Device that times candidates ("measured" on a device or farm); None: this
             process (the host target).
@@ -233,38 +231,3 @@ def _time_on_device_impl(scorer: Scorer, cand: Candidate, path: Path) -> None:
     cand.extra.update(ratio_to_anchor=ratio, device=lat.via, device_id=lat.device_id)
     if lat.extra.get("farm"):
         cand.extra["farm_device"] = lat.extra["farm"]["device"]
-
-
-def paired_timing(runner: Runner, anchor: Runner, x: np.ndarray, runs: int, warmup: int = 3
-                  ) -> tuple[float, float]:
-    """(candidate p50 in ms, median of per-round candidate/anchor time ratios).
-
-    Each round times both back to back, in alternating order; the median of per-round ratios cancels slow phases
-    of a shared machine that a ratio of two p50s would not.
-    """
-    import time
-
-    for _ in range(warmup):
-        runner(x)
-        anchor(x)
-    own, ratios = [], []
-    for i in range(runs):
-        pair = (runner, anchor) if i % 2 == 0 else (anchor, runner)
-        t = []
-        for r in pair:
-            t0 = time.perf_counter()
-            r(x)
-            t.append(time.perf_counter() - t0)
-        tc, ta = (t[0], t[1]) if i % 2 == 0 else (t[1], t[0])
-        own.append(tc)
-        ratios.append(tc / ta)
-    return float(np.median(own) * 1e3), float(np.median(ratios))
-
-
-def final_timing(paths: dict[str, Path], runtime: str, x: np.ndarray, threads: int = 1, runs: int = 100
-                 ) -> dict[str, dict[str, float]]:
-    """Interleaved timing of the finalists (float, full INT8, chosen ...) in one process, for the report."""
-    names = list(paths)
-    runners = [load_runner(runtime, paths[n], threads) for n in names]
-    xs = [x[:1].reshape(r.input_shape) for r in runners]
-    return {n: t.as_dict() for n, t in zip(names, time_interleaved(runners, xs, 5, runs), strict=True)}

@@ -37,7 +37,7 @@ def layer_config(mode: str, calibration: str, symmetric: bool) -> Any:
     """The XNNPACK quantizer's config for one INT8 mode, with the policy's activation calibration."""
     import torch
 
-    from edgekit.runtimes.executorch import quiet_imports
+    from edgekit.runtimes._exir import quiet_imports
 
     quiet_imports()
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
@@ -63,7 +63,7 @@ def _owner(layers: set[str]) -> Any:
 
 def policy_quantizer(policy: Policy) -> Any:
     """XNNPACKQuantizer configured per layer from `policy` (see the module docstring for the matching)."""
-    from edgekit.runtimes.executorch import quiet_imports
+    from edgekit.runtimes._exir import quiet_imports
 
     quiet_imports()
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
@@ -118,27 +118,28 @@ class ExecuTorchQuantizer(TorchPolicyQuantizer):
                                 quantizer=policy_quantizer(policy))
 
 
-def run(ctx: Any, model: Any, calib: np.ndarray, x_eval: np.ndarray, y_eval: np.ndarray | None, common: dict,
-        settings: Any, constraints: Any, onnx_result: Any, float_pte: Path) -> Any:
-    """The quantize stage's ExecuTorch part: a search timed in ExecuTorch (`pte_trials` > 0, or no ONNX search to
-    take a policy from), else the ONNX search's policy applied here; the kept candidates get the per-layer check."""
+def search(job: Any, float_pte: Path) -> Any:
+    """The ExecuTorch part of the INT8 search (a quant.run.QuantJob): a search timed in ExecuTorch (`pte_trials` >
+    0, or no ONNX search to take a policy from), else the ONNX search's policy applied here; the kept candidates get
+    the per-layer check."""
     from edgekit.quant.driver import search_runtime, transfer_runtime
     from edgekit.quant.evaluate import Scorer
     from edgekit.quant.sensitivity import ranking
 
-    work = ctx.out / "quant" / "pte"
-    backend = ExecuTorchQuantizer(model, ctx.example_input, calib)
-    scorer = Scorer(backend, RUNTIME, float_pte, x_eval, y_eval, work, suffix=".pte", **common)
-    kw = {"fmt": FORMAT, "backend_name": NAME, "calibrations": CALIBRATIONS, "constraints": constraints,
+    settings, onnx_result = job.settings, job.onnx_result
+    backend = ExecuTorchQuantizer(job.model, job.example, job.calib)
+    scorer = Scorer(backend, RUNTIME, float_pte, job.x_eval, job.y_eval, job.workdir / "pte", suffix=".pte",
+                    **job.common)
+    kw = {"fmt": FORMAT, "backend_name": NAME, "calibrations": CALIBRATIONS, "constraints": job.constraints,
           "final_runs": settings.final_runs}
     if settings.pte_trials or onnx_result is None:
         ranked = ranking(onnx_result.sensitivity) if onnx_result else None
         result = search_runtime(scorer, trials=max(settings.pte_trials, 1), seed=settings.seed,
                                 max_seconds=settings.max_seconds, latency_slack=settings.latency_slack,
-                                ranked=ranked, progress=ctx.progress, **kw)
+                                ranked=ranked, progress=job.progress, **kw)
     else:
         result = transfer_runtime(scorer, onnx_result.chosen.policy, source="onnxruntime", **kw)
-    probe = ctx.data.x_test[:PROBE_INPUTS].astype(np.float32)
+    probe = job.probe[:PROBE_INPUTS].astype(np.float32)
     for cand in {id(c): c for c in (result.int8, result.chosen)}.values():
         backend.check_layers(cand.policy, cand.path, probe)
     return result

@@ -17,39 +17,7 @@ from typing import Any
 from edgekit.errors import SettingsError
 from edgekit.quant.evaluate import Candidate
 from edgekit.quant.policy import FLOAT, INT8_CHANNEL, INT8_TENSOR, MODES, Layer, Policy
-
-
-@dataclass(frozen=True)
-class Constraints:
-    max_quality_drop: float | None = None  # points
-    latency_budget_ms: float | None = None
-    max_size_mb: float | None = None
-    # The quality constraint holds for the drop plus this many paired standard errors (`drop_se`): on a few hundred
-    # scoring inputs a candidate's drop carries a point or two of noise, and the fastest candidate that looks
-    # feasible is the one most likely to have been lucky.
-    confidence: float = 0.0
-
-    def violations(self, c: Candidate) -> list[float]:
-        """Optuna convention: <= 0 means satisfied."""
-        bound = c.drop + self.confidence * c.drop_se
-        out = [bound - self.max_quality_drop if self.max_quality_drop is not None else -1.0]
-        if self.latency_budget_ms is not None:
-            out.append(c.p50_ms - self.latency_budget_ms if c.p50_ms is not None else 1.0)
-        else:
-            out.append(-1.0)
-        out.append(c.size_mb - self.max_size_mb if self.max_size_mb is not None else -1.0)
-        return out
-
-    def met(self, c: Candidate) -> bool:
-        return all(v <= 0 for v in self.violations(c))
-
-    def margin_note(self, c: Candidate) -> str:
-        """What the choice's reason says about the margin ('' without one)."""
-        if not self.confidence or self.max_quality_drop is None:
-            return ""
-        z = self.confidence
-        return (f"; a candidate is feasible when its drop plus {z:g} standard error{'s' * (z != 1)} is within "
-                f"{self.max_quality_drop:g} pts (this one: {c.drop:.2f} ± {c.drop_se:.2f})")
+from edgekit.search_core import Constraints
 
 
 def seed_policies(layers: list[Layer], ranked: list[str], calibration: str, max_seeds: int) -> list[Policy]:
@@ -67,56 +35,6 @@ def seed_policies(layers: list[Layer], ranked: list[str], calibration: str, max_
             seeds.append(Policy(layers={n: FLOAT if n in keep else mode for n in names}, calibration=calibration,
                                 label=f"top-{k} sensitive float, rest {mode}"))
     return seeds[:max_seeds]
-
-
-def pareto_front(cands: list[Candidate]) -> list[Candidate]:
-    """Non-dominated candidates on (drop, p50, size); p50 is left out when no candidate has one."""
-    def objs(c: Candidate) -> tuple[float, ...]:
-        return (c.drop, c.p50_ms if c.p50_ms is not None else 0.0, c.size_bytes)
-
-    front = []
-    for c in cands:
-        o = objs(c)
-        if not any(all(a <= b for a, b in zip(objs(d), o, strict=True)) and objs(d) != o for d in cands):
-            front.append(c)
-    return sorted(front, key=lambda c: (c.p50_ms or 0.0, c.drop))
-
-
-def choose(cands: list[Candidate], constraints: Constraints, latency_slack: float = 0.10
-           ) -> tuple[Candidate, str, bool]:
-    """The chosen policy and why: among feasible candidates, the lowest quality drop within `latency_slack` of
-    the fastest feasible one (smallest size without latency). Returns (candidate, reason, constraints_met)."""
-    best, why, met = _choose(cands, constraints, latency_slack)
-    return best, why + constraints.margin_note(best), met
-
-
-def _choose(cands: list[Candidate], constraints: Constraints, latency_slack: float) -> tuple[Candidate, str, bool]:
-    if not cands:
-        raise SettingsError("search: no candidate was evaluated")
-    feasible = [c for c in cands if constraints.met(c)]
-    if not feasible:
-        best = min(cands, key=lambda c: sum(max(v, 0.0) for v in constraints.violations(c)))
-        return best, ("no candidate meets the constraints; chose the one closest to them "
-                      f"(quality drop {best.drop:.2f} pts, p50 {_ms(best.p50_ms)}, {best.size_mb:.3f} MB)"), False
-    if all(c.p50_ms is not None for c in feasible):
-        fastest = min(feasible, key=lambda c: c.p50_ms)  # type: ignore[arg-type,return-value]
-        limit = fastest.p50_ms * (1 + latency_slack)  # type: ignore[operator]
-        near = [c for c in feasible if c.p50_ms <= limit]  # type: ignore[operator]
-        best = min(near, key=lambda c: (round(c.drop, 6), c.p50_ms, c.size_bytes))
-        why = (f"fastest feasible candidate: {_ms(fastest.p50_ms)} ({fastest.policy.label}); among the "
-               f"{len(near)} feasible candidates within {latency_slack:.0%} of it, this one has the lowest quality "
-               f"drop ({best.drop:.2f} pts)")
-    else:
-        smallest = min(feasible, key=lambda c: c.size_bytes)
-        near = [c for c in feasible if c.size_bytes <= smallest.size_bytes * (1 + latency_slack)]
-        best = min(near, key=lambda c: (round(c.drop, 6), c.size_bytes))
-        why = (f"latency unavailable for this target (no device, no profile): chose the lowest quality drop "
-               f"({best.drop:.2f} pts) within {latency_slack:.0%} of the smallest feasible size")
-    return best, why, True
-
-
-def _ms(v: float | None) -> str:
-    return "latency n/a" if v is None else f"{v:.3f} ms"
 
 
 def make_objective(layers: list[Layer], calibrations: tuple[str, ...], constraints: Constraints, use_latency: bool,

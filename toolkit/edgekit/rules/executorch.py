@@ -31,7 +31,7 @@ def reason(runtime_name: str) -> str:
 
 def supported_ops() -> list[str]:
     """The operators XNNPACK's partitioner has a config for (executorch's own list, e.g. 'convolution.default')."""
-    from edgekit.runtimes.executorch import quiet_imports
+    from edgekit.runtimes._exir import quiet_imports
 
     quiet_imports()
     from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
@@ -57,14 +57,14 @@ def delegation_report(model: nn.Module, input_shape: tuple[int, ...]) -> dict[st
     """Runs torch.export and the XNNPACK partitioner: the export's delegation record plus reasons per fallback."""
     import torch
 
-    from edgekit.runtimes.executorch import quiet_imports
+    from edgekit.runtimes._exir import quiet_imports
 
     quiet_imports()
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     from edgekit.errors import EdgekitError, first_line
-    from edgekit.export.pte import delegation, quiet
+    from edgekit.export._pte_lower import delegation, quiet
 
     handler = _Why()
     log = logging.getLogger(_WHY_LOGGER)

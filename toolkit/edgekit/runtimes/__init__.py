@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -45,44 +43,8 @@ def load_runner(runtime: str, path: str | Path, threads: int = 1) -> Runner:
     return module.load(Path(path), threads)
 
 
-@dataclass
-class Timing:
-    p50_ms: float
-    p90_ms: float
-    min_ms: float
-    mean_ms: float
-    runs: int
-
-    @classmethod
-    def from_samples(cls, samples_s: list[float]) -> Timing:
-        ms = np.asarray(samples_s) * 1e3
-        return cls(float(np.percentile(ms, 50)), float(np.percentile(ms, 90)), float(ms.min()), float(ms.mean()),
-                   len(ms))
-
-    def as_dict(self) -> dict[str, float | int]:
-        return {"p50_ms": round(self.p50_ms, 4), "p90_ms": round(self.p90_ms, 4), "min_ms": round(self.min_ms, 4),
-                "mean_ms": round(self.mean_ms, 4), "runs": self.runs}
-
-
-def time_interleaved(runners: list[Runner], x: np.ndarray | list[np.ndarray], warmup: int = 5, runs: int = 50,
-                     progress: object = None) -> list[Timing]:
-    """Times several runners side by side: warm-up, then `runs` rounds that each run every runner once.
-
-    Interleaving makes a slow phase of a shared, noisy machine hit every runner alike.
-    """
-    xs = x if isinstance(x, list) else [x] * len(runners)
-    for r, xi in zip(runners, xs, strict=True):
-        for _ in range(warmup):
-            r(xi)
-    samples: list[list[float]] = [[] for _ in runners]
-    task = progress.add_task("timing", total=runs) if progress is not None else None  # type: ignore[attr-defined]
-    for _ in range(runs):
-        for i, (r, xi) in enumerate(zip(runners, xs, strict=True)):
-            t0 = time.perf_counter()
-            r(xi)
-            samples[i].append(time.perf_counter() - t0)
-        if task is not None:
-            progress.advance(task)  # type: ignore[attr-defined]
-    if task is not None:
-        progress.remove_task(task)  # type: ignore[attr-defined]
-    return [Timing.from_samples(s) for s in samples]
+def run_all(runner: Runner, x: np.ndarray) -> np.ndarray:
+    """Outputs of `runner` on every input, one row per input (the artifact's fixed batch; a ragged tail is dropped)."""
+    batch = runner.input_shape[0] if runner.input_shape else 1
+    n = len(x) - len(x) % batch
+    return np.concatenate([np.asarray(runner(x[i:i + batch])).reshape(batch, -1) for i in range(0, n, batch)])

@@ -50,7 +50,7 @@ def node_category(node: dict[str, Any]) -> str | None:
 def read_events(etdump: bytes, skip_runs: int) -> tuple[list[dict[str, Any]], list[float]]:
     """Operator events of the ETDump's Execute block in run order: [{"name", "type", "ms": [per run], "delegated"}],
     and Method::execute per run (ms); the first `skip_runs` runs are left out."""
-    from edgekit.runtimes.executorch import quiet_imports
+    from edgekit.runtimes._exir import quiet_imports
 
     quiet_imports()
     from executorch.devtools import Inspector

@@ -12,7 +12,6 @@ mapped onto the exported program's layers (edgekit.export.pte records the delega
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import sys
 import tempfile
@@ -22,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from edgekit import sidecars
 from edgekit.errors import InputError, RuntimeUnavailable, first_line
+from edgekit.runtimes._exir import quiet_imports
 
 
 class NativeLog:
@@ -56,27 +57,6 @@ def native_log() -> Iterator[NativeLog]:
             log.text = f.read().decode(errors="replace")
 
 
-@functools.cache
-def quiet_imports() -> None:
-    """Imports torchao and executorch.exir once with torch's logger muted: importing torchao logs a torch pytree
-    deprecation warning on stderr, which would break the CLI's one-line errors."""
-    import logging
-
-    # torch's logging setup may give the pytree logger its own level: mute it by name, not only through "torch".
-    logs = [logging.getLogger(n) for n in ("torch", "torch.utils._pytree")]
-    levels = [lg.level for lg in logs]
-    for lg in logs:
-        lg.setLevel(logging.ERROR)
-    try:
-        import executorch.exir  # noqa: F401
-        import torchao  # noqa: F401
-    except ImportError:
-        pass  # reported by the caller's own import, with its context
-    finally:
-        for lg, level in zip(logs, levels, strict=True):
-            lg.setLevel(level)
-
-
 def _pybindings() -> Any:
     quiet_imports()
     try:
@@ -104,7 +84,7 @@ def set_threads(threads: int) -> None:
 def check_file(path: Path) -> None:
     """Refuses files that are not ExecuTorch programs before the runtime sees them: on a foreign file the runtime
     aborts the process (it logs the bad identifier as a string and terminates on non-UTF-8 bytes)."""
-    from edgekit.measure.harness import pte_problem
+    from edgekit.runtimes._portable import pte_problem
 
     path = Path(path)
     if not path.is_file():
@@ -211,10 +191,8 @@ PROFILE_SOURCE = ("ETDump (ExecuTorch event tracer): the XNNPACK delegate's own 
 def per_op_profile(path: Path, x: np.ndarray | None, threads: int = 1, runs: int = 20, warmup: int = 3
                    ) -> dict[str, Any]:
     """Per-operator times of a `.pte` on this machine, mapped onto its layers (the export's sidecar)."""
-    from edgekit.export.pte import read_sidecar
-
     etdump = etdump_profile(path, x, threads, runs, warmup)
-    prof = per_op_from_etdump(etdump, warmup, (read_sidecar(path) or {}).get("ops"))
+    prof = per_op_from_etdump(etdump, warmup, (sidecars.read(sidecars.pte(path)) or {}).get("ops"))
     prof["source"] = PROFILE_SOURCE
     return prof
 
@@ -223,10 +201,8 @@ def per_op_from_harness(result: dict[str, Any], artifact: Path) -> dict[str, Any
     """Decodes the raw ETDump a device harness returned (`etdump_b64`) with the host's artifact sidecar."""
     import base64
 
-    from edgekit.export.pte import read_sidecar
-
     etdump = base64.b64decode(result.pop("etdump_b64"))
-    ops = (read_sidecar(artifact) or {}).get("ops")
+    ops = (sidecars.read(sidecars.pte(artifact)) or {}).get("ops")
     prof = per_op_from_etdump(etdump, int(result.pop("etdump_skip_runs", 0)), ops)
     prof["source"] = PROFILE_SOURCE + " (recorded on the device, decoded here)"
     return prof

@@ -27,7 +27,7 @@ from edgekit.errors import InputError, RuntimeUnavailable
 from edgekit.targets import project_root
 
 PACKAGE = "onnxruntime-web"
-RUNNER_JS = Path(__file__).resolve().parents[1] / "measure" / "ort_node_runner.js"
+RUNNER_JS = Path(__file__).with_name("ort_node_runner.js")
 LOAD_TIMEOUT_S = 120.0
 MARK = "@@edgekit@@ "  # prefix of the runner's replies on stdout (see ort_node_runner.js)
 
@@ -144,7 +144,7 @@ class NodeOrtWebRunner:
         in the common profile format with ORT kernel signatures."""
         import tempfile
 
-        from edgekit.measure.harness import ort_per_op
+        from edgekit.runtimes._portable import ort_per_op
 
         if self.input_shape:
             x = np.asarray(x, np.float32).reshape(self.input_shape)

@@ -20,9 +20,9 @@ class TvmRunner:
             from tvm import relax
         except ImportError as e:
             raise RuntimeUnavailable(f"runtime tvm needs apache-tvm (make install): {e}") from None
-        from edgekit.export.tvm import sidecar
+        from edgekit import sidecars
 
-        meta_path = sidecar(path)
+        meta_path = sidecars.tvm(path)
         if not Path(path).is_file() or not meta_path.is_file():
             raise InputError(f"{path} is not a TVM artifact of edgekit (needs {meta_path.name} beside it)")
         self.meta = json.loads(meta_path.read_text())

@@ -2,7 +2,7 @@
 
 Where the latency comes from is decided by edgekit.devices.latency_source (this machine for the host target, Node
 and Chromium for the browser target, the --device URI otherwise, else "none": a host figure is never reported as a
-device figure). The devices time; edgekit.measure.record writes what they return into the report.
+device figure). The devices time; stages/_latency_record.py writes what they return into the report.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Settings:
 
 def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     from edgekit.devices import latency_source
-    from edgekit.measure.record import record_latencies
+    from edgekit.stages._latency_record import add_op_profile_section, record_latencies
 
     # The model as loaded (baseline/) is timed with the final artifacts, side by side: before and after alike.
     arts = [a for a in ctx.all_artifacts() if a.passed]
@@ -51,12 +51,10 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
         per_device = [_time_on(uri, arts, settings, ctx, src.explicit, src.local) for uri in src.devices]
         written = record_latencies([(a, [lats[i] for lats in per_device]) for i, a in enumerate(arts)], src, ctx)
         if src.local:  # per-operator times where the runtime offers them (ExecuTorch), apart from the timing runs
-            from edgekit.measure.op_profile import profile_host_artifacts
+            from edgekit.latency.op_profile import profile_artifacts
 
-            profile_host_artifacts(arts, ctx)
-    from edgekit.measure.op_profile import add_sections
-
-    add_sections(arts, ctx)
+            profile_artifacts(arts, ctx.out, ctx.example_input, ctx.threads)
+    add_op_profile_section(arts, ctx)
     measured = [a for a in arts if a.latency.source == "measured"]
     ctx.record(details={"measured": len(measured), "artifacts": len(arts),
                         "device": ctx.report.get("device") or ("local" if src.local else None),
@@ -69,7 +67,7 @@ def _time_on(uri: str, arts: list, settings: Settings, ctx: RunContext, explicit
     """One device's latencies for the artifacts. A device the user did not name (Chromium for the browser target)
     that is not installed gives "none" with the reason; a named one fails the stage."""
     from edgekit.devices import Job, open_device
-    from edgekit.measure.op_profile import runtime_profiler
+    from edgekit.latency.op_profile import runtime_profiler
 
     jobs = [Job.from_artifact(a, ctx.out, ctx.example_input) for a in arts]
     try:

@@ -133,7 +133,7 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
         raise SettingsError(f"prune trains the model and needs labelled data; '{data.name}' has no labels "
                             "(pass --data digits, an image folder or an .npz with x and y)")
     if settings.structure == "channel":
-        from edgekit.prune.stage_channel import run_channel
+        from edgekit.stages._prune_channel import run_channel
 
         return run_channel(model, settings, ctx)
     pattern = parse_pattern(settings.pattern)
@@ -196,6 +196,6 @@ def restore(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     """Rebuilds the thinner architecture of a finished channel prune, so that its checkpoint loads into it."""
     if settings.structure != "channel":
         return model
-    from edgekit.prune.stage_channel import restore_channels
+    from edgekit.stages._prune_channel import restore_channels
 
     return restore_channels(model, ctx)

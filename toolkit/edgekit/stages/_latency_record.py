@@ -1,4 +1,4 @@
-"""What the measure stage writes from the latencies devices return: each artifact's `latency` (the primary device's
+"""What the measure stage writes from the latencies devices return (this module is its helper): each artifact's `latency` (the primary device's
 figure) and `latencies` (every device's figure; not for this machine measured in process), latency profiles under the run folder, and a
 report section. Devices never write the report; this module does, for the stage.
 """
@@ -22,7 +22,7 @@ def record_latencies(results: list[tuple[Artifact, list[Latency]]], source: Late
     """Fills the artifacts' latency fields from one Latency per device (in `source.devices` order), writes the
     profiles of measured entries that carry raw results, and adds a section when several devices or a remote one
     measured. Returns the profile files written (relative to the run folder)."""
-    from edgekit.measure import profile as prof
+    from edgekit.latency import profile as prof
 
     profiles: dict[str, dict[str, Any]] = {}
     rows = []
@@ -76,7 +76,7 @@ def _compare_outputs(entries: list[Latency], raws: list[Any]) -> None:
 def _add_to_profile(profiles: dict[str, dict[str, Any]], a: Artifact, e: Latency, raw: dict[str, Any],
                     ctx: RunContext) -> None:
     """One profile per device id (the device's own profile when it made one, e.g. benchmark_model's)."""
-    from edgekit.measure import profile as prof
+    from edgekit.latency import profile as prof
 
     if "profile" in raw:  # a device that builds its profiles itself (adb)
         p = raw["profile"]
@@ -107,3 +107,38 @@ def _bundle_model_sha(path: Path) -> str:
 
     f = path / "model.onnx" if path.is_dir() else path
     return sha256_file(f) if f.is_file() else ""
+
+
+def add_op_profile_section(arts: list[Artifact], ctx: RunContext) -> None:
+    """A report section per run: the per-layer table of each profiled artifact (beside the target's predictor where
+    it covers the runtime) and one plot."""
+    from edgekit.latency import op_profile
+
+    profiled = [a for a in arts if a.latency.extra.get("per_layer")]
+    if not profiled:
+        return
+    parts = []
+    for a in profiled:
+        check = _predicted_layers(a, ctx)
+        if check:
+            a.latency.extra["per_layer_prediction"] = check
+        parts.append(op_profile.markdown(a, check))
+    plot = op_profile.plot_layers(ctx.out / "op_profile.png", profiled)
+    if plot:
+        parts.append(f"![time per layer]({plot.name})")
+    ctx.add_section("Where the time goes (per-operator profile)", "\n\n".join(parts))
+
+
+def _predicted_layers(a: Artifact, ctx: RunContext) -> dict[str, Any] | None:
+    """Per-layer predictions for artifact `a` from the target's profile, with the per-layer error, or None."""
+    from edgekit.errors import EdgekitError
+    from edgekit.latency.predictor import load_predictor
+
+    try:
+        predictor = load_predictor(ctx.target.name)
+        if predictor is None or not predictor.can_predict_ops(a.runtime, ctx.threads):
+            return None
+        return predictor.check_layers(ctx.out / a.path, a.runtime, ctx.threads, a.latency.extra["per_op"],
+                                      a.latency.p50_ms)
+    except EdgekitError:
+        return None

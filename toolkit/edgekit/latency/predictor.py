@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.fileio import sha256_file
-from edgekit.measure.profile import list_profiles, load_profile_file
+from edgekit.latency.profile import list_profiles, load_profile_file
 from edgekit.report import Latency
 
 _SHAPE_RE = re.compile(r"([a-z0-9]+)\[([0-9, ]*)\]")
@@ -74,10 +74,10 @@ def kernel_features(sig: str) -> np.ndarray:
 
 def onnx_kernels(path: str | Path, threads: int) -> list[dict[str, Any]]:
     """The kernels ONNX Runtime on this machine makes of an ONNX file (one untimed profiled run)."""
-    from edgekit.measure import harness
+    from edgekit.runtimes._portable import load_onnxruntime
 
     with tempfile.TemporaryDirectory(prefix="edgekit-kernels-") as d:
-        _, _, per_op = harness.load_onnxruntime(str(path), threads, d)
+        _, _, per_op = load_onnxruntime(str(path), threads, d)
         return per_op(0, 1)
 
 
@@ -250,7 +250,7 @@ class Predictor:
             p50_ms: its measured end-to-end p50 (None: operator times as profiled).
         """
         from edgekit.errors import EdgekitError
-        from edgekit.measure.op_profile import by_layer
+        from edgekit.latency.op_profile import by_layer
 
         model = self._model(runtime, threads)
         if model is None:
@@ -330,3 +330,12 @@ def load_predictor(target_name: str, device_id: str | None = None, root: Path | 
         return None
     best = max(paths, key=lambda p: len(load_profile_file(p)["entries"]))
     return predictor_from_profiles([best])
+
+
+def find_predictor(target_name: str) -> Predictor | None:
+    """The target's predictor for a search, or None: a broken or missing profile means no prediction, never a host
+    figure."""
+    try:
+        return load_predictor(target_name)
+    except Exception:
+        return None

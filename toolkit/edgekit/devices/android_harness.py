@@ -1,6 +1,6 @@
 """Android by hand: a shell script with the exact adb commands edgekit runs, and its log imported back as a profile.
 
-THIS PATH HAS NOT RUN ON A PHONE (see edgekit.measure.android).
+THIS PATH HAS NOT RUN ON A PHONE (see edgekit.devices.adb).
 """
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgekit.errors import InputError
-from edgekit.fileio import sha256_file
-from edgekit.measure.android import (
+from edgekit.devices.adb import (
     APK_ACTIVITY,
     APK_PACKAGE,
     LOG_TAG,
@@ -24,7 +22,9 @@ from edgekit.measure.android import (
     profile_from_log,
     remote_model_path,
 )
-from edgekit.measure.benchmark_log import parse_benchmark_output
+from edgekit.devices.benchmark_log import parse_benchmark_output
+from edgekit.errors import InputError
+from edgekit.fileio import sha256_file
 
 if TYPE_CHECKING:
     from edgekit.targets import Target

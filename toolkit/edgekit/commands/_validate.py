@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.measure.predictor import predictor_from_profile_dicts
-from edgekit.measure.profile import add_entry, device_id_from_facts, new_profile, now_iso, save_profile
+from edgekit.latency.predictor import predictor_from_profile_dicts
+from edgekit.latency.profile import add_entry, device_id_from_facts, new_profile, now_iso, save_profile
 
 
 def export_mobilenet_v2(path: Path) -> Path:

@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import RuntimeUnavailable
-from edgekit.measure._web_server import (
+from edgekit.devices._web_server import (
     INPUT_PATH,
     RESULT_PATH,
     chromium_version,
     page_result,
     require_chromium,
 )
+from edgekit.errors import RuntimeUnavailable
 from edgekit.targets import project_root
 
 PAGE = Path(__file__).with_name("tflite_web.html")

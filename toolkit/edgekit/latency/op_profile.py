@@ -4,7 +4,7 @@ A runtime module offers per-operator times by defining `per_op_profile(path, x, 
 ETDump with the XNNPACK delegate's operator events); a device harness returns them with its timing. Rows are grouped
 by layer (the torch module an operator belongs to; operators XNNPACK adds itself keep their XNNPACK name), and when
 the target has a latency profile whose predictor covers the runtime, each layer's predicted time is set beside the
-measured one (edgekit.measure.predictor), so the predictor is checked per layer, not only per model.
+measured one (edgekit.latency.predictor), so the predictor is checked per layer, not only per model.
 """
 
 from __future__ import annotations
@@ -14,10 +14,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgekit.errors import EdgekitError
-
 if TYPE_CHECKING:
-    from edgekit.pipeline import RunContext
     from edgekit.report import Artifact
 
 TOP = 15
@@ -50,14 +47,14 @@ def by_layer(per_op: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def profile_host_artifacts(arts: list[Artifact], ctx: RunContext, runs: int = PROFILE_RUNS) -> None:
-    """Adds per_op (and per_layer) to the latency of every host-measured artifact whose runtime has a profiler."""
+def profile_artifacts(arts: list[Artifact], root: Path, x: Any, threads: int, runs: int = PROFILE_RUNS) -> None:
+    """Adds per_op (and per_layer) to the latency of every measured artifact (files under `root`) whose runtime has a
+    profiler, timed apart from the latency runs."""
     for a in arts:
         profiler = runtime_profiler(a.runtime)
         if a.latency.source != "measured" or profiler is None:
             continue
-        prof = profiler(ctx.out / a.path, ctx.example_input, ctx.threads, runs, 3)
-        a.latency.extra.update(per_op_fields(prof))
+        a.latency.extra.update(per_op_fields(profiler(root / a.path, x, threads, runs, 3)))
 
 
 def per_op_fields(prof: dict[str, Any]) -> dict[str, Any]:
@@ -69,38 +66,7 @@ def per_op_fields(prof: dict[str, Any]) -> dict[str, Any]:
             "per_op_note": prof.get("note")}
 
 
-def predicted_layers(a: Artifact, ctx: RunContext) -> dict[str, Any] | None:
-    """Per-layer predictions for artifact `a` from the target's profile, with the per-layer error, or None."""
-    from edgekit.measure.predictor import load_predictor
-
-    try:
-        predictor = load_predictor(ctx.target.name)
-        if predictor is None or not predictor.can_predict_ops(a.runtime, ctx.threads):
-            return None
-        return predictor.check_layers(ctx.out / a.path, a.runtime, ctx.threads, a.latency.extra["per_op"],
-                                      a.latency.p50_ms)
-    except EdgekitError:
-        return None
-
-
-def add_sections(arts: list[Artifact], ctx: RunContext) -> None:
-    """A report section per run: the per-layer table of each profiled artifact and one plot."""
-    profiled = [a for a in arts if a.latency.extra.get("per_layer")]
-    if not profiled:
-        return
-    parts = []
-    for a in profiled:
-        check = predicted_layers(a, ctx)
-        if check:
-            a.latency.extra["per_layer_prediction"] = check
-        parts.append(_markdown(a, check))
-    plot = plot_layers(ctx.out / "op_profile.png", profiled)
-    if plot:
-        parts.append(f"![time per layer]({plot.name})")
-    ctx.add_section("Where the time goes (per-operator profile)", "\n\n".join(parts))
-
-
-def _markdown(a: Artifact, check: dict[str, Any] | None) -> str:
+def markdown(a: Artifact, check: dict[str, Any] | None) -> str:
     lat = {**a.latency.extra, "runtime": a.latency.runtime, "device": a.latency.device, "p50_ms": a.latency.p50_ms}
     layers = lat["per_layer"]
     pred = {r["layer"]: r for r in (check or {}).get("layers", [])}

@@ -32,7 +32,7 @@ A profile lives at `profiles/<target>/<device-id>.json` (under the project root,
     }
 
 `per_op[*].ms` is the mean time of that operator per inference (from the runtime's own profiler). `signature` (when
-present) is a runtime-level kernel key the latency predictor matches on (see edgekit.measure.predictor).
+present) is a runtime-level kernel key the latency predictor matches on (see edgekit.latency.predictor).
 Timings from emulators are never stored: `save_profile` refuses a profile whose facts say it was emulated.
 """
 
@@ -97,7 +97,7 @@ def new_profile(target: str, device_id: str, device_facts: dict[str, Any], sourc
     if not _ID_RE.match(target):
         raise SettingsError(f"target '{target}' must match {_ID_RE.pattern}")
     if edgekit_version is None:
-        from edgekit import __version__ as edgekit_version
+        from edgekit.version import __version__ as edgekit_version
     t = now_iso()
     return {"schema": SCHEMA, "kind": KIND, "target": target, "device_id": device_id, "source": source,
             "device": dict(device_facts), "edgekit_version": edgekit_version, "created": t, "updated": t,

@@ -1,1 +1,0 @@
-"""Latency measurement: device runners (local, ssh, adb, browser), profiles and latency prediction."""
