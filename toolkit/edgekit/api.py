@@ -18,12 +18,12 @@ from edgekit.errors import InputError, SettingsError
 from edgekit.fileio import fingerprint, sha256_cached
 from edgekit.importers import check_import
 from edgekit.targets import load_target
-from edgekit.zoo import ModelBundle, calibrate_batchnorm, load_model
+from edgekit.zoo import ModelBundle, calibrate_batchnorm, load_model, model_signature
 
 __all__ = ["compress", "CompressResult", "load_model", "load_target", "load_data", "default_out_dir",
            "parse_shape"]
 
-DEFAULT_BUDGET = 1.0  # points, for --recipe auto
+DEFAULT_BUDGET_PTS = 1.0  # points, for --recipe auto (a dB metric has its own: edgekit.quality.DEFAULT_BUDGET)
 
 
 def parse_shape(text: str | None) -> tuple[int, ...] | None:
@@ -37,6 +37,19 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
     if len(shape) != 4 or any(s <= 0 for s in shape):
         raise SettingsError(f"--input-shape must be N,C,H,W with positive sizes, got '{text}'")
     return shape
+
+
+def parse_axes(text: str | None) -> tuple[int, ...]:
+    """'0,3' -> (0, 3)."""
+    if not text:
+        return ()
+    try:
+        axes = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise SettingsError(f"--dynamic takes axis numbers like 0,3, got '{text}'") from None
+    if any(a < 0 for a in axes) or len(set(axes)) != len(axes):
+        raise SettingsError(f"--dynamic takes distinct axis numbers from 0, got '{text}'")
+    return axes
 
 
 def default_out_dir(model: Any, target: str) -> Path:
@@ -97,7 +110,9 @@ def compress(model: Any = None, target: str = "host", *, data: Any = None, recip
              example_input: Any = None, input_shape: tuple[int, ...] | None = None, weights: str | None = None,
              max_quality_drop: float | None = None, threads: int | None = None, out: str | Path | None = None,
              device: str | None = None, overrides: dict[str, dict[str, Any]] | None = None, resume: bool = True,
-             progress: Any = None, console: Any = None, trust_code: bool = False) -> CompressResult:
+             progress: Any = None, console: Any = None, trust_code: bool = False,
+             dynamic: tuple[int, ...] | list[int] = (), task: str | None = None, metric: Any = None,
+             metric_options: dict[str, Any] | None = None) -> CompressResult:
     """Runs a recipe on a model for a target and writes the run folder.
 
     Args:
@@ -118,6 +133,14 @@ def compress(model: Any = None, target: str = "host", *, data: Any = None, recip
         resume: reuse finished stages of an identical earlier run in `out`.
         progress: rich Progress for the stages' bars.
         trust_code: allow model sources that run code (module:factory, pickled .pt2 entries); see edgekit.untrusted.
+        dynamic: axes of a torch model's input its artifacts keep dynamic (e.g. (0, 3): batch and width); a model
+            file's own signature says which of its dimensions are dynamic.
+        task: the quality metric's task (edgekit.quality: classify, detect, text-detect, text-recognize, segment,
+            keypoints, embed, fidelity); None / "auto": from the output shapes.
+        metric: the user's own metric, fn(outputs, labels) -> float (higher is better; an edgekit.quality.UserMetric
+            to name it or give its unit), or "package.module:function" (imports code: needs trust_code). It drives
+            the budget and every search, and report.json records its name.
+        metric_options: the task's options (e.g. {"alphabet": [...]} for text-recognize, {"layout": "yolov5"}).
     """
     from edgekit.contract import check_facts
     from edgekit.devices.uri import device_for_report
@@ -136,14 +159,16 @@ def compress(model: Any = None, target: str = "host", *, data: Any = None, recip
     if max_quality_drop is not None and max_quality_drop < 0:
         raise SettingsError(f"--max-quality-drop must be >= 0, got {max_quality_drop}")
     bundle, weights_id = _bundle(model, weights, input_shape, example_input, progress, trust_code)
+    model_signature(bundle, tuple(dynamic))  # the loaded model's inputs and outputs, before anything changes it
     ds = _data(data, bundle)
     _check_import(bundle, ds)
+    run_metric, metric_why = _metric(task, metric, metric_options, bundle, ds, trust_code)
     if bundle.weights.startswith("initialisation") and calibrate_batchnorm(bundle.module, ds.calibration(64)):
         bundle.weights += "; BatchNorm statistics set from 64 calibration inputs"
-    budget = DEFAULT_BUDGET if auto and max_quality_drop is None else max_quality_drop
+    budget = default_budget(run_metric) if auto and max_quality_drop is None else max_quality_drop
     plan = None
     if auto:
-        rec, plan = _plan(bundle, ds, tgt, budget, overrides)
+        rec, plan = _plan(bundle, ds, tgt, budget, overrides, run_metric)
     assert rec is not None
     native = bundle.without_torch
     check_facts([(s.name, s.contract) for s in rec.stages], labelled=ds.labelled, data_name=ds.name,
@@ -159,10 +184,10 @@ def compress(model: Any = None, target: str = "host", *, data: Any = None, recip
     identity = input_identity(str(model) if isinstance(model, (str, Path)) else None,
                               str(data) if isinstance(data, (str, Path)) else None)
     base_fp = fingerprint(bundle.name, weights_id, bundle.input_shape, ds.name, ds.description, tgt.name, threads,
-                          device, budget, *identity)
-    report = _new_report(bundle, ds, tgt, rec, threads, device_id, budget, plan)
+                          device, budget, bundle.signature.as_dict(), _metric_id(run_metric, metric_options), *identity)
+    report = _new_report(bundle, ds, tgt, rec, threads, device_id, budget, plan, run_metric, metric_why)
     ctx = RunContext(out=out, target=tgt, bundle=bundle, data=ds, threads=threads, report=report, progress=progress,
-                     device=device, console=console, budget=budget)
+                     device=device, console=console, budget=budget, metric=run_metric)
     run_pipeline(ctx, rec, base_fp, resume=resume)
     return CompressResult(model=bundle.module, report=load_report(out), out=out)
 
@@ -177,26 +202,57 @@ def _check_device(tgt: Any, device: str | None) -> None:
         open_device(device, target=tgt).close()
 
 
+def default_budget(metric: Any) -> float:
+    """--recipe auto's budget when none is given: one point of a percentage, or the fidelity budget in dB."""
+    from edgekit.quality import DEFAULT_BUDGET
+
+    return DEFAULT_BUDGET.get(getattr(metric, "unit", "pts"), DEFAULT_BUDGET_PTS)
+
+
+def _metric(task: str | None, user: Any, options: dict[str, Any] | None, bundle: ModelBundle, ds: DataBundle,
+            trust_code: bool) -> tuple[Any, str]:
+    """(the run's quality metric, why): the user's, the task's, or auto's choice from the output shapes."""
+    from edgekit import quality
+
+    if isinstance(user, str):
+        user = quality.load_user_metric(user, trust_code)
+    return quality.choose(task, bundle.signature, ds.y_test, options, user)
+
+
+def _metric_id(metric: Any, options: dict[str, Any] | None) -> str:
+    """What the fingerprint knows of the metric: a changed metric re-runs every stage that scored with it."""
+    fn = getattr(metric, "fn", None)
+    code = getattr(getattr(fn, "__code__", None), "co_code", b"")
+    return fingerprint(getattr(metric, "name", ""), getattr(metric, "task", ""), repr(sorted((options or {}).items())),
+                       code.hex() if code else "")
+
+
 def _new_report(bundle: ModelBundle, ds: DataBundle, tgt: Any, rec: Any, threads: int, device: str | None,
-                budget: float | None, plan: dict | None) -> dict[str, Any]:
+                budget: float | None, plan: dict | None, metric: Any, why: str) -> dict[str, Any]:
     from edgekit.importers.native import route
     from edgekit.report import new_report
 
+    unit = getattr(metric, "unit", "pts")
     return new_report(model=bundle.name, target=tgt.name, weights=bundle.weights, input_shape=list(bundle.input_shape),
                       target_facts={k: v for k, v in asdict(tgt).items() if k != "runtimes"},
-                      data={"name": ds.name, "description": ds.description, "quality_metric": ds.quality_metric,
+                      data={"name": ds.name, "description": ds.description, "quality_metric": metric.name,
                             "labelled": ds.labelled},
+                      quality={"metric": metric.name, "task": metric.task, "unit": unit,
+                               "higher_is_better": metric.higher_is_better, "labelled": metric.labelled, "why": why},
                       recipe=rec.as_dict(), threads=threads, device=device,
-                      budget=None if budget is None else {"max_quality_drop": budget, "metric": ds.quality_metric},
-                      plan=plan, route=route(bundle),
+                      budget=None if budget is None else {"max_quality_drop": budget, "metric": metric.name,
+                                                          "unit": unit},
+                      plan=plan, route=route(bundle), signature=bundle.signature.as_dict(),
                       **({"import": bundle.import_info} if bundle.import_info else {}))
 
 
-def _plan(bundle: ModelBundle, ds: DataBundle, tgt: Any, budget: float, overrides: dict | None) -> tuple[Any, dict]:
+def _plan(bundle: ModelBundle, ds: DataBundle, tgt: Any, budget: float, overrides: dict | None,
+          metric: Any) -> tuple[Any, dict]:
     from edgekit import plan as planner
     from edgekit.pipeline import load_recipe
 
-    facts = planner.gather(bundle.module, bundle.input_shape, ds, tgt, budget, native=bundle.without_torch)
+    facts = planner.gather(bundle.module, bundle.input_shape, ds, tgt, budget, native=bundle.without_torch,
+                           metric=metric)
     spec, decisions = planner.plan(facts)
     planned = {next(iter(s)) for s in spec["stages"]}
     for name in overrides or {}:

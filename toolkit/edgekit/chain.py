@@ -22,6 +22,16 @@ def _quality(a: dict[str, Any]) -> float | None:
     return ((a.get("verification") or {}).get("quality") or {}).get("value")
 
 
+def quality_drop(report: dict[str, Any], before: float | None, after: float | None) -> float | None:
+    """How much worse `after` is than `before` in the run's metric (report.quality): points of a percentage, or dB;
+    an error metric (lower is better) drops when it grows."""
+    if before is None or after is None:
+        return None
+    q = report.get("quality") or {}
+    diff = (before - after) if q.get("higher_is_better", True) else (after - before)
+    return 100.0 * diff if q.get("unit", "pts") == "pts" else float(diff)
+
+
 def _passed(a: dict[str, Any]) -> bool:
     return bool((a.get("verification") or {}).get("passed"))
 
@@ -108,25 +118,42 @@ def budget(report: dict[str, Any]) -> float | None:
     return (report.get("budget") or {}).get("max_quality_drop")
 
 
+def dynamic_signature(report: dict[str, Any]) -> bool:
+    """The loaded model leaves some input dimension dynamic (report.signature)."""
+    return any(t.get("dynamic") for t in (report.get("signature") or {}).get("inputs", []))
+
+
+def _kept(a: dict[str, Any]) -> bool:
+    return bool((a.get("signature") or {}).get("kept", True))
+
+
 def recommended(report: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
     """(the artifact the summary's "after" describes, whether it is within the quality budget).
 
     Among verified final artifacts whose drop from the loaded model is within the budget (any drop when the run has
-    no budget): the fastest usable latency, else the smallest. When none is within the budget: the best quality
-    (then the fastest).
+    no budget): the fastest usable latency, else the smallest. When the model leaves an input dimension dynamic,
+    only artifacts that kept its signature are candidates (a drop-in replacement), unless none did. When none is
+    within the budget: the best quality (then the fastest).
     """
+    arts, within = _recommended(report, drop_in=dynamic_signature(report))
+    return arts, within
+
+
+def _recommended(report: dict[str, Any], drop_in: bool) -> tuple[dict[str, Any] | None, bool]:
     q0 = ((report.get("baseline") or {}).get("point") or {}).get("quality")
     arts = [a for a in report.get("artifacts", []) if _passed(a) and _quality(a) is not None]
+    if drop_in and any(_kept(a) for a in arts):
+        arts = [a for a in arts if _kept(a)]
     if not arts:
         return None, True
     limit = budget(report)
 
     def drop(a: dict[str, Any]) -> float:
-        return 100.0 * (q0 - _quality(a)) if q0 is not None else 0.0
+        return quality_drop(report, q0, _quality(a)) if q0 is not None else 0.0
 
     ok = [a for a in arts if limit is None or drop(a) <= limit + 1e-9]
     if not ok:  # the best quality; among equals the fastest, then the smallest
-        return min(arts, key=lambda a: (-_quality(a), _usable(a) or float("inf"), a.get("size_bytes") or 0)), False
+        return min(arts, key=lambda a: (drop(a), _usable(a) or float("inf"), a.get("size_bytes") or 0)), False
     timed = [a for a in ok if _usable(a) is not None]
     if timed:
         return min(timed, key=lambda a: (_usable(a), drop(a), a.get("size_bytes") or 0)), True
@@ -149,28 +176,48 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
     rec, within = recommended(report)
     points = chain(report)
     q_after = _quality(rec) if rec else (points[-1][1].get("quality") if points else None)
-    drop = round(100.0 * (q_before - q_after), 4) if q_before is not None and q_after is not None else None
+    drop = quality_drop(report, q_before, q_after)
+    drop = round(drop, 4) if drop is not None else None
     base_arts = baseline_artifacts(report)
-    before = representative(base_arts)  # the loaded model's fastest float artifact (else its smallest)
+    # the loaded model's fastest float artifact (else its smallest); one that keeps a dynamic signature, like after
+    kept_base = [a for a in base_arts if _kept(a)] if dynamic_signature(report) else []
+    before = representative(kept_base or base_arts)
     p50_before, p50_after = (_usable(before) if before else None), (_usable(rec) if rec else None)
     size_before = before.get("size_bytes") if before else base.get("weights_bytes")
     size_after = rec.get("size_bytes") if rec else None
-    drops = [100.0 * (q_before - q) for a in report.get("artifacts", []) if _passed(a)
+    drops = [quality_drop(report, q_before, q) for a in report.get("artifacts", []) if _passed(a)
              and (q := _quality(a)) is not None] if q_before is not None else []
     arts = report.get("artifacts", []) + base_arts
-    return {"quality_metric": metric, "quality_before": q_before, "quality_after": q_after, "quality_drop": drop,
+    return {"quality_metric": metric, "quality_unit": (report.get("quality") or {}).get("unit", "pts"),
+            "quality_before": q_before, "quality_after": q_after, "quality_drop": drop,
             "quality_drop_max": round(max(drops), 4) if drops else None,
             "size_before_bytes": size_before, "size_after_bytes": size_after,
             "size_ratio": round(size_before / size_after, 4) if size_before and size_after else None,
             "p50_ms_before": p50_before, "p50_ms_after": p50_after, "p50_ms": p50_after,
             "speedup": round(p50_before / p50_after, 4) if p50_before and p50_after else None,
             "artifact": rec["path"] if rec else None, "artifact_before": before["path"] if before else None,
+            **_drop_in(report, rec),
             "budget": budget(report),
             "budget_met": None if budget(report) is None or drop is None else bool(within and drop <= budget(report)
                                                                                     + 1e-9),
             "latency_sources": sorted({(a.get("latency") or {}).get("source", "none") for a in arts}),
             "artifacts_failed": sum((a.get("verification") or {}).get("passed") is False for a in arts),
             "superseded": len(report.get("superseded", []))}
+
+
+def _drop_in(report: dict[str, Any], rec: dict[str, Any] | None) -> dict[str, Any]:
+    """Whether the recommended artifact kept the model's signature, and the faster artifact that did not (if any)."""
+    if rec is None or not report.get("signature"):
+        return {}
+    out: dict[str, Any] = {"signature_kept": _kept(rec)}
+    if not _kept(rec):
+        out["signature_note"] = (rec.get("signature") or {}).get("why")
+    fastest, _ = _recommended(report, drop_in=False)
+    if fastest is not None and fastest is not rec and not _kept(fastest) and (_usable(fastest) or 0) < (
+            _usable(rec) or float("inf")):
+        out["faster_not_drop_in"] = {"artifact": fastest["path"], "p50_ms": _usable(fastest),
+                                     "why": (fastest.get("signature") or {}).get("why")}
+    return out
 
 
 def _summarize_v1(report: dict[str, Any]) -> dict[str, Any]:

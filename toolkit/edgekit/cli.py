@@ -46,6 +46,9 @@ def compress(
     data: Annotated[str | None, typer.Option(help="digits, an image folder, or an .npz with x/y")] = None,
     weights: Annotated[str | None, typer.Option(help="state-dict file (loaded with weights_only=True)")] = None,
     input_shape: Annotated[str | None, typer.Option(help="N,C,H,W, e.g. 1,3,224,224")] = None,
+    dynamic: Annotated[str | None, typer.Option(
+        help="axes of a torch model's input its artifacts keep dynamic, e.g. 0,3 (batch and width); a model "
+             "file's own signature says which of its dimensions are")] = None,
     threads: Annotated[int | None, typer.Option(help="runtime threads (default: the target's)")] = None,
     out: Annotated[Path | None, typer.Option(help="run folder (default runs/<model>-<target>)")] = None,
     device: Device = None,
@@ -63,7 +66,7 @@ def compress(
         report = api.compress(model, target, recipe=recipe, data=data, weights=weights, input_shape=shape,
                               threads=threads, out=out_dir, device=device, overrides=parse_sets(set_),
                               max_quality_drop=max_quality_drop, resume=not fresh, progress=progress,
-                              console=console, trust_code=trust_model_code)
+                              console=console, trust_code=trust_model_code, dynamic=api.parse_axes(dynamic))
     print_summary(console, report, out_dir)
 
 

@@ -17,9 +17,58 @@ DIGITS_SPLIT_SEED = 0
 _IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
+class Inputs:
+    """The inputs of a model with several inputs (or integer / scalar ones): one array per input name, each with a
+    leading row axis; row i is one complete feed, `{name: array[i]}`, at the model's own input shapes. Slicing and
+    len() act on rows, like a single input's (N, ...) array does, so the pipeline passes either along.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        if not arrays:
+            raise InputError("a model needs at least one input")
+        lengths = {k: len(v) for k, v in arrays.items()}
+        if len(set(lengths.values())) != 1:
+            raise InputError(f"inputs have different numbers of rows: {lengths}")
+        self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.arrays)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def __getitem__(self, key: object) -> Inputs:
+        return Inputs({k: v[key] for k, v in self.arrays.items()})
+
+    def row(self, i: int) -> dict[str, np.ndarray]:
+        """The feed of row i, at the model's input shapes."""
+        return {k: v[i] for k, v in self.arrays.items()}
+
+    def astype(self, dtype: object) -> Inputs:
+        """Float inputs in `dtype`; integer inputs keep theirs (they come from the model's signature)."""
+        return Inputs({k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in self.arrays.items()})
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The first input's shape (rows first)."""
+        return next(iter(self.arrays.values())).shape
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.nbytes for v in self.arrays.values())
+
+    def tobytes(self) -> bytes:
+        return b"".join(k.encode() + np.ascontiguousarray(v).tobytes() for k, v in self.arrays.items())
+
+    def __repr__(self) -> str:
+        return f"Inputs({', '.join(f'{k}: {list(v.shape)} {v.dtype}' for k, v in self.arrays.items())})"
+
+
 @dataclass
 class DataBundle:
-    """Arrays in the model's input layout (N, C, H, W), float32; labels int64 or None when unlabelled."""
+    """Inputs in the model's layout: one (N, ...) float32 array for a model with one float input, an `Inputs` for
+    several (or integer) inputs; labels int64, strings, per-input arrays (detection) or None when unlabelled."""
 
     name: str
     x_train: np.ndarray

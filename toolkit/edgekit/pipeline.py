@@ -51,7 +51,8 @@ class RunContext:
     reference: Any = None  # the model as loaded (torch), for agreement metrics and the baseline artifacts
     console: Any = None
     recipe: Recipe | None = None
-    budget: float | None = None  # the run's quality budget in points from the loaded model (--max-quality-drop)
+    budget: float | None = None  # the run's quality budget from the loaded model (--max-quality-drop; metric's unit)
+    metric: Any = None  # the run's quality metric (edgekit.quality), chosen by the API
     model_version: int = -1  # index of the last stage that changed the model (-1: as loaded)
     masks: Any = None  # edgekit.masks.Mask of the pruned weights, carried through the chain
     resume: bool = True  # False (--fresh): stages also ignore their own checkpoints (lottery rounds, a study)
@@ -71,6 +72,11 @@ class RunContext:
         """The model as a file (importers.native.NativeModel) when it has no torch form and the native route runs;
         None when the stages get a torch model."""
         return self.bundle.without_torch
+
+    @property
+    def signature(self) -> Any:
+        """The loaded model's inputs and outputs (edgekit.signature.Signature): every artifact keeps it if it can."""
+        return self.bundle.signature
 
     @property
     def example_input(self) -> np.ndarray:
@@ -98,31 +104,51 @@ class RunContext:
                 self._cache[key] = predict(self.reference, self.data.x_test if split == "test" else self.data.x_train)
         return self._cache[key]
 
-    def quality_of_logits(self, logits: np.ndarray) -> float:
-        """Quality (accuracy, else agreement with the loaded model) of logits for the quality split."""
-        from edgekit.train import accuracy, top1_agreement
+    def reference_outputs(self) -> list[np.ndarray]:
+        """Every output of the model as loaded on the quality split: what label-free metrics score against."""
+        return self.model_outputs(self.reference, -1)
 
+    def quality_of(self, outputs: Any) -> float:
+        """The run's metric (edgekit.quality) for outputs of the quality split's first inputs: against its labels,
+        or against the loaded model's outputs."""
+        from edgekit.quality import as_outputs
+
+        outputs = as_outputs(outputs)
         _, y = self.quality_split()
-        n = len(logits)
-        if y is not None:
-            return accuracy(logits, y[:n])
-        return top1_agreement(logits, self.reference_logits()[:n])
+        n = len(outputs[0])
+        return float(self.metric.score(outputs, None if y is None else y[:n],
+                                       [r[:n] for r in self.reference_outputs()]))
 
-    def model_logits(self, model: Any, version: int | None = None) -> np.ndarray:
-        """Logits of the model at `version` (default: the current one) on the quality split, computed once per
+    def quality_of_logits(self, logits: np.ndarray) -> float:
+        """The run's metric for the first output only (the training stages' classifiers)."""
+        return self.quality_of([logits])
+
+    def drop(self, before: float | None, after: float | None) -> float | None:
+        """How much worse `after` is than `before`, in the metric's unit (points, or dB)."""
+        from edgekit.quality import drop
+
+        return drop(self.metric, before, after)
+
+    def model_outputs(self, model: Any, version: int | None = None) -> list[np.ndarray]:
+        """Every output of the model at `version` (default: the current one) on the quality split, computed once per
         version. Only for a finished version: not inside a stage that is changing the model."""
-        from edgekit.train import predict
+        from edgekit.train import predict_outputs
 
         version = self.model_version if version is None else version
-        key = f"logits_v{version}"
+        key = f"outputs_v{version}"
         if key not in self._cache:
-            self._cache[key] = predict(model, self.quality_split()[0])
+            self._cache[key] = predict_outputs(model, self.quality_split()[0])
         return self._cache[key]
+
+    def model_logits(self, model: Any, version: int | None = None) -> np.ndarray:
+        """The first output of the model at `version` on the quality split, one row per input."""
+        first = self.model_outputs(model, version)[0]
+        return first.reshape(len(first), -1)
 
     def point(self, model: Any, version: int | None = None) -> ChainPoint:
         """The chain point of a torch model: its quality, parameters and nonzeros."""
         total, nonzero, nbytes = _weight_counts(model)
-        return ChainPoint(quality=self.quality_of_logits(self.model_logits(model, version)), params=total,
+        return ChainPoint(quality=self.quality_of(self.model_outputs(model, version)), params=total,
                           nonzeros=nonzero, weights_bytes=nbytes)
 
     def spent_budget(self) -> float:
@@ -131,7 +157,7 @@ class RunContext:
         last = next((s.after for s in reversed(self.report["stages"]) if s.after is not None), None)
         if base is None or last is None or last.quality is None:
             return 0.0
-        return max(0.0, 100.0 * (base.quality - last.quality))
+        return max(0.0, self.drop(base.quality, last.quality) or 0.0)
 
     def set_after(self, point: ChainPoint) -> None:
         """The chain point after this stage, for a stage that changes what is deployed without changing the torch
@@ -168,7 +194,7 @@ class RunContext:
                        sha256=sha256_file(path) if path.is_file() else None, stage_index=self._stage_index,
                        stage=self.stage_name, precision=precision, sparse=sparse,
                        model_version=self.model_version if role == "final" else -1, role=role, tolerance=tolerance,
-                       companions=companions, meta=meta)
+                       companions=companions, signature=_signature_record(self.signature, fmt, path), meta=meta)
         group = self.report["artifacts"] if role == "final" else self.report["baseline"].setdefault("artifacts", [])
         group[:] = [a for a in group if a.path != rel] + [art]
         return art
@@ -198,6 +224,18 @@ class RunContext:
 
     def save(self) -> None:
         save_report(self.out, self.report)
+
+
+def _signature_record(model_signature: Any, fmt: str, path: Path) -> dict[str, Any] | None:
+    """Whether the artifact file kept the loaded model's signature, read from the file itself."""
+    if model_signature is None:
+        return None
+    from edgekit import export as exporters
+    from edgekit.export import _signature as sig
+
+    note = sig.fallback_note(path) or (getattr(exporters.get(fmt), "SIGNATURE_NOTE", "")
+                                       if fmt in exporters.formats() else "")
+    return sig.record(model_signature, sig.read(fmt, path), note)
 
 
 def _size_of(path: Path) -> int:

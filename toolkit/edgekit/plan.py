@@ -47,6 +47,21 @@ class Facts:
     model_format: str = ""  # without a torch model: the model file's format ("onnx", "tflite")
     torch_blocker: str = ""  # without a torch model: why, in one line (the operator and node that blocked it)
     file_formats: tuple[str, ...] = ()  # without a torch model: the target's formats that the file gives
+    task: str = "classify"  # the run's quality metric (edgekit.quality): its task, name and unit
+    metric: str = "accuracy"
+    unit: str = "pts"
+
+    @property
+    def trains(self) -> bool:
+        """Techniques that fine-tune (cross-entropy on class labels) can: a classifier with labelled data."""
+        return self.labelled and self.task == "classify"
+
+    def no_training(self, what: str) -> Decision:
+        if not self.labelled:
+            return Decision(False, f"{what} needs labelled data ('{self.data_name}' has none): post-training "
+                                   "techniques only")
+        return Decision(False, f"{what} needs class labels, and the run's metric is {self.metric} ({self.task}): "
+                               "post-training techniques only")
 
     def no_torch(self, what: str) -> Decision:
         """The decision of a technique that needs a torch model, on a native route."""
@@ -94,9 +109,8 @@ def _joint(f: Facts) -> Decision:
     for the formats it builds."""
     if not f.torch_model:
         return f.no_torch("the joint search fine-tunes pruned candidates, so it")
-    if not f.labelled:
-        return Decision(False, f"fine-tunes pruned candidates and needs labelled data ('{f.data_name}' has none): "
-                               "post-training techniques only")
+    if not f.trains:
+        return f.no_training("fine-tuning pruned candidates")
     if f.prunable:
         return Decision(False, f"{len(f.prunable)} layers run sparse on {f.target.name}: lottery-ticket pruning and "
                                "sparse conversion instead")
@@ -115,7 +129,7 @@ def _joint(f: Facts) -> Decision:
                           "channel pruning (widths rounded to the target's channel multiple, fine-tuned with "
                           "distillation from the loaded model) and "
                           "per-layer FP32 / INT8 searched together on latency in each runtime (12 trials), within "
-                          f"{f.budget} pts with one standard error of margin", [("joint", settings)])
+                          f"{f.budget} {f.unit} with one standard error of margin", [("joint", settings)])
 
 
 @technique("prune", order=20)
@@ -125,9 +139,8 @@ def _prune(f: Facts) -> Decision:
     if "joint" in f.chosen:
         return Decision(False, "the joint search prunes channels instead (no runtime here runs sparse weights: "
                                f"{f.sparse_blocker})")
-    if not f.labelled:
-        return Decision(False, f"needs labelled data to retrain ('{f.data_name}' has none): post-training "
-                               "techniques only")
+    if not f.trains:
+        return f.no_training("retraining lottery tickets")
     if not f.prunable:
         return Decision(False, f"no runtime of {f.target.name} runs this model's weights sparse ({f.sparse_blocker}); "
                                "zeros would only shrink the file when compressed")
@@ -185,7 +198,7 @@ def _quantize(f: Facts) -> Decision:
                 "timing_runs": 10, "final_runs": 60, "max_seconds": 300.0, "skip_failing_formats": True}
     if not f.torch_model:
         settings["formats"] = fmts
-    metric = "accuracy" if f.labelled else "top-1 agreement with the loaded model"
+    metric = f.metric if f.labelled or f.task != "classify" else "top-1 agreement with the loaded model"
     return Decision(True, f"per-layer INT8 policy search on latency measured in {', '.join(fmts)} runtimes "
                           f"(16 trials; {metric}; whatever the earlier stages left of the budget); a layer stays "
                           "float where INT8 is slower or loses quality", [("quantize", settings)])
@@ -212,16 +225,19 @@ def plan(facts: Facts) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 def gather(model: Any, input_shape: tuple[int, ...], data: Any, target: Target, budget: float,
-           native: Any = None) -> Facts:
+           native: Any = None, metric: Any = None) -> Facts:
     """The facts the planner needs: the sparse-capable layers cost one TFLite conversion on ARM / WASM targets.
 
     Args:
         native: the model file (importers.native.NativeModel) when the model has no torch form.
+        metric: the run's quality metric (edgekit.quality): training techniques need a classifier's labels.
     """
     from edgekit import rules
 
+    about = {"task": getattr(metric, "task", "classify"), "metric": getattr(metric, "name", "accuracy"),
+             "unit": getattr(metric, "unit", "pts")}
     if native is not None:
-        return _native_facts(native, data, target, budget)
+        return _native_facts(native, data, target, budget, about)
     prunable: dict[str, str] = {}
     blocker = ""
     sparse_rts = [r for r in target.runtimes if r.sparse_rules not in ("", "none")]
@@ -229,14 +245,14 @@ def gather(model: Any, input_shape: tuple[int, ...], data: Any, target: Target, 
         blocker = "; ".join(rules.get(r.sparse_rules).reason(r.name) for r in target.runtimes)
     elif (cpu := rules.get("xnnpack").cpu_blocker(target)) is not None:
         blocker = cpu
-    elif data.labelled:
+    elif data.labelled and about["task"] == "classify":
         prunable = rules.prunable_layers(model, target, tuple(input_shape))
         blocker = "" if prunable else "`edgekit check` finds no 1x1 convolution in a group XNNPACK runs sparse"
     return Facts(target=target, labelled=data.labelled, data_name=data.name, budget=budget,
-                 n_train=len(data.x_train), prunable=prunable, sparse_blocker=blocker)
+                 n_train=len(data.x_train), prunable=prunable, sparse_blocker=blocker, **about)
 
 
-def _native_facts(native: Any, data: Any, target: Target, budget: float) -> Facts:
+def _native_facts(native: Any, data: Any, target: Target, budget: float, about: dict[str, Any]) -> Facts:
     from edgekit import export as exporters
     from edgekit.errors import SettingsError
 
@@ -247,16 +263,18 @@ def _native_facts(native: Any, data: Any, target: Target, budget: float) -> Fact
                             f"written from this .{native.format} model without a torch model ({native.blocker})")
     return Facts(target=target, labelled=data.labelled, data_name=data.name, budget=budget,
                  n_train=len(data.x_train), prunable={}, sparse_blocker="no torch model", torch_model=False,
-                 model_format=native.format, torch_blocker=native.blocker, file_formats=fmts)
+                 model_format=native.format, torch_blocker=native.blocker, file_formats=fmts, **about)
 
 
 def describe(decisions: list[dict[str, Any]], facts: Facts) -> str:
     used = [d["name"] for d in decisions if d["used"]]
-    data = ("labelled data: training techniques allowed" if facts.labelled else
-            "no labelled data: post-training techniques only (quality is top-1 agreement with the loaded model)")
+    against = "labels" if facts.labelled else "the loaded model's outputs"
+    data = (f"quality: {facts.metric} ({facts.task}) against {against}; "
+            + ("training techniques allowed" if facts.trains else "post-training techniques only"))
     route = "" if facts.torch_model else (
         f" The model has no torch form ({facts.torch_blocker}): the {facts.model_format.upper()}-native route "
         f"works on the file ({', '.join(facts.file_formats)} artifacts; reference: the original file in its own "
         "runtime).")
-    return (f"Planned for {facts.target.name} under a {facts.budget}-point quality budget from the model as loaded; "
+    unit = "point" if facts.unit == "pts" else facts.unit
+    return (f"Planned for {facts.target.name} under a {facts.budget}-{unit} quality budget from the model as loaded; "
             f"{data}. Chosen: {', '.join(used) or 'export only'}.{route}")

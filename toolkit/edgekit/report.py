@@ -137,10 +137,12 @@ class Verification(_Record):
     inputs: int
     max_abs_err: float
     max_abs_ref: float
-    top1_agreement: float
+    top1_agreement: float | None  # None where the first output is not a class vector
     tolerance: dict[str, Any]
     passed: bool
     quality: dict[str, Any] | None = None  # {"metric", "value", "inputs"}: on the run's quality split
+    outputs: list[dict[str, Any]] | None = None  # every output: {"name", "max_abs_err", "max_abs_ref", "limit", "passed"}
+    shapes: list[dict[str, Any]] | None = None  # the other shapes it ran at: {"shape", "max_abs_err", "passed", ...}
 
 
 @dataclass
@@ -165,6 +167,8 @@ class Artifact(_Record):
     latency: Latency = field(default_factory=Latency)
     latencies: list[Latency] | None = None
     companions: list[str] | None = None  # files that belong to it (e.g. a TVM library's JSON sidecar)
+    # whether it kept the loaded model's signature (names, dynamic dims): {"kept": bool, "why": one line}
+    signature: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

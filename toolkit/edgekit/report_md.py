@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgekit.chain import chain, fill_chain, summarize
+from edgekit.chain import chain, dynamic_signature, fill_chain, quality_drop, summarize
 from edgekit.fileio import atomic_path, write_text
 
 RUNTIME_MARKERS = {"onnxruntime": "o", "litert": "s", "litert (sparse)": "D", "tvm": "^", "onnxruntime-web": "v"}
@@ -25,12 +25,21 @@ def _size(n: int | None) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
+def _unit(report: dict[str, Any]) -> str:
+    return (report.get("quality") or {}).get("unit", "pts")
+
+
+def _unit_word(report: dict[str, Any]) -> str:
+    return "point" if _unit(report) == "pts" else _unit(report)
+
+
 def _header(report: dict[str, Any]) -> list[str]:
     data = report.get("data") or {}
     lines = [f"# edgekit report: {report.get('model')} → {report.get('target')}", "",
              f"- edgekit {report.get('edgekit_version')}, created {report.get('created')}",
              f"- weights: {report.get('weights', '–')}",
-             f"- data: {data.get('description', '–')}; quality metric: **{data.get('quality_metric', '–')}**",
+             f"- data: {data.get('description', '–')}; quality metric: **{data.get('quality_metric', '–')}**"
+             + (f" ({(report.get('quality') or {}).get('why')})" if (report.get("quality") or {}).get("why") else ""),
              f"- threads: {report.get('threads')}", ""]
     if report.get("import"):
         lines.insert(-1, f"- import: {describe_import(report['import'])}")
@@ -73,15 +82,16 @@ def _plan(report: dict[str, Any]) -> list[str]:
 
 def _summary(report: dict[str, Any]) -> list[str]:
     s = report.get("summary") or summarize(report)
-    drop = f"(drop {_fmt(s.get('quality_drop'))} pts)" if s.get("quality_drop") is not None else ""
+    drop = f"(drop {_fmt(s.get('quality_drop'))} {_unit(report)})" if s.get("quality_drop") is not None else ""
     budget = s.get("budget")
     if report.get("schema", 2) < 2:
         intro = ("A schema-1 report: the summary as it was written (before = quantize's input, or the final model "
                  "without quantize).")
     else:
         intro = "Before: the model as loaded. After: " + (
-            f"`{s['artifact']}`, the fastest verified artifact" + (f" within the {budget}-point quality budget"
-                                                                    if budget is not None else "")
+            f"`{s['artifact']}`, the fastest verified artifact" + (
+                " that keeps the model's signature" if s.get("signature_kept") and dynamic_signature(report) else "")
+            + (f" within the {budget}-{_unit_word(report)} quality budget" if budget is not None else "")
             if s.get("artifact") else "the model after the last stage (no verified artifact)") + "."
     lines = ["## Summary", "", intro, "",
              "| | before | after |", "|---|---:|---:|",
@@ -90,10 +100,48 @@ def _summary(report: dict[str, Any]) -> list[str]:
              f"| size | {_size(s.get('size_before_bytes'))} | {_size(s.get('size_after_bytes'))} |",
              f"| best p50 ms ({', '.join(s.get('latency_sources') or [])}) | {_fmt(s.get('p50_ms_before'))} | "
              f"{_fmt(s.get('p50_ms_after'))}" + (f" ({s['speedup']:.2f}x)" if s.get("speedup") else "") + " |", ""]
-    lines += _precision_note(report, s)
+    lines += _precision_note(report, s) + _drop_in_note(s)
     if s.get("budget_met") is False:
-        lines += [f"**No verified artifact is within the {budget}-point budget**: the one with the best quality is "
+        lines += [f"**No verified artifact is within the {budget}-{_unit_word(report)} budget**: the one with the best quality is "
                   "shown.", ""]
+    return lines
+
+
+def _drop_in_note(s: dict[str, Any]) -> list[str]:
+    """What the summary says when the model leaves dimensions dynamic and an artifact does not keep them."""
+    lines = []
+    if s.get("signature_kept") is False:
+        lines.append(f"**The recommended artifact does not keep the model's signature** ({s.get('signature_note')}): "
+                     "no artifact does; it will not drop into a program that feeds other shapes or looks its "
+                     "inputs up by name.")
+    faster = s.get("faster_not_drop_in")
+    if faster:
+        lines.append(f"`{faster['artifact']}` is faster ({_fmt(faster.get('p50_ms'))} ms) but is not recommended: it "
+                     f"does not keep the model's signature ({faster.get('why')}).")
+    return [*lines, ""] if lines else []
+
+
+def _signature(report: dict[str, Any]) -> list[str]:
+    """The loaded model's inputs and outputs, and which artifacts kept them."""
+    sig = report.get("signature")
+    if not sig:
+        return []
+
+    def row(kind: str, t: dict[str, Any]) -> str:
+        shape = ", ".join(str(d) if d is not None else "?" for d in t["shape"])
+        return f"| {kind} | `{t['name']}` | {t['dtype']} | [{shape}] | {', '.join(map(str, t['dynamic'])) or '–'} |"
+
+    lines = ["## Signature", "", f"The model as loaded ({sig.get('source')}" + (
+        f", opset {sig['opset']}" if sig.get("opset") else "") + "); every artifact keeps it where its format can.", "",
+             "| | name | dtype | shape | dynamic axes |", "|---|---|---|---|---|",
+             *[row("input", t) for t in sig["inputs"]], *[row("output", t) for t in sig["outputs"]], ""]
+    arts = [a for a in [*(report.get("baseline") or {}).get("artifacts", []), *report.get("artifacts", [])]
+            if a.get("signature")]
+    if arts:
+        lines += ["| artifact | signature kept | why not |", "|---|---|---|"]
+        lines += [f"| `{a['path']}` | {'yes' if a['signature'].get('kept') else '**no**'} | "
+                  f"{a['signature'].get('why') or ''} |" for a in arts]
+        lines.append("")
     return lines
 
 
@@ -118,11 +166,12 @@ def _chain(report: dict[str, Any], plot: str | None) -> list[str]:
     q0 = points[0][1].get("quality")
     lines = ["## Chain", "", "Each stage that changed the model, measured on the same held-out inputs as the "
              "loaded model; size and p50 where an artifact of that model exists.", "",
-             "| after | quality | Δ pts | params nonzero / total | size | best p50 ms | runtimes |",
+             f"| after | quality | Δ {_unit(report)} | params nonzero / total | size | best p50 ms | runtimes |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for label, p in points:
         q = p.get("quality")
-        delta = f"{100 * (q - q0):+.2f}" if q is not None and q0 is not None else "–"
+        d = quality_drop(report, q0, q)
+        delta = f"{-d:+.2f}" if d is not None else "–"
         runtimes = ", ".join(f"{k}: {_fmt(v.get('p50_ms'))}" for k, v in (p.get("by_runtime") or {}).items())
         lines.append(f"| {label} | {_fmt(q)} | {delta} | {_fmt(p.get('nonzeros'))} / {_fmt(p.get('params'))} | "
                      f"{_size(p.get('size_bytes') or p.get('weights_bytes'))} | {_fmt(p.get('p50_ms'))} | "
@@ -184,7 +233,8 @@ def _artifacts(report: dict[str, Any]) -> list[str]:
 
 def render_markdown(report: dict[str, Any], plot_name: str | None = None, chain_plot: str | None = None) -> str:
     """Markdown for people and CI job summaries."""
-    lines = _header(report) + _plan(report) + _summary(report) + _chain(report, chain_plot) + _stages(report)
+    lines = (_header(report) + _plan(report) + _summary(report) + _signature(report) + _chain(report, chain_plot)
+             + _stages(report))
     lines += _artifacts(report)
     for section in report.get("sections", []):
         lines += ["", f"## {section['title']}", "", section["markdown"]]

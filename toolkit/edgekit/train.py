@@ -118,6 +118,32 @@ def predict(model: nn.Module | Callable[[np.ndarray], np.ndarray], x: np.ndarray
     return np.concatenate(outs)
 
 
+def predict_outputs(model: Any, x: Any, batch_size: int = 256) -> list[np.ndarray]:
+    """Every output of the model for x, as float32 numpy arrays (one per output, rows first). `model` is a torch
+    module or a model file's runner with `outputs(x)` (importers.native.NativeModel)."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        return model.outputs(x)
+    per_batch = []
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            out = model(torch.as_tensor(x[i:i + batch_size]).to(device))
+            per_batch.append([t.float().cpu().numpy() for t in flat_outputs(out)])
+    return [np.concatenate([b[k] for b in per_batch]) for k in range(len(per_batch[0]))]
+
+
+def flat_outputs(out: Any) -> list[Any]:
+    """A model's outputs in order: a tensor, or (nested) tuples, lists and dicts of them."""
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in flat_outputs(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in flat_outputs(v)]
+    return [out]
+
+
 def _as_tensor(out: Any) -> torch.Tensor:
     if isinstance(out, (tuple, list)):
         return out[0]

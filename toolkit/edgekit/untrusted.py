@@ -27,11 +27,13 @@ def refuse(path: str | Path, what: str) -> InputError:
                       f"file came from")
 
 
-def check_factory(spec: str, trust_code: bool) -> None:
-    """A `package.module:factory` model imports and runs Python code: only with the opt-in flag."""
+def check_factory(spec: str, trust_code: bool, what: str = "") -> None:
+    """A `package.module:factory` model (or a --metric function) imports and runs Python code: only with the opt-in
+    flag."""
     if not trust_code:
-        raise InputError(f"'{spec}' is a Python factory: loading it imports {spec.partition(':')[0]} and runs its "
-                         f"code; pass {TRUST_FLAG} to allow that")
+        kind = f"{what} '{spec}' is a Python function" if what else f"'{spec}' is a Python factory"
+        raise InputError(f"{kind}: loading it imports {spec.partition(':')[0]} and runs its code; pass {TRUST_FLAG} "
+                         f"to allow that")
 
 
 def check_pt2(data: bytes, path: str | Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgekit.errors import InputError, first_line, unknown
+from edgekit.signature import from_tflite, onnx_file_signature
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -39,6 +40,10 @@ class ModelBundle:
     # The model as a file its own runtime runs (importers.native.NativeModel), for .onnx and .tflite models. When
     # `module` is this object, there is no torch model and the native route runs (importers.native.route).
     native: Any = None
+    # The model's inputs and outputs as loaded (edgekit.signature): read from the file, or given to a torch model
+    # by model_signature(); every artifact keeps it where its format can.
+    signature: Any = None
+    source_format: str = ""  # "onnx" / "tflite" / "pt2" for a model file, "" otherwise
 
     @property
     def without_torch(self) -> Any:
@@ -244,15 +249,17 @@ def _load_onnx(path: Path, input_shape: tuple[int, ...] | None, native: bool) ->
     try:
         imported = import_onnx(path, input_shape)
     except UnsupportedOperator as e:
-        if not native or e.cleaned is None:
+        if not native:
             raise
-        model = native_models.from_onnx(path, e.cleaned, e.info)
-        bundle = ModelBundle(model, str(path), model.input_shape, f"file:{path}", import_info=e.info, native=model)
+        model = native_models.from_onnx(path, e.info)
+        bundle = ModelBundle(model, str(path), model.input_shape, f"file:{path}", import_info=e.info, native=model,
+                             signature=onnx_file_signature(path), source_format="onnx")
         native_models.use_native(bundle, str(e), native_models.blocked_by(e))
         return bundle
     module = imported.module if imported.batched else _per_sample(imported.module)
     return ModelBundle(module, str(path), imported.input_shape, f"file:{path}", import_info=imported.info,
-                       native=native_models.from_onnx(path, imported.cleaned, imported.info))
+                       native=native_models.from_onnx(path, imported.info),
+                       signature=onnx_file_signature(path), source_format="onnx")
 
 
 def _load_tflite(path: Path, input_shape: tuple[int, ...] | None, native: bool) -> ModelBundle:
@@ -263,7 +270,8 @@ def _load_tflite(path: Path, input_shape: tuple[int, ...] | None, native: bool) 
         raise InputError(f"{path}: a .tflite model has no torch form; `edgekit compress` and `edgekit quantize` "
                          "take it")
     model, info = native_models.load_tflite(path, input_shape)
-    bundle = ModelBundle(model, str(path), model.input_shape, f"file:{path}", import_info=info, native=model)
+    bundle = ModelBundle(model, str(path), model.input_shape, f"file:{path}", import_info=info, native=model,
+                         signature=from_tflite(path), source_format="tflite")
     native_models.use_native(bundle, f"{path.name} is a TFLite file: edgekit does not convert TFLite to torch")
     return bundle
 
@@ -328,7 +336,10 @@ def _load_pt2(path: Path, trust_code: bool) -> ModelBundle:
             shape = tuple(val.shape)
     elif len(user_inputs) != 1:
         raise InputError(f"{path}: edgekit supports models with one input; this one has {len(user_inputs)}")
-    return ModelBundle(_per_sample(ep.module()), str(path), shape, f"file:{path}")
+    bundle = ModelBundle(_per_sample(ep.module()), str(path), shape, f"file:{path}", source_format="pt2")
+    if shape:  # a program exported at static shapes: its artifacts keep them
+        bundle.signature = model_signature(bundle)
+    return bundle
 
 
 def _load_weights(bundle: ModelBundle, path: Path) -> None:
@@ -347,6 +358,38 @@ def _load_weights(bundle: ModelBundle, path: Path) -> None:
 def _check_input_shape(bundle: ModelBundle) -> None:
     if not bundle.input_shape or any(s <= 0 for s in bundle.input_shape):
         raise InputError(f"cannot infer the input shape of {bundle.name}; pass --input-shape, e.g. --input-shape 1,3,224,224")
+
+
+def model_signature(bundle: ModelBundle, dynamic: tuple[int, ...] = ()) -> Any:
+    """The bundle's signature: the file's, or for a torch model its forward()'s names with one output per returned
+    tensor, static but for the `dynamic` axes the user declares (edgekit.signature.for_torch), from one forward
+    pass at the input shape.
+
+    Raises:
+        SettingsError: `dynamic` for a model file (its own signature says which dimensions are dynamic), or an axis
+            the input does not have.
+    """
+    from edgekit.errors import SettingsError
+
+    if dynamic and bundle.source_format in ("onnx", "tflite"):
+        raise SettingsError(f"--dynamic applies to torch models; {bundle.name} is a .{bundle.source_format} file "
+                            f"whose own signature says which dimensions are dynamic")
+    bad = [a for a in dynamic if not 0 <= a < len(bundle.input_shape)]
+    if bad:
+        raise SettingsError(f"--dynamic: the input has {len(bundle.input_shape)} dimensions, no axis {bad[0]}")
+    if bundle.signature is not None and not dynamic:
+        return bundle.signature
+    import torch
+
+    from edgekit.signature import for_torch
+
+    with torch.no_grad():
+        out = bundle.module(torch.zeros(bundle.input_shape))
+    outs = list(out.values()) if isinstance(out, dict) else list(out) if isinstance(out, (tuple, list)) else [out]
+    bundle.signature = for_torch(bundle.module, [tuple(bundle.input_shape)],
+                                 [(tuple(o.shape), str(o.dtype).removeprefix("torch.")) for o in outs],
+                                 dynamic=tuple(dynamic))
+    return bundle.signature
 
 
 def calibrate_batchnorm(module: nn.Module, x: Any, batch_size: int = 16) -> bool:

@@ -79,7 +79,7 @@ class LocalDevice(BaseDevice):
                 loaded.append(i)
             except RuntimeUnavailable as e:
                 out[i] = Latency.none(str(e), device=host_device_name(), runtime=j.runtime)
-        xs = [_input_for(jobs[i], r.input_shape) for i, r in zip(loaded, runners, strict=True)]
+        xs = [_input_for(jobs[i], r) for i, r in zip(loaded, runners, strict=True)]
         timings = time_interleaved(runners, xs, warmup, runs, progress) if runners else []
         device_id = device_id_from_facts(self.facts())
         for i, r, t in zip(loaded, runners, timings, strict=True):
@@ -105,11 +105,12 @@ class LocalDevice(BaseDevice):
         return run_all(load_runner(artifact.runtime, artifact.path, 1), np.asarray(inputs, np.float32))
 
 
-def _input_for(job: Job, shape: tuple[int, ...] | None) -> np.ndarray:
+def _input_for(job: Job, runner: Any) -> np.ndarray:
+    from edgekit.runtimes import fit_input
+
     if job.input is not None:
-        x = np.asarray(job.input, np.float32)
-        return x.reshape(shape) if shape else x
-    return np.random.default_rng(0).standard_normal(shape or (1,)).astype(np.float32)
+        return fit_input(runner, np.asarray(job.input, np.float32))
+    return np.random.default_rng(0).standard_normal(runner.input_shape or (1,)).astype(np.float32)
 
 
 def run_local_harness(artifacts: list[Path], runtime: str, threads: int, runs: int, warmup: int,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.runtimes import Runner, load_runner
+from edgekit.runtimes import Runner, fit_input, load_runner
 
 
 @dataclass
@@ -86,5 +86,5 @@ def time_files(files: dict[str, tuple[str, Path]], x: np.ndarray, threads: int =
     """Interleaved timing of named files ({name: (runtime, path)}) in one process, as report dicts; each is fed the
     first input of `x` in its own input shape."""
     runners = [load_runner(runtime, path, threads) for runtime, path in files.values()]
-    xs = [x[:1].reshape(r.input_shape) for r in runners]
+    xs = [fit_input(r, x[:1]) for r in runners]
     return {n: t.as_dict() for n, t in zip(files, time_interleaved(runners, xs, warmup, runs), strict=True)}

@@ -31,6 +31,27 @@ def file_formats(model_format: str) -> list[str]:
     return [f for f in formats() if model_format in getattr(get(f), "FROM_FILE", ())]
 
 
+def export_kwargs(module: types.ModuleType, target: Any, held_out: Any, signature: Any) -> dict[str, Any]:
+    """What a format's export() is given beyond the model: the target (formats that compile for a CPU), held-out
+    inputs (formats that check themselves per layer), the model's signature (formats that keep it)."""
+    kwargs: dict[str, Any] = {}
+    if getattr(module, "TARGET_AWARE", False):
+        kwargs["target"] = target
+    if getattr(module, "WANTS_INPUTS", False) and held_out is not None:
+        kwargs["probe_inputs"] = held_out[: module.PROBE_INPUTS].astype("float32")
+    if getattr(module, "KEEPS_SIGNATURE", False) and signature is not None:
+        kwargs["signature"] = signature
+    return kwargs
+
+
+def original_file(bundle: Any, fmt: str, model_version: int) -> Path | None:
+    """The model's own file when it is an artifact of `fmt` as it is: a model file of that format (with a torch
+    form) that no stage has changed (model_version -1). None otherwise."""
+    if model_version >= 0 or bundle.source_format != fmt or not hasattr(get(fmt), "from_file"):
+        return None
+    return Path((bundle.import_info or {}).get("file") or bundle.name)
+
+
 def export_file(fmt: str, native: Any, path: Path) -> Path:
     """Writes `fmt` from a native model (importers.native.NativeModel); the format must be in
     file_formats(native.format)."""

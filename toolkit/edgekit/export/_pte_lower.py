@@ -104,8 +104,13 @@ def _add_op(ops: list[dict[str, Any]], node: Any, delegated: bool) -> None:
     ops.append({"op": name, "node": node.name, "layer": list(stack.values())[-1][0] if stack else "",
                 "delegated": delegated,
                 "dtype": "int8" if quantised else "float",
-                "inputs": [list(a.meta["val"].shape) for a in tensors],
-                "output": list(val.shape) if hasattr(val, "shape") else []})
+                "inputs": [_dims(a.meta["val"].shape) for a in tensors],
+                "output": _dims(val.shape) if hasattr(val, "shape") else []})
+
+
+def _dims(shape: Any) -> list[int | str]:
+    """A shape for JSON: a dynamic size (a torch SymInt) as its symbol."""
+    return [int(d) if isinstance(d, int) else str(d) for d in shape]
 
 
 def _op_name(target: Any) -> str:

@@ -13,11 +13,14 @@ layer) added. The debug build's final output is compared with the real artifact'
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edgekit import sidecars
 
 LAYER_OPS = {"aten.conv1d.default", "aten.conv2d.default", "aten.convolution.default", "aten.linear.default"}
 GROWS_DB = 3.0  # a layer "grows the error" when the SQNR drops by at least this much across it ...
@@ -102,6 +105,9 @@ def layer_accuracy(program: Any, model: Any, example: Any, inputs: np.ndarray, a
     with tempfile.TemporaryDirectory(prefix="edgekit-probe-") as d:
         probe_path = Path(d) / "probe.pte"
         probe_path.write_bytes(buffer)
+        side = sidecars.read(sidecars.pte(artifact)) or {}
+        if side.get("signature"):  # the debug build takes the shapes the artifact takes
+            sidecars.pte(probe_path).write_text(json.dumps({"signature": side["signature"]}))
         probe, real = ExecuTorchRunner(probe_path, 1), ExecuTorchRunner(artifact, 1)
         for i in range(0, n, batch):
             xb = inputs[i:i + batch]

@@ -29,7 +29,10 @@ from edgekit.fileio import atomic_path, write_json
 if TYPE_CHECKING:
     import torch.nn as nn
 
+    from edgekit.signature import Signature
+
 RUNTIME = "executorch"
+KEEPS_SIGNATURE = True  # export(..., signature=) keeps names and dynamic dims
 SUFFIX = ".pte"
 WANTS_INPUTS = True  # the export stage passes held-out inputs: the per-layer check runs on them
 PROBE_INPUTS = 8
@@ -84,7 +87,8 @@ def quantize(model: nn.Module, example: np.ndarray, calibration: np.ndarray, qua
 
 
 def export(model: nn.Module, example: np.ndarray, path: Path, calibration: np.ndarray | None = None,
-           quantizer: Any = None, probe_inputs: np.ndarray | None = None, precision: str | None = None) -> Path:
+           quantizer: Any = None, probe_inputs: np.ndarray | None = None, precision: str | None = None,
+           signature: Signature | None = None) -> Path:
     """Writes `model` as an ExecuTorch program lowered to XNNPACK, and its sidecar.
 
     Args:
@@ -95,12 +99,18 @@ def export(model: nn.Module, example: np.ndarray, path: Path, calibration: np.nd
         quantizer: a PT2E quantizer for INT8 (default: XNNPACKQuantizer, per-channel); needs `calibration`.
         probe_inputs: held-out inputs for the per-layer accuracy check (None: skipped).
         precision: label for the sidecar ("fp32", "int8", "mixed"; default from `calibration`).
+        signature: the model's signature: its dynamic dimensions are exported with bounds (torch.export.Dim) where
+            the model allows them, and the sidecar records the program's signature under the model's names.
     """
     import torch
 
+    from edgekit.export import _signature as sig
+
     x = torch.as_tensor(np.ascontiguousarray(example, np.float32))
     source = model.eval() if calibration is None else quantize(model, example, calibration, quantizer)
-    program = _export(source, x)
+    program, fallback = _export(source, x, sig.bounded_attempts(signature, x) if calibration is None else None)
+    sig.note_fallback(path, "torch.export", fallback)
+    program_signature = _program_signature(program, signature, sig)
     probe = probe_inputs is not None and len(probe_inputs) > 0
     pristine = copy.deepcopy(program) if probe else None  # lowering rewrites the program in place
     buffer, info = lower(program)
@@ -109,12 +119,13 @@ def export(model: nn.Module, example: np.ndarray, path: Path, calibration: np.nd
     meta = {"format": "pte", "precision": precision or ("fp32" if calibration is None else "int8"),
             "input_shape": list(x.shape), "executorch_version": _version(), "backend": "XnnpackBackend",
             "quantizer": None if calibration is None else type(quantizer or default_quantizer()).__name__,
-            **info}
+            **info, **({"signature": program_signature.as_dict()} if program_signature else {})}
+    write_json(sidecar(path), meta)  # before the probe: the runtime reads the program's signature from it
     if probe:
         from edgekit.export._pte_probe import layer_accuracy
 
         meta["layers"] = layer_accuracy(pristine, model, x, np.asarray(probe_inputs, np.float32), Path(path))
-    write_json(sidecar(path), meta)
+        write_json(sidecar(path), meta)
     return Path(path)
 
 
@@ -132,21 +143,50 @@ def check_layers(model: nn.Module, example: np.ndarray, artifact: Path, probe_in
 
     x = torch.as_tensor(np.ascontiguousarray(example, np.float32))
     source = model.eval() if calibration is None else quantize(model, example, calibration, quantizer)
-    layers = layer_accuracy(_export(source, x), model, x, np.asarray(probe_inputs, np.float32), Path(artifact))
+    layers = layer_accuracy(_export(source, x)[0], model, x, np.asarray(probe_inputs, np.float32), Path(artifact))
     meta = read_sidecar(artifact) or {}
     meta["layers"] = layers
     write_json(sidecar(artifact), meta)
     return layers
 
 
-def _export(module: Any, x: Any) -> Any:
+def _export(module: Any, x: Any, attempts: list[tuple[Any, Any]] | None = None) -> tuple[Any, Exception | None]:
+    """(torch.export of the module: with dynamic dimensions where `attempts` ((example, {axis: Dim}), ...) allow
+    them, else static; why the first dynamic attempt failed, when it did)."""
     import torch
 
+    first = None
     try:
         with quiet(), torch.no_grad():
-            return torch.export.export(module, (x,))
+            for example, dyn in (attempts or [])[:-1]:
+                try:
+                    return torch.export.export(module, (example,), dynamic_shapes=(dyn,)), None
+                except Exception as e:  # noqa: BLE001 - the next attempt, at last the static program
+                    first = first or e
+            return torch.export.export(module, (x,)), first
     except Exception as e:
         raise EdgekitError(f"ExecuTorch export failed (torch.export): {first_line(e)}") from None
+
+
+def _program_signature(program: Any, signature: Signature | None, sig: Any) -> Signature | None:
+    """The exported program's inputs and outputs (a symbolic size is a dynamic dimension), under the model's names."""
+    from edgekit.signature import Signature, TensorSpec
+
+    def dims(val: Any) -> tuple[int | str, ...]:
+        return tuple(int(d) if isinstance(d, int) or str(d).isdigit() else "" for d in getattr(val, "shape", ()))
+
+    nodes = list(program.graph.nodes)
+    user = set(program.graph_signature.user_inputs)
+    ins = [n for n in nodes if n.op == "placeholder" and n.name in user]
+    out_node = next(n for n in reversed(nodes) if n.op == "output")
+    outs = [a for a in out_node.args[0]] if isinstance(out_node.args[0], (tuple, list)) else [out_node.args[0]]
+    names = signature if sig.names_fit(signature, len(outs)) else None
+    return Signature(
+        tuple(TensorSpec(names.input_names[i] if names else n.name, "float32", dims(n.meta.get("val")))
+              for i, n in enumerate(ins)),
+        tuple(TensorSpec(names.output_names[i] if names else f"output_{i}", "float32",
+                         dims(getattr(o, "meta", {}).get("val"))) for i, o in enumerate(outs)),
+        "executorch program")
 
 
 def _version() -> str:

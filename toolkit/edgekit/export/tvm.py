@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 RUNTIME = "tvm"
 SUFFIX = sidecars.TVM_SUFFIX
+SIGNATURE_NOTE = "TVM compiles the model for one static input shape"
 TARGET_AWARE = True  # the export stage passes the run's target (the library is compiled for its CPU)
 TUNING_DIR = Path(__file__).resolve().parents[3] / "kernels" / "tuning"
 # Edge targets by architecture: the LLVM target TVM compiles for, the kernel build, and the C compiler that links.

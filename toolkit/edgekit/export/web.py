@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 RUNTIME = "onnxruntime-web"
 SUFFIX = "_web"
+SIGNATURE_NOTE = "the bundle's model.js feeds one input of one static shape"
 FROM_FILE = ("onnx",)  # model-file formats this format is made from without torch (importers.native)
 
 

@@ -8,8 +8,8 @@ in one line that says what blocked the torch route.
 
 A `NativeModel` is what those stages see in place of a torch module. Calling it runs the ORIGINAL file in its own
 runtime (ONNX Runtime, LiteRT): that is the model as loaded, the reference every artifact is verified against and
-the quality the baseline reports. `content` is the file edgekit deploys: for ONNX the graph after the import pass's
-cleaning (static input shape, constants folded; none of the onnx2torch-only rewrites), for TFLite the file itself.
+the quality the baseline reports. `content` is the file edgekit deploys: the original file itself, so its
+artifacts keep the model's signature (names, dynamic dimensions, metadata) and drop into the program that ran it.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class NativeModel:
         source: the original file: the reference every artifact is verified against.
         input_name: the graph input the data feeds.
         input_shape: the shape the model runs at (batch 1).
-        content: the model file edgekit deploys (the cleaned ONNX graph, or the .tflite file).
+        content: the model file edgekit deploys (the original file).
         batch_in_file: the batch the original file fixes (None: dynamic).
         blocker: why there is no torch model, one line (set when the native route runs).
         blocked_by: the operator and node that blocked the torch conversion, when one did.
@@ -51,7 +51,6 @@ class NativeModel:
     batch_in_file: int | None = 1
     blocker: str = ""
     blocked_by: dict[str, Any] = field(default_factory=dict)
-    content_note: str = ""  # what `content` is, when it is not the usual (see _deployable_onnx)
     _reference: Any = None
     _reference_name: str = ""
     _counts: tuple[int, int, int] | None = None
@@ -79,11 +78,17 @@ class NativeModel:
         return self._reference
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Outputs of the ORIGINAL file for inputs x (N, ...), run at the file's own batch."""
-        from edgekit.importers.onnx_check import _run_at_batch
+        """The first output of the ORIGINAL file for inputs x (N, ...), run at the file's own batch."""
+        return self.outputs(x)[0]
 
-        x = np.ascontiguousarray(x, np.float32)
-        return _run_at_batch(self._runner(), x, self.batch_in_file or 1).astype(np.float32)
+    def outputs(self, x: Any) -> list[np.ndarray]:
+        """Every output of the ORIGINAL file for inputs x (N, ...) or an `Inputs`, run at the file's own batch."""
+        from edgekit.importers.onnx_check import run_outputs_at_batch
+
+        if isinstance(x, np.ndarray):
+            x = np.ascontiguousarray(x, np.float32)
+        return [o.astype(np.float32) if o.dtype.kind == "f" else o
+                for o in run_outputs_at_batch(self._runner(), x, self.batch_in_file or 1)]
 
     # The pipeline keeps "the model as loaded" as a copy and switches modes; a file does not change.
     def eval(self) -> NativeModel:
@@ -138,7 +143,6 @@ def route(bundle: Any) -> dict[str, Any]:
         return {"name": "torch"}
     return {"name": ROUTES[native.format], "model_format": native.format, "why": native.blocker,
             **({"blocked_by": native.blocked_by} if native.blocked_by else {}),
-            **({"deployed": native.content_note} if native.content_note else {}),
             "reference": native.reference_name}
 
 
@@ -147,59 +151,13 @@ def use_native(bundle: Any, why: str, blocked_by: dict[str, Any] | None = None) 
     native = bundle.native
     native.blocker = why
     native.blocked_by = dict(blocked_by or {})
-    if native.format == "onnx":
-        _deployable_onnx(native)
     bundle.module = native
 
 
-def _deployable_onnx(native: NativeModel) -> None:
-    """The cleaned graph is deployed only if ONNX Runtime runs it and it gives the original file's outputs; else the
-    original graph with its input shape fixed, if that does. When neither does, verify says so."""
-    x = np.random.default_rng(0).standard_normal((2, *native.input_shape[1:])).astype(np.float32)
-    problem = _runs_like_original(native, native.content, x)
-    if problem is None:
-        return
-    original = _original(native)
-    if _runs_like_original(native, original, x) is None:
-        native.content = original
-        native.content_note = f"the original graph with its input shape fixed (the cleaned one: {problem})"
-
-
-def _original(native: NativeModel) -> bytes:
-    import onnx
-
-    from edgekit.importers import onnx_rewrites as rw
-
-    proto = onnx.load(str(native.source))
-    rw.drop_initializer_inputs(proto)
-    rw.fix_input_shape(proto, native.input_name, native.input_shape)
-    return proto.SerializeToString()
-
-
-def _runs_like_original(native: NativeModel, content: bytes, x: np.ndarray) -> str | None:
-    """None when ONNX Runtime runs `content` and matches the original file on x; else what went wrong."""
-    import tempfile
-
-    from edgekit.importers.onnx_check import ATOL, RTOL, _run_at_batch
-    from edgekit.runtimes.onnxruntime import OrtRunner
-
-    try:
-        with tempfile.TemporaryDirectory(prefix="edgekit-native-") as d:
-            path = Path(d) / "model.onnx"
-            path.write_bytes(content)
-            got = _run_at_batch(OrtRunner(path, 1, input_name=native.input_name), x, 1)
-        ref = native(x)
-        err = float(np.abs(got - ref).max())
-    except Exception as e:  # noqa: BLE001 - any failure means: not deployable as it is
-        return first_line(e, 200)
-    tol = ATOL + RTOL * float(np.abs(ref).max())
-    return None if err <= tol else f"max abs error {err:.3g} against the original file"
-
-
-def from_onnx(path: Path, cleaned: Any, info: dict[str, Any]) -> NativeModel:
-    """The native model of an imported ONNX file, from the import pass's cleaned graph."""
+def from_onnx(path: Path, info: dict[str, Any]) -> NativeModel:
+    """The native model of an imported ONNX file: the file itself."""
     return NativeModel("onnx", Path(path), info["input"]["name"], tuple(info["input"]["shape"]),
-                       cleaned.SerializeToString(), batch_in_file=info["input"].get("batch_in_file"))
+                       Path(path).read_bytes(), batch_in_file=info["input"].get("batch_in_file"))
 
 
 def blocked_by(e: Any) -> dict[str, Any]:

@@ -91,9 +91,40 @@ def _reference_runner(path: Path, input_name: str) -> tuple[Any, str]:
         ort_error = str(e).rpartition(": ")[2]
     from onnx.reference import ReferenceEvaluator
 
-    evaluator = ReferenceEvaluator(str(path))
-    return (lambda x: evaluator.run(None, {input_name: x})[0],
+    return (_Evaluator(ReferenceEvaluator(str(path)), input_name),
             f"onnx.reference on {path} (ONNX Runtime cannot run it: {ort_error[:120]})")
+
+
+class _Evaluator:
+    """onnx.reference with a runner's interface (one array: the named input; a dict: every input)."""
+
+    def __init__(self, evaluator: Any, input_name: str) -> None:
+        self.evaluator, self.input_name = evaluator, input_name
+
+    def outputs(self, x: Any) -> list[np.ndarray]:
+        return self.evaluator.run(None, x if isinstance(x, dict) else {self.input_name: x})
+
+    def __call__(self, x: Any) -> np.ndarray:
+        return self.outputs(x)[0]
+
+
+def run_outputs_at_batch(runner: Any, x: Any, batch: int) -> list[np.ndarray]:
+    """Every output per input of a file whose batch may be fixed at `batch` (the last group is padded by
+    repetition); an `Inputs` runs feed by feed."""
+    from edgekit.data import Inputs
+    from edgekit.runtimes import run_outputs
+
+    if isinstance(x, Inputs):
+        return run_outputs(runner, x)
+    per_group = []
+    for i in range(0, len(x), batch):
+        group = x[i:i + batch]
+        real = len(group)
+        if real < batch:
+            group = np.concatenate([group, np.repeat(group[-1:], batch - real, axis=0)])
+        per_group.append([np.asarray(o)[:real] if np.asarray(o).ndim else np.asarray(o).reshape(1)
+                          for o in runner.outputs(group)])
+    return [np.concatenate([g[k] for g in per_group]) for k in range(len(per_group[0]))]
 
 
 def _run_at_batch(runner: Any, x: np.ndarray, batch: int) -> np.ndarray:

@@ -27,7 +27,7 @@ from edgekit.errors import EdgekitError
 from edgekit.joint.build import Builder
 from edgekit.joint.space import Decision
 from edgekit.runtimes import load_runner, run_all
-from edgekit.train import accuracy, logits_drop_se, top1_agreement
+from edgekit.train import top1_agreement
 
 QUICK_MARGIN = 0.15  # a short timing's own spread on a shared machine
 PREDICTOR_TOLERANCE = 0.25
@@ -85,9 +85,14 @@ class Evaluator:
     """
 
     def __init__(self, builder: Builder, runtimes: list[str], x_eval: np.ndarray, y_eval: np.ndarray | None,
-                 settings: Any, threads: int = 1, latency: str = "measured", predictor: Any = None) -> None:
+                 settings: Any, threads: int = 1, latency: str = "measured", predictor: Any = None,
+                 metric: Any = None) -> None:
+        from edgekit.quality import choose
+
         self.b, self.runtimes, self.s, self.threads = builder, runtimes, settings, threads
         self.x, self.y = x_eval.astype(np.float32), y_eval
+        # the joint search fine-tunes on class labels: its metric is classification's (accuracy / agreement)
+        self.metric = metric if metric is not None else choose("classify", None, y_eval)[0]
         self.latency, self.predictor = latency, predictor
         self.dense: dict[str, JointCandidate] = {}
         self.ref_logits: dict[str, np.ndarray] = {}
@@ -102,15 +107,18 @@ class Evaluator:
 
     def _quality(self, rt: str, logits: np.ndarray) -> tuple[float, float]:
         ref = self.ref_logits[rt]
-        agree = top1_agreement(logits, ref)
-        return (accuracy(logits, self.y[: len(logits)]) if self.y is not None else agree), agree
+        labels = self.y[: len(logits)] if self.y is not None and self.metric.labelled else None
+        return self.metric.score([logits], labels, [ref]), top1_agreement(logits, ref)
 
     def _score(self, cand: JointCandidate, runner: Any) -> None:
+        from edgekit.quality import drop, drop_se
+
         rt = cand.decision.runtime
         logits = run_all(runner, self.x)
         cand.quality, cand.agreement = self._quality(rt, logits)
-        cand.drop = 100.0 * (self.dense[rt].quality - cand.quality)
-        cand.drop_se = logits_drop_se(logits, self.ref_logits[rt], self.y)
+        cand.drop = drop(self.metric, self.dense[rt].quality, cand.quality)
+        labels = self.y[: len(logits)] if self.y is not None and self.metric.labelled else None
+        cand.drop_se = drop_se(self.metric, [logits], [self.ref_logits[rt]], labels, [self.ref_logits[rt]])
 
     def baseline(self, runs: int) -> dict[str, JointCandidate]:
         """Exports the unmodified model for every runtime, scores it, times all interleaved, picks the anchor."""

@@ -113,7 +113,7 @@ def build_space(model: nn.Module, example: np.ndarray, target: Target, settings:
 
 def search_joint(model: nn.Module, data: DataBundle, target: Target, settings: Settings | None = None,
                  workdir: str | Path = "joint-work", *, threads: int = 1, device: str | None = None,
-                 progress: Any = None) -> JointResult:
+                 progress: Any = None, metric: Any = None) -> JointResult:
     """Searches per-layer width, precision (and sparsity) for `model` on `target`; returns the choice and the front.
 
     Args:
@@ -125,6 +125,7 @@ def search_joint(model: nn.Module, data: DataBundle, target: Target, settings: S
         threads: runtime threads for timing.
         device: a device URI; only None/"local" measures (on the host target).
         progress: a rich Progress.
+        metric: the run's quality metric (edgekit.quality; default classification: the search fine-tunes on labels).
     """
     settings = settings or Settings()
     runtimes = [r for r in (settings.runtimes or [r.name for r in target.runtimes]) if r in RUNTIMES]
@@ -140,7 +141,7 @@ def search_joint(model: nn.Module, data: DataBundle, target: Target, settings: S
     latency, predictor = _latency_mode(target, device)
     y_eval = None if data.y_test is None else data.y_test[: settings.eval_inputs]
     ev = Evaluator(builder, runtimes, data.x_test[: settings.eval_inputs], y_eval, settings, threads, latency,
-                   predictor)
+                   predictor, metric)
     constraints = Constraints(settings.max_quality_drop, settings.latency_budget_ms or None,
                               settings.max_size_mb or None, settings.confidence)
     start = time.perf_counter()

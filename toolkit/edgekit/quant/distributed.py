@@ -32,6 +32,7 @@ def write_onnx_spec(folder: Path, scorer: Any, backend_name: str, calib: np.ndar
     """Writes the worker folder of one ONNX search; returns spec.json."""
     from dataclasses import asdict
 
+    from edgekit.quality import to_spec
     from edgekit.study import write_spec
     from edgekit.targets import host_facts
 
@@ -52,7 +53,8 @@ def write_onnx_spec(folder: Path, scorer: Any, backend_name: str, calib: np.ndar
             "latency": scorer.latency, "timing_runs": scorer.timing_runs, "device": device, "target": target,
             "anchor": "anchor.onnx" if scorer.anchor_path is not None else None, "anchor_p50": scorer.anchor_p50,
             "calibrations": list(calibrations), "constraints": asdict(constraints), "use_latency": use_latency,
-            "seed": seed, "trials": trials, "host": host_facts()["hostname"]}
+            "seed": seed, "trials": trials, "host": host_facts()["hostname"],
+            "metric": to_spec(scorer.quality_metric)}
     return write_spec(folder, FACTORY, args, plan, trials, max_seconds)
 
 
@@ -60,6 +62,7 @@ def onnx_worker(args: dict[str, Any], folder: Path, index: int) -> tuple[Any, An
     """`edgekit worker` factory: (objective, sampler) for worker `index` of an ONNX policy search."""
     import importlib
 
+    from edgekit.quality import from_spec
     from edgekit.quant.evaluate import Scorer
     from edgekit.quant.search import make_objective, nsga_sampler
     from edgekit.search_core import Constraints
@@ -76,7 +79,8 @@ def onnx_worker(args: dict[str, Any], folder: Path, index: int) -> tuple[Any, An
     scorer = Scorer(backend, args["runtime"], folder / "float.onnx", data["x_eval"],
                     data["y_eval"] if bool(data["labelled"]) else None, work, threads=args["threads"],
                     latency=args["latency"], predictor=predictor, timing_runs=args["timing_runs"],
-                    suffix=args["suffix"], device=device)
+                    suffix=args["suffix"], device=device,
+                    metric=from_spec(args["metric"]) if args.get("metric") else None)
     if args.get("anchor"):
         scorer.use_anchor(folder / args["anchor"], args["anchor_p50"])
     sampler = nsga_sampler(args["trials"], args["seed"] + index)

@@ -46,6 +46,7 @@ class SearchResult:
     extra: dict[str, Candidate] = field(default_factory=dict)  # e.g. NNCF default INT8
     noise_floor: float | None = None  # drop of the float model under 40 dB input noise (points)
     study: dict[str, Any] | None = None  # the shared study: name, storage, workers (edgekit.study)
+    unit: str = "pts"  # of the quality metric's drops: points, or dB
 
     def p50(self, name: str) -> float | None:
         return (self.timings.get(name) or {}).get("p50_ms")
@@ -63,6 +64,7 @@ class SearchResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"format": self.fmt, "backend": self.backend, "runtime": self.runtime, "metric": self.metric,
+                "unit": self.unit,
                 "float_quality": self.float_quality, "int8": self.int8.as_dict(), "chosen": self.chosen.as_dict(),
                 "chosen_policy": self.chosen.policy.to_dict(), "reason": self.reason,
                 "constraints_met": self.constraints_met, "latency_source": self.latency_source,
@@ -122,7 +124,8 @@ def search_runtime(scorer: Scorer, *, fmt: str, backend_name: str, calibrations:
                         float_size=scorer.float_path.stat().st_size, int8=int8, chosen=chosen, reason=reason,
                         constraints_met=met, candidates=cands, front=pareto_front(cands), sensitivity=sensitivity,
                         latency_source=scorer.latency, search_seconds=seconds, evaluated=scorer.evaluated,
-                        timings=timings, noise_floor=round(scorer.noise_floor(), 3))
+                        timings=timings, noise_floor=round(scorer.noise_floor(), 3),
+                        unit=scorer.quality_metric.unit)
 
 
 def _local(scorer: Scorer, cand: Candidate) -> Candidate:
@@ -190,4 +193,4 @@ def transfer_runtime(scorer: Scorer, policy: Policy, *, fmt: str, backend_name: 
                         float_size=scorer.float_path.stat().st_size, int8=int8, chosen=chosen, reason=reason,
                         constraints_met=met, candidates=cands, front=pareto_front(cands), sensitivity=[],
                         latency_source=scorer.latency, search_seconds=time.perf_counter() - start,
-                        evaluated=scorer.evaluated, timings=timings)
+                        evaluated=scorer.evaluated, timings=timings, unit=scorer.quality_metric.unit)

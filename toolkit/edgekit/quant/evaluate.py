@@ -1,7 +1,8 @@
 """Scores a policy: apply it through the backend, run the artifact in its own runtime, measure quality, latency, size.
 
-Quality is task accuracy when the data is labelled, else top-1 agreement with the float artifact (run in the same
-runtime) plus SQNR of the logits. A drop is always in points (percentage points of accuracy or agreement).
+Quality is the run's metric (edgekit.quality) over every output: against the labels when the data has them, else
+against the float artifact's outputs (run in the same runtime); the SQNR of every output is recorded beside it. A
+drop is in the metric's unit (percentage points, or dB for output fidelity).
 
 Latency: for the host target, measured here in the artifact's runtime, interleaved with an anchor artifact (the full
 INT8 model) so that a slow phase of a shared machine hits both; the search objective is the candidate's p50 scaled by
@@ -23,8 +24,8 @@ import numpy as np
 from edgekit.devices.timing import paired_timing, time_interleaved
 from edgekit.errors import EdgekitError
 from edgekit.quant.policy import Layer, Policy
-from edgekit.runtimes import Runner, load_runner, run_all
-from edgekit.train import accuracy, logits_drop_se, sqnr_db, top1_agreement
+from edgekit.runtimes import Runner, fit_input, load_runner, run_outputs
+from edgekit.train import top1_agreement
 
 
 class Backend(Protocol):
@@ -39,10 +40,10 @@ class Candidate:
 
     policy: Policy
     path: Path
-    quality: float  # accuracy or agreement, 0..1
-    drop: float  # points below the float artifact
-    sqnr_db: float
-    agreement: float
+    quality: float  # the metric's value (0..1 for a percentage, dB for fidelity)
+    drop: float  # below the float artifact, in the metric's unit
+    sqnr_db: float  # of every output against the float artifact's (the worst output)
+    agreement: float | None  # top-1 agreement with the float artifact, for a class-vector output
     size_bytes: int
     p50_ms: float | None = None  # search objective (anchor-scaled when measured)
     p50_raw_ms: float | None = None  # as timed, interleaved with the anchor
@@ -62,7 +63,7 @@ class Candidate:
     def as_dict(self) -> dict[str, Any]:
         return {"label": self.policy.label, "policy": self.policy.describe(), "quality": round(self.quality, 5),
                 "drop": round(self.drop, 3), "drop_se": round(self.drop_se, 3), "sqnr_db": round(self.sqnr_db, 2),
-                "agreement": round(self.agreement, 5),
+                "agreement": None if self.agreement is None else round(self.agreement, 5),
                 "size_bytes": self.size_bytes, "p50_ms": None if self.p50_ms is None else round(self.p50_ms, 4),
                 "latency_source": self.latency_source, "trial": self.trial}
 
@@ -82,14 +83,20 @@ class Scorer:
         timing_runs: interleaved rounds per candidate.
         device: an edgekit.devices Device that times candidates ("measured" on a device or farm); None: this
             process (the host target).
+        metric: the run's quality metric (edgekit.quality); default: classification (accuracy with labels, else
+            top-1 agreement).
     """
 
     def __init__(self, backend: Backend, runtime: str, float_path: Path, x_eval: np.ndarray,
                  y_eval: np.ndarray | None, workdir: Path, threads: int = 1, latency: str = "measured",
-                 predictor: Any = None, timing_runs: int = 20, suffix: str = ".onnx", device: Any = None) -> None:
+                 predictor: Any = None, timing_runs: int = 20, suffix: str = ".onnx", device: Any = None,
+                 metric: Any = None) -> None:
+        from edgekit.quality import choose
+
         self.backend = backend
         self.runtime = runtime
         self.float_path = Path(float_path)
+        self.quality_metric = metric if metric is not None else choose("classify", None, y_eval)[0]
         self.x = x_eval.astype(np.float32)
         self.y = y_eval
         self.workdir = Path(workdir)
@@ -102,9 +109,9 @@ class Scorer:
         self.device = device
         self.anchor_path: Path | None = None
         self.float_runner = load_runner(runtime, float_path, threads)
-        self.float_logits = run_all(self.float_runner, self.x)
-        self.y = None if y_eval is None else y_eval[: len(self.float_logits)]
-        self.float_quality = self._quality(self.float_logits)
+        self.float_outputs = run_outputs(self.float_runner, self.x)
+        self.y = None if y_eval is None else y_eval[: len(self.float_outputs[0])]
+        self.float_quality = self._quality(self.float_outputs)
         self.anchor: Runner | None = None
         self.anchor_p50: float | None = None
         self.evaluated = 0
@@ -112,12 +119,32 @@ class Scorer:
 
     @property
     def metric(self) -> str:
-        return "accuracy" if self.y is not None else "agreement"
+        return self.quality_metric.name
 
-    def _quality(self, logits: np.ndarray) -> float:
-        if self.y is not None:
-            return accuracy(logits, self.y)
-        return top1_agreement(logits, self.float_logits)
+    @property
+    def float_logits(self) -> np.ndarray:
+        """The float artifact's first output, one row per input."""
+        first = self.float_outputs[0]
+        return first.reshape(len(first), -1)
+
+    def _quality(self, outputs: list[np.ndarray]) -> float:
+        return float(self.quality_metric.score(outputs, self.y if self.quality_metric.labelled else None,
+                                               self.float_outputs))
+
+    def _candidate(self, policy: Policy, path: Path, outputs: list[np.ndarray]) -> Candidate:
+        """A candidate's figures against the float artifact: quality, drop and its paired error, SQNR, agreement."""
+        from edgekit.quality import class_vector, drop, drop_se
+        from edgekit.quality.fidelity import sqnr_db
+
+        q = self._quality(outputs)
+        labels = self.y if self.quality_metric.labelled else None
+        agreement = (top1_agreement(outputs[0], self.float_outputs[0])
+                     if class_vector(self.float_outputs[0].shape) else None)
+        return Candidate(policy=policy, path=Path(path), quality=q, drop=drop(self.quality_metric, self.float_quality,
+                                                                               q),
+                         sqnr_db=min(sqnr_db(r, o) for o, r in zip(outputs, self.float_outputs, strict=False)),
+                         agreement=agreement, size_bytes=Path(path).stat().st_size,
+                         drop_se=drop_se(self.quality_metric, outputs, self.float_outputs, labels, self.float_outputs))
 
     def set_anchor(self, path: Path, runs: int = 60) -> float | None:
         """Times the anchor (full INT8) against the float artifact; candidates are scaled by it."""
@@ -132,7 +159,7 @@ class Scorer:
             self.anchor_p50 = lat.p50_ms
             return self.anchor_p50
         self.anchor = load_runner(self.runtime, path, self.threads)
-        t = time_interleaved([self.anchor, self.float_runner], self.x[:1].reshape(self.anchor.input_shape), 5, runs)
+        t = time_interleaved([self.anchor, self.float_runner], fit_input(self.anchor, self.x[:1]), 5, runs)
         self.anchor_p50 = t[0].p50_ms
         return self.anchor_p50
 
@@ -159,12 +186,7 @@ class Scorer:
             return cand
         path = self.backend.apply(policy, self.workdir / f"{name}{self.suffix}")
         runner = load_runner(self.runtime, path, self.threads)
-        logits = run_all(runner, self.x)
-        q = self._quality(logits)
-        cand = Candidate(policy=policy, path=path, quality=q, drop=100.0 * (self.float_quality - q),
-                         sqnr_db=float(sqnr_db(self.float_logits, logits)),
-                         agreement=top1_agreement(logits, self.float_logits),
-                         size_bytes=path.stat().st_size, drop_se=logits_drop_se(logits, self.float_logits, self.y))
+        cand = self._candidate(policy, path, run_outputs(runner, self.x))
         if time_it:
             self._time(cand, runner, path)
         self.evaluated += 1
@@ -180,17 +202,14 @@ class Scorer:
         rng = np.random.default_rng(seed)
         rms = float(np.sqrt(np.mean(self.x.astype(np.float64) ** 2))) or 1.0
         noisy = self.x + rng.standard_normal(self.x.shape).astype(np.float32) * rms * 10 ** (-snr_db / 20)
-        return 100.0 * (self.float_quality - self._quality(run_all(self.float_runner, noisy)))
+        from edgekit.quality import drop
+
+        return drop(self.quality_metric, self.float_quality, self._quality(run_outputs(self.float_runner, noisy)))
 
     def score_file(self, path: Path, label: str) -> Candidate:
         """Scores an artifact made outside the policy space (e.g. NNCF's default INT8) like any candidate."""
         runner = load_runner(self.runtime, path, self.threads)
-        logits = run_all(runner, self.x)
-        q = self._quality(logits)
-        cand = Candidate(policy=Policy(label=label), path=Path(path), quality=q, drop=100.0 * (self.float_quality - q),
-                         sqnr_db=float(sqnr_db(self.float_logits, logits)),
-                         agreement=top1_agreement(logits, self.float_logits), size_bytes=Path(path).stat().st_size,
-                         drop_se=logits_drop_se(logits, self.float_logits, self.y))
+        cand = self._candidate(Policy(label=label), Path(path), run_outputs(runner, self.x))
         self._time(cand, runner, Path(path))
         return cand
 
@@ -199,7 +218,7 @@ class Scorer:
             self._time_on_device(cand, path)
         elif self.latency == "measured":
             anchor = self.anchor or self.float_runner
-            x = self.x[:1].reshape(runner.input_shape)
+            x = fit_input(runner, self.x[:1])
             raw, ratio = paired_timing(runner, anchor, x, self.timing_runs)
             cand.p50_raw_ms = raw
             cand.p50_ms = raw if self.anchor_p50 is None else self.anchor_p50 * ratio

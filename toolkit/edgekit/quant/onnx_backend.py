@@ -3,12 +3,20 @@
 Float layers go to `nodes_to_exclude`; per-channel layers get a per-tensor override with a channel axis
 (TensorQuantOverrides), every other quantised layer is per-tensor. Activation ranges are calibrated once per method
 and cached (ORT's `calibration_cache_path`), so a search pays for calibration once, not once per candidate.
+
+The float model is prepared once before any policy is applied (`prepare`): its opset raised to 13 where it is older
+(ONNX Runtime's quantiser writes per-channel DequantizeLinear nodes, which need 13), then ONNX Runtime's own
+pre-processing (shape inference, constant folding, BatchNormalization folded into convolutions). Graphs written by
+other exporters keep weights and biases in Constant nodes; the quantiser leaves those layers' biases float, and the
+INT8 model then runs slower than the float one (PP-OCRv4's detector: 0.92x unprepared, 1.55x prepared, this
+machine). Every candidate keeps the float file's inputs, outputs, dynamic dimensions and metadata.
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,11 +63,18 @@ def _channel_axis(model_path: Path, layer: Layer) -> int:
 
 
 class _Reader:
-    """CalibrationDataReader over a numpy batch, one sample at a time (the exported graphs have batch 1)."""
+    """CalibrationDataReader over a numpy batch, one batch of the graph's own size at a time (an `Inputs`: one
+    feed of every input per row)."""
 
-    def __init__(self, input_name: str, x: np.ndarray, batch: int) -> None:
-        self.items = [{input_name: np.ascontiguousarray(x[i:i + batch], np.float32)}
-                      for i in range(0, len(x) - len(x) % batch, batch)]
+    def __init__(self, input_name: str, x: Any, batch: int) -> None:
+        from edgekit.data import Inputs
+
+        if isinstance(x, Inputs):
+            self.all = [x.row(i) for i in range(len(x))]
+        else:
+            self.all = [{input_name: np.ascontiguousarray(x[i:i + batch], np.float32)}
+                        for i in range(0, len(x) - len(x) % batch, batch)]
+        self.items = self.all
         self.i = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -75,7 +90,7 @@ class _Reader:
         return len(self.items)
 
     def set_range(self, start_index: int, end_index: int) -> None:
-        self.items = self.items[start_index:end_index]
+        self.items, self.i = self.all[start_index:end_index], 0
 
 
 class OnnxQuantizer:
@@ -90,9 +105,10 @@ class OnnxQuantizer:
     def __init__(self, float_path: str | Path, calib_x: np.ndarray, workdir: str | Path) -> None:
         import onnxruntime as ort
 
-        self.float_path = Path(float_path)
+        self.source_path = Path(float_path)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.float_path, self.prepared = prepare(self.source_path, self.workdir)
         self.layers = list_layers(self.float_path)
         self._axes = {la.name: _channel_axis(self.float_path, la) for la in self.layers}
         sess = ort.InferenceSession(str(self.float_path), providers=["CPUExecutionProvider"])
@@ -101,7 +117,8 @@ class OnnxQuantizer:
         self.batch = inp.shape[0] if isinstance(inp.shape[0], int) else 1
         self.calib_x = calib_x
         # The cache must never outlive the model or the data it was computed on.
-        self._cache_id = fingerprint(sha256_file(self.float_path), hashlib.sha256(np.ascontiguousarray(calib_x)).hexdigest())
+        self._cache_id = fingerprint(sha256_file(self.float_path), hashlib.sha256(calib_x.tobytes() if hasattr(
+            calib_x, "tobytes") else np.ascontiguousarray(calib_x)).hexdigest())
 
     def apply(self, policy: Policy, out_path: str | Path) -> Path:
         """Writes the quantised model for `policy` to out_path (atomically)."""
@@ -121,16 +138,74 @@ class OnnxQuantizer:
         method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                   "entropy": CalibrationMethod.Entropy}[policy.calibration]
         cache = self.workdir / f"calib-{policy.calibration}-{self._cache_id}.json"
+        reader = _Reader(self.input_name, self.calib_x, self.batch)
+        # Calibration keeps every tensor of every input it ran until it reduces them: in strides of a few inputs
+        # (one for big inputs), PP-OCRv4's detector at 736x992 stays within a few GB instead of 20+.
         extra = {"ActivationSymmetric": policy.symmetric_activations, "WeightSymmetric": True,
-                 "TensorQuantOverrides": overrides}
+                 "TensorQuantOverrides": overrides, "CalibStridedMinMax": calibration_stride(self.calib_x, len(reader))}
         if policy.calibration == "percentile":
             extra["CalibPercentile"] = 99.99
         with atomic_path(out_path) as tmp, quiet_output():
             tmp_onnx = tmp.with_suffix(".onnx")
-            quantize_static(str(self.float_path), str(tmp_onnx),
-                            _Reader(self.input_name, self.calib_x, self.batch), quant_format=QuantFormat.QDQ,
+            quantize_static(str(self.float_path), str(tmp_onnx), reader, quant_format=QuantFormat.QDQ,
                             per_channel=False, reduce_range=False, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, nodes_to_exclude=exclude, calibrate_method=method,
                             extra_options=extra, calibration_cache_path=str(cache))
+            keep_metadata(self.source_path, tmp_onnx)
             tmp_onnx.replace(tmp)
         return out_path
+
+
+def calibration_stride(x: Any, n: int) -> int:
+    """Inputs per calibration stride: a divisor of n, one for inputs above a megabyte, else up to eight."""
+    per_input = (x.nbytes if hasattr(x, "nbytes") else np.asarray(x).nbytes) / max(len(x), 1)
+    limit = 1 if per_input > 2 ** 20 else 8
+    return max(d for d in range(1, limit + 1) if n % d == 0) if n else 1
+
+
+def prepare(path: Path, workdir: Path) -> tuple[Path, list[str]]:
+    """(the float model the policies are applied to, what was done to it): opset 13 at least, then ONNX Runtime's
+    quantisation pre-processing. A step that fails is skipped (the file as it was goes on), never fatal."""
+    import onnx
+
+    from edgekit.errors import first_line
+
+    done: list[str] = []
+    model = onnx.load(str(path))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    current = path
+    if opset < 13:
+        try:
+            from onnx import version_converter
+
+            model = version_converter.convert_version(model, 13)
+            current = workdir / "float-opset13.onnx"
+            onnx.save(model, str(current))
+            done.append(f"opset {opset} -> 13")
+        except Exception as e:  # noqa: BLE001 - quantised as it is; ORT says so if it cannot
+            done.append(f"opset {opset} kept (conversion failed: {first_line(e, 120)})")
+    try:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        out = workdir / "float-prepared.onnx"
+        with quiet_output():
+            quant_pre_process(str(current), str(out), skip_symbolic_shape=True)
+        keep_metadata(path, out)
+        return out, [*done, "ONNX Runtime pre-processing (constants folded, BatchNormalization folded)"]
+    except Exception as e:  # noqa: BLE001
+        return current, [*done, f"no pre-processing ({first_line(e, 120)})"]
+
+
+def keep_metadata(source: Path, target: Path) -> None:
+    """The source file's metadata (e.g. a recogniser's alphabet), which clients read, on a quantised file."""
+    import onnx
+
+    src = onnx.load(str(source), load_external_data=False)
+    if not src.metadata_props:
+        return
+    out = onnx.load(str(target))
+    have = {p.key for p in out.metadata_props}
+    for p in src.metadata_props:
+        if p.key not in have:
+            out.metadata_props.add(key=p.key, value=p.value)
+    onnx.save(out, str(target))

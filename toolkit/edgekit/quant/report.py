@@ -40,7 +40,7 @@ def plot_pareto(path: Path, results: list[SearchResult], title: str) -> Path | N
             ax.scatter([xs(c)], [c.drop], marker="D", s=40, c="#55a868", label=name, zorder=3)
         src = r.latency_source if use_lat else "unavailable: size shown"
         ax.set_xlabel(f"p50 latency (ms, {src})" if use_lat else "size (MB)")
-        ax.set_ylabel(f"quality drop ({r.metric}, points)")
+        ax.set_ylabel(f"quality drop ({r.metric}, {'points' if r.unit == 'pts' else r.unit})")
         ax.set_title(f"{r.fmt}: {r.runtime}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -59,7 +59,7 @@ def markdown(r: SearchResult, plot_name: str | None, max_rows: int = 60) -> str:
                 "profile", "none": "unavailable (no device, no profile)"}[r.latency_source]
     lines = [f"Backend **{r.backend}**, runtime **{r.runtime}**; quality = {r.metric} against the float artifact "
              f"in the same runtime; latency {lat_note}.", "",
-             "| model | size | p50 ms | quality | drop (pts) | SQNR dB |", "|---|---:|---:|---:|---:|---:|",
+             f"| model | size | p50 ms | quality | drop ({r.unit}) | SQNR dB |", "|---|---:|---:|---:|---:|---:|",
              f"| float | {_mb(r.float_size)} | {_ms(r.p50('float'))} | {q:.4f} | 0 | – |"]
     rows = [("full INT8", r.int8, r.p50("int8")), *((k, c, c.p50_ms) for k, c in r.extra.items()),
             ("**chosen policy**", r.chosen, r.p50("chosen"))]
@@ -75,7 +75,7 @@ def markdown(r: SearchResult, plot_name: str | None, max_rows: int = 60) -> str:
     if not v["met"] and len(r.front) > 1:
         lines.append(_no_policy_note(r))
     if r.sensitivity:
-        lines += ["", "| layer | op | params | choice | drop alone (pts) | SQNR alone dB | latency share |",
+        lines += ["", f"| layer | op | params | choice | drop alone ({r.unit}) | SQNR alone dB | latency share |",
                   "|---|---|---:|---|---:|---:|---:|"]
         for s in r.sensitivity[:max_rows]:
             share = "–" if s.latency_share is None else f"{100 * s.latency_share:.1f}%"
@@ -88,7 +88,7 @@ def markdown(r: SearchResult, plot_name: str | None, max_rows: int = 60) -> str:
                           f"{len(r.int8.policy.layers)} layers within half the search's time limit (`max_seconds`); "
                           "the others were ranked after them, in model order."]
     lines += ["", "Pareto front (quality drop, latency, size):", "",
-              "| candidate | policy | drop (pts) | p50 ms | size |", "|---|---|---:|---:|---:|"]
+              f"| candidate | policy | drop ({r.unit}) | p50 ms | size |", "|---|---|---:|---:|---:|"]
     for c in r.front[:12]:
         lines.append(f"| {c.policy.label} | {c.policy.describe()} | {c.drop:.2f} | {_ms(c.p50_ms)} | "
                      f"{_mb(c.size_bytes)} |")

@@ -58,6 +58,7 @@ class QuantJob:
     fresh: bool = False
     native: bool = False
     progress: Any = None
+    metric: Any = None  # the run's quality metric (edgekit.quality); None: classification
     common: dict[str, Any] = dataclasses.field(default_factory=dict)
     onnx_result: Any = None
 
@@ -77,7 +78,7 @@ def quantize_formats(job: QuantJob, formats: list[str]) -> tuple[list[Any], dict
     when settings.skip_failing_formats)."""
     latency, predictor, device = latency_mode(job.target, job.device)
     job.common = {"threads": job.threads, "latency": latency, "predictor": predictor,
-                  "timing_runs": job.settings.timing_runs, "device": device}
+                  "timing_runs": job.settings.timing_runs, "device": device, "metric": job.metric}
     results, failed = [], {}
     try:
         for fmt in formats:
@@ -120,7 +121,7 @@ def _search_onnx(job: QuantJob) -> Any:
     mod = nncf_backend if settings.onnx_backend == "nncf" else onnx_backend
     backend = (mod.NncfQuantizer if mod is nncf_backend else mod.OnnxQuantizer)(float_onnx, job.calib, work)
     scorer = Scorer(backend, "onnxruntime", float_onnx, job.x_eval, job.y_eval, work, **job.common)
-    shares = onnx_latency_shares(float_onnx, backend.layers, job.x_eval, work, threads=job.threads)
+    shares = onnx_latency_shares(backend.float_path, backend.layers, job.x_eval, work, threads=job.threads)
     plan = _plan(job, "onnx", float_onnx)
     result = search_runtime(scorer, fmt="onnx", backend_name=mod.NAME, calibrations=mod.CALIBRATIONS,
                             trials=settings.trials, constraints=job.constraints, seed=settings.seed,

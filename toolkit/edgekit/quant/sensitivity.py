@@ -84,11 +84,17 @@ def onnx_latency_shares(float_onnx: Path, layers: list[Layer], x: np.ndarray, wo
     opts.profile_file_prefix = str(workdir / "ortprof")
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(float_onnx), opts, providers=["CPUExecutionProvider"])
+    from edgekit.data import Inputs
+
     inp = sess.get_inputs()[0]
-    shape = tuple(d if isinstance(d, int) else 1 for d in inp.shape)
-    xi = np.ascontiguousarray(x[:1].reshape(shape), np.float32)
+    static = all(isinstance(d, int) and d > 0 for d in inp.shape)
+    if isinstance(x, Inputs):
+        feed = x.row(0)
+    else:
+        xi = x[:1].reshape(inp.shape) if static and x[:1].size == int(np.prod(inp.shape)) else x[:1]
+        feed = {inp.name: np.ascontiguousarray(xi, np.float32)}
     for _ in range(runs):
-        sess.run(None, {inp.name: xi})
+        sess.run(None, feed)
     prof = Path(sess.end_profiling())
     events = json.loads(prof.read_text())
     prof.unlink(missing_ok=True)

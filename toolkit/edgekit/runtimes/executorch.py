@@ -120,21 +120,35 @@ class ExecuTorchRunner:
                 self.method = self.program.load_method("forward")
                 meta = self.method.metadata
                 self.input_shape = tuple(int(d) for d in meta.input_tensor_meta(0).sizes())
+                self.num_inputs = meta.num_inputs()
             except Exception as e:
                 error = first_line(e, 200)
         if error is not None:  # raised after the log is read: the runtime's reason is in it
             raise InputError(f"ExecuTorch cannot load {path}: {log.last() or error}")
         self.runtime = f"executorch {version()} (xnnpack)"
+        # A program exported with dynamic dimensions holds their upper bounds; the sidecar says which they are.
+        side = sidecars.read(sidecars.pte(path)) or {}
+        first = ((side.get("signature") or {}).get("inputs") or [{}])[0]
+        dynamic = set(first.get("dynamic") or ())
+        self.dynamic = bool(dynamic)
+        self.input_names = [t["name"] for t in (side.get("signature") or {}).get("inputs", [])]
+        self.output_names = [t["name"] for t in (side.get("signature") or {}).get("outputs", [])]
+        self.batch = None if 0 in dynamic else (self.input_shape[0] if self.input_shape else 1)
+        self.input_shape = tuple(1 if i in dynamic else d for i, d in enumerate(self.input_shape))
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
         return self.outputs(x)[0]
 
-    def outputs(self, x: np.ndarray) -> list[np.ndarray]:
+    def outputs(self, x: np.ndarray | dict[str, np.ndarray]) -> list[np.ndarray]:
         """Every output of the program (a debug build has extra ones)."""
-        x = np.ascontiguousarray(x, np.float32)
-        if tuple(x.shape) != self.input_shape:
-            raise InputError(f"ExecuTorch program expects input {self.input_shape}, got {tuple(x.shape)}")
-        return [o.numpy() for o in self.method.execute([self._torch.from_numpy(x)])]
+        feeds = [x[n] for n in self.input_names] if isinstance(x, dict) else [x]
+        tensors = []
+        for f in feeds:
+            f = np.ascontiguousarray(f, np.float32) if np.asarray(f).dtype.kind == "f" else np.ascontiguousarray(f)
+            if not self.dynamic and len(feeds) == 1 and tuple(f.shape) != self.input_shape:
+                raise InputError(f"ExecuTorch program expects input {self.input_shape}, got {tuple(f.shape)}")
+            tensors.append(self._torch.from_numpy(f))
+        return [o.numpy() for o in self.method.execute(tensors)]
 
     def write_etdump(self, path: Path) -> None:
         """Writes the ETDump recorded so far (needs etdump=True)."""

@@ -128,6 +128,10 @@ class NodeOrtWebRunner:
         reply = self._call({"cmd": "run", **self._encode(x)}, 60.0, what="run")
         return np.frombuffer(base64.b64decode(reply["data"]), dtype="<f4").reshape(reply["shape"]).copy()
 
+    def outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        """The first output (the bundle's page returns one)."""
+        return [self(x)]
+
     def time(self, x: np.ndarray, warmup: int, runs: int, min_warmup_ms: float = 1000.0) -> dict[str, Any]:
         """Times `runs` inferences inside Node (no IPC in the timed region) after warm-up.
 

@@ -42,13 +42,21 @@ class TvmRunner:
         self.runtime = f"tvm {tvm.__version__} (relax vm + edgekit kernels)"
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.outputs(x)[0]
+
+    def outputs(self, x: np.ndarray) -> list[np.ndarray]:
         x = np.ascontiguousarray(x, np.float32)
         if x.shape != self.input_shape:
             raise InputError(f"TVM artifact expects input {self.input_shape}, got {x.shape}")
         out = self._main(self._tvm.runtime.tensor(x))
-        while not hasattr(out, "numpy"):  # the frontend returns a tuple of outputs
-            out = out[0]
-        return out.numpy()
+        return _flat(out)
+
+
+def _flat(out: object) -> list[np.ndarray]:
+    """The frontend returns a tensor or (nested) tuples of them."""
+    if hasattr(out, "numpy"):
+        return [out.numpy()]
+    return [a for o in out for a in _flat(o)]
 
 
 def profile(runner: TvmRunner, x: np.ndarray, runs: int = 20) -> dict[str, dict[str, float]]:

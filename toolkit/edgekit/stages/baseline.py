@@ -1,6 +1,6 @@
-"""baseline: evaluate the model (accuracy on labelled data, else agreement with the model as loaded), and, when a
-later stage of the recipe changes the model, export the model as loaded to baseline/ so that verify checks and
-measure times "before" beside "after"."""
+"""baseline: evaluate the model with the run's metric (edgekit.quality: against labels, else against the model as
+loaded), and, when a later stage of the recipe changes the model, export the model as loaded to baseline/ so that
+verify checks and measure times "before" beside "after"."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from edgekit.contract import Contract
-from edgekit.train import predict, quality
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -28,17 +27,17 @@ class Settings:
 
 
 def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
-    x = ctx.data.x_test[: settings.max_inputs]
-    y = None if ctx.data.y_test is None else ctx.data.y_test[: settings.max_inputs]
-    ref = None if y is not None or ctx.model_version < 0 else ctx.reference_logits()[: len(x)]
-    qx, _ = ctx.quality_split()
-    # The quality split's logits of this model version are usually computed already (the chain's first point).
-    logits = ctx.model_logits(model)[: len(x)] if len(x) <= len(qx) else predict(model, x)
-    metrics = quality(logits, y, ref)
-    note = ("task accuracy on the labelled test split" if y is not None else
-            "no labelled data: quality is top-1 agreement with the model as loaded (1.0 for the loaded model)")
+    # The quality split's outputs of this model version are usually computed already (the chain's first point).
+    outputs = [o[: settings.max_inputs] for o in ctx.model_outputs(model)]
+    metric = ctx.metric
+    metrics = {metric.name: ctx.quality_of(outputs)}
+    if metric.task == "detect" and getattr(metric, "last", None):
+        metrics.update(metric.last)
+    note = (f"{metric.name} ({metric.task}) on the labelled test split" if metric.labelled else
+            f"no labels: {metric.name} ({metric.task}) against the model as loaded (its own score is the best "
+            f"possible)")
     written = _baseline_artifacts(ctx) if settings.artifacts else []
-    ctx.record(metrics=metrics, details={"inputs": len(x), "quality_metric": ctx.data.quality_metric, "note": note,
+    ctx.record(metrics=metrics, details={"inputs": len(outputs[0]), "quality_metric": metric.name, "note": note,
                                          "baseline_artifacts": written})
     return model
 
@@ -56,8 +55,12 @@ def _baseline_artifacts(ctx: RunContext) -> list[str]:
     for fmt in fmts:
         module = exporters.get(fmt)
         path = ctx.out / "baseline" / f"model_fp32{module.SUFFIX}"
-        kwargs = {"target": ctx.target} if getattr(module, "TARGET_AWARE", False) else {}
-        module.export(ctx.reference, ctx.example_input, path, **kwargs)
+        original = exporters.original_file(ctx.bundle, fmt, -1)
+        if original is not None:
+            module.from_file(original, path)
+        else:
+            kwargs = exporters.export_kwargs(module, ctx.target, None, ctx.signature)
+            module.export(ctx.reference, ctx.example_input, path, **kwargs)
         companions = [module.sidecar(path).relative_to(ctx.out).as_posix()] if hasattr(module, "sidecar") else None
         ctx.add_artifact(path, fmt, module.RUNTIME, role="baseline", companions=companions)
         written.append(path.relative_to(ctx.out).as_posix())

@@ -59,19 +59,20 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
             ctx.progress.update(task, description=f"export {fmt}")
         module = exporters.get(fmt)
         path = ctx.artifacts_dir / f"{settings.name}{module.SUFFIX}"
+        original = exporters.original_file(ctx.bundle, fmt, ctx.model_version)
         if native is not None:
             exporters.export_file(fmt, native, path)
+        elif original is not None:  # the model is unchanged: its own file is the artifact, exactly as it came
+            module.from_file(original, path)
         else:
-            # formats that compile for a CPU (tvm) are told the target; portable formats are not
-            kwargs = {"target": ctx.target} if getattr(module, "TARGET_AWARE", False) else {}
-            if getattr(module, "WANTS_INPUTS", False):  # formats that check themselves per layer on held-out inputs
-                kwargs["probe_inputs"] = ctx.data.x_test[: module.PROBE_INPUTS].astype("float32")
-            module.export(model, ctx.example_input, path, **kwargs)
+            module.export(model, ctx.example_input, path, **exporters.export_kwargs(module, ctx.target,
+                                                                                    ctx.data.x_test, ctx.signature))
         # files an exporter writes beside the artifact (e.g. the TVM library's JSON) belong to it
         companions = [module.sidecar(path).relative_to(ctx.out).as_posix()] if hasattr(module, "sidecar") else None
         meta = module.artifact_meta(path) if hasattr(module, "artifact_meta") else {}
-        if native is not None:
-            meta["from_file"] = native.format
+        if native is not None or original is not None:
+            meta["from_file"] = native.format if native is not None else f"{fmt} (the original file: the model is " \
+                                                                          f"unchanged)"
         ctx.add_artifact(path, fmt, module.RUNTIME, precision="fp32", sparse=False, companions=companions, **meta)
         if hasattr(module, "report_section"):
             ctx.add_section(*module.report_section(path))

@@ -34,7 +34,7 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
 
     work = ctx.out / "joint"
     result = search_joint(model, ctx.data, ctx.target, settings, work / "candidates", threads=ctx.threads,
-                          device=ctx.device, progress=ctx.progress)
+                          device=ctx.device, progress=ctx.progress, metric=ctx.metric)
     ch = result.chosen
     ctx.masks = None  # the layers changed shape: no earlier pruning mask fits them
     write_json(work / "channels.json", {"version": 1, "history": result.history, "decision": ch.decision.as_dict()})
@@ -53,8 +53,8 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     plot = report.plot_front(ctx.out / "joint_pareto.png", result, f"{ctx.report.get('model')} → {ctx.target.name}",
                              settings.max_quality_drop)
     ctx.add_section("Joint pruning + quantisation search",
-                    report.markdown(result, plot.name if plot else None, ctx.data.quality_metric))
-    ctx.record(metrics={"quality_metric": ctx.data.quality_metric, "quality_before": result.dense[
+                    report.markdown(result, plot.name if plot else None, ctx.metric.name))
+    ctx.record(metrics={"quality_metric": ctx.metric.name, "quality_before": result.dense[
                         ch.decision.runtime].quality, "quality_after": ch.quality, "quality_drop": round(ch.drop, 4),
                         "constraints_met": result.constraints_met, "speedup": result.speedup()},
                details={**result.as_dict(), "channels": "joint/channels.json",

@@ -38,11 +38,12 @@ def _float_file(ctx: RunContext, model: Any, fmt: str) -> Path:
 
     for a in ctx.artifacts(format=fmt, precision="fp32", sparse=False, model_version=ctx.model_version):
         return ctx.out / a.path
-    module = exporters.get(fmt)
+    module, original = exporters.get(fmt), exporters.original_file(ctx.bundle, fmt, ctx.model_version)
     path = ctx.out / "quant" / f"float{module.SUFFIX}"
     if ctx.native is not None:
         return exporters.export_file(fmt, ctx.native, path)
-    return module.export(model, ctx.example_input, path)
+    kwargs = exporters.export_kwargs(module, ctx.target, None, ctx.signature)
+    return original or module.export(model, ctx.example_input, path, **kwargs)
 
 
 def _max_drop(settings: Settings, ctx: RunContext) -> tuple[float, str]:
@@ -89,7 +90,7 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
                    Constraints(max_drop, settings.latency_budget_ms or None, settings.max_size_mb or None,
                                settings.confidence),
                    ctx.out / "quant", ctx.out / "state" / "quant_study.db", ctx.target, ctx.threads, ctx.device,
-                   fresh=not ctx.resume, native=ctx.native is not None, progress=ctx.progress)
+                   fresh=not ctx.resume, native=ctx.native is not None, progress=ctx.progress, metric=ctx.metric)
     results, more = quantize_formats(job, fmts)
     if not results:
         raise SettingsError(f"quantize: no format could be quantised ({'; '.join(f'{k}: {v}' for k, v in more.items())})")
@@ -131,10 +132,10 @@ def _write_outputs(ctx: RunContext, results: list[Any]) -> None:
             # INT8 logits differ from float by design: check top-1 agreement, allowing for the spread of a
             # 32-input verification sample around the agreement the search measured on the eval set.
             a = cand.agreement
-            min_top1 = max(0.0, a - 3 * math.sqrt(max(a * (1 - a), 0.01) / 32) - 0.02)
+            min_top1 = None if a is None else round(max(0.0, a - 3 * math.sqrt(max(a * (1 - a), 0.01) / 32) - 0.02), 3)
             ctx.add_artifact(dest, r.fmt, RUNTIMES[r.fmt], sparse=False, companions=companions, reference="float",
                              precision="mixed" if FLOAT in cand.policy.layers.values() else "int8",
-                             tolerance={"max_abs_err": None, "min_top1": round(min_top1, 3)},
+                             tolerance={"max_abs_err": None, "min_top1": min_top1},
                              policy=f"artifacts/quant_policy_{r.fmt}.json" if kind == "mixed" else None,
                              quant={"drop": round(cand.drop, 4), "quality": cand.quality,
                                     "sqnr_db": round(cand.sqnr_db, 2), "backend": r.backend},

@@ -1,16 +1,17 @@
-"""verify: run every artifact in its own runtime, compare it with the torch model it was made from (the model as
-it is now for final artifacts, the model as loaded for baseline ones), score its quality on the run's quality split,
-and fail loudly. An artifact made from an older model is never compared: that is a bug, not a tolerance."""
+"""verify: run every artifact in its own runtime, compare every output with the model it was made from (the model as
+it is now for final artifacts, the model as loaded for baseline ones), at the calibration shape and, for an artifact
+that kept the model's dynamic dimensions, at another shape too; score its quality on the run's quality split, and
+fail loudly. An artifact made from an older model is never compared: that is a bug, not a tolerance."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgekit.contract import Contract
 from edgekit.errors import VerificationError
-from edgekit.export.verify import compare, run_artifact
-from edgekit.train import predict
+from edgekit.export.verify import check_shape, compare, other_shape, run_artifact
+from edgekit.train import predict_outputs
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -27,6 +28,9 @@ class Settings:
                                                      "the run's quality split, up to 2048 test inputs; a smaller "
                                                      "number leaves the artifact's quality unscored)"})
     fail: bool = field(default=True, metadata={"help": "stop the run when an artifact fails verification"})
+    other_shapes: bool = field(default=True, metadata={
+        "help": "also run every artifact that kept the model's dynamic dimensions at another shape (a batch of 2, "
+                "larger dynamic sizes) against the reference"})
 
 
 def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
@@ -36,6 +40,7 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     refs = {}
     failed = []
     arts = [a for a in ctx.all_artifacts() if not a.meta.get("verify_with")]  # e.g. a browser bundle: its producer
+    names = ctx.signature.output_names if ctx.signature is not None else None
     task = ctx.progress.add_task("verify", total=len(arts)) if ctx.progress else None
     for art in arts:
         if task is not None:
@@ -44,14 +49,16 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
         if art.role == "final" and version != ctx.model_version:
             raise VerificationError(f"{art.path} was made before stage {ctx.model_version + 1} changed the model and "
                                     "was not superseded; this is an edgekit bug, please report it")
+        ref_model = model if version == ctx.model_version else ctx.reference
         if version not in refs:
-            ref_model = model if version == ctx.model_version else ctx.reference
-            refs[version] = ctx.model_logits(ref_model, version)[: len(x)] if scored else predict(ref_model, x)
+            refs[version] = ctx.model_outputs(ref_model, version) if scored else predict_outputs(ref_model, x)
         got, runtime = run_artifact(ctx.out / art.path, art.runtime, x, ctx.threads)
-        art.verification = compare(got, refs[version], runtime, art.tolerance, reference=_reference_name(ctx, version))
+        art.verification = compare(got, refs[version], runtime, art.tolerance, _reference_name(ctx, version), names)
+        if settings.other_shapes:
+            _check_other_shape(art, ctx, x, version, ref_model, names)
         if scored:
-            art.verification.quality = {"metric": ctx.data.quality_metric, "value": ctx.quality_of_logits(got),
-                                        "inputs": len(got)}
+            art.verification.quality = {"metric": ctx.metric.name, "value": ctx.quality_of(got),
+                                        "inputs": len(got[0])}
         if not art.verification.passed:
             failed.append(art)
         if task is not None:
@@ -65,6 +72,24 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     return model
 
 
+def _check_other_shape(art: Artifact, ctx: RunContext, x: Any, version: int, ref_model: Any,
+                       names: list[str] | None) -> None:
+    """An artifact that kept the model's dynamic dimensions runs at another shape too, compared with the model as
+    loaded (its own file where it came as one: what the application ran) or the torch model it was made from."""
+    sig = ctx.signature
+    if sig is None or not sig.dynamic or not (art.signature or {}).get("kept") or len(sig.inputs) != 1:
+        return
+    x2 = other_shape(x, sig.inputs[0].dynamic_axes)
+    if x2 is None:
+        return
+    original = ctx.bundle.native if version < 0 else None
+    reference = original.outputs if original is not None else (lambda a: predict_outputs(ref_model, a))
+    row = check_shape(ctx.out / art.path, art.runtime, x2, reference, art.tolerance, ctx.threads, names)
+    art.verification.shapes = [row]
+    if row["passed"] is False:
+        art.verification.passed = False
+
+
 def _reference_name(ctx: RunContext, version: int) -> str:
     if ctx.native is not None:  # the native routes: the original file in its own runtime is the model as loaded
         return ctx.native.reference_name
@@ -75,6 +100,16 @@ def _reference_name(ctx: RunContext, version: int) -> str:
 
 def _raise(art: Artifact, ctx: RunContext) -> None:
     v = art.verification
-    raise VerificationError(f"{art.path} disagrees with its reference ({v.reference}): max abs err {v.max_abs_err:.3g} "
-                            f"(limit {v.tolerance['max_abs_err_limit']}), top-1 agreement {v.top1_agreement:.3f}; "
-                            f"see {ctx.out / 'report.json'}")
+    bad = next((r for r in (v.outputs or []) if not r["passed"]), None)
+    shape = next((r for r in (v.shapes or []) if r.get("passed") is False), None)
+    limit = v.tolerance.get("max_abs_err_limit")
+    if bad is not None:
+        err = bad.get("why") or f"max abs err {bad['max_abs_err']:.3g} (limit {bad['limit']:.3g})"
+        what = f"output {bad['name']}: {err}"
+    elif shape is not None and (limit is None or v.max_abs_err <= limit):
+        what = f"at shape {shape['shape']}: {shape.get('why')}"
+    else:
+        what = f"max abs err {v.max_abs_err:.3g} (limit {limit})"
+    top1 = "" if v.top1_agreement is None else f", top-1 agreement {v.top1_agreement:.3f}"
+    raise VerificationError(f"{art.path} disagrees with its reference ({v.reference}): {what}{top1}; see "
+                            f"{ctx.out / 'report.json'}")
