@@ -9,7 +9,7 @@ OUT ?= runs/default
 # debootstrap for the slow arm64 qemu test, headless Chromium, a PostgreSQL server for the shared search study).
 APT_PACKAGES := gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user openssh-server openssh-client debootstrap clang lld wasi-libc chromium postgresql
 
-.PHONY: run test test-all lint format bench system-deps install node-deps kernels clean
+.PHONY: run test test-all lint format bench bench-deps system-deps install node-deps kernels clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -69,6 +69,23 @@ format: $(STAMP)
 kernels: system-deps
 	$(MAKE) -s -C kernels host aarch64
 	-@$(MAKE) -s -C kernels wasm32 2>/dev/null || echo "kernels: wasm32 build skipped (clang --target=wasm32-wasi unavailable)"
+
+# Benchmarks only (never edgekit's dependencies): the real clients and model files some benchmarks judge or read.
+#   .venv-bench   RapidOCR 1.4.4 with OpenCV, the client benchmarks/ocr_client.py runs (in a venv of its own)
+#   .bench-pkgs   ultralytics (YOLOv8n from its model YAML, exported by its own ONNX exporter), used with .venv's
+#                 torch by benchmarks/wild_models.py and task_quality.py (PYTHONPATH, --no-deps: no second torch)
+#   .bench-models MediaPipe's .tflite files, unpacked from the mediapipe==0.10.14 wheel (pip download, no install)
+BENCH_VENV := .venv-bench
+bench-deps: $(STAMP)
+	@[ -x $(BENCH_VENV)/bin/python ] || $(PY) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q rapidocr-onnxruntime==1.4.4 opencv-python-headless pillow
+	@[ -d .bench-pkgs/ultralytics ] || $(BIN)/pip install -q --target .bench-pkgs --no-deps ultralytics \
+	  ultralytics-thop opencv-python-headless polars ultralytics-platform nvidia-ml-py
+	@mkdir -p .bench-models && [ -f .bench-models/face_detection_short_range.tflite ] || { \
+	  d=$$(mktemp -d) && $(BIN)/pip download -q --no-deps mediapipe==0.10.14 -d $$d && \
+	  $(BIN)/python -c "import glob, os, sys, zipfile; z = zipfile.ZipFile(glob.glob(sys.argv[1] + '/*.whl')[0]); \
+	    [open(os.path.join('.bench-models', os.path.basename(n)), 'wb').write(z.read(n)) for n in z.namelist() \
+	     if n.startswith('mediapipe/modules/') and n.endswith('.tflite')]" $$d && rm -rf $$d; }
 
 clean:
 	rm -rf runs build .pytest_cache

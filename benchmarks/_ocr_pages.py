@@ -33,15 +33,16 @@ def line_text(rng: np.random.Generator) -> str:
     return " ".join(parts)
 
 
-def render_page(seed: int, font_dir: Path) -> tuple[np.ndarray, list[str]]:
-    """(an HxWx3 uint8 BGR page, as OpenCV reads images; its lines, top to bottom)."""
+def render_page(seed: int, font_dir: Path) -> tuple[np.ndarray, list[str], list[tuple[int, int, int, int]]]:
+    """(an HxWx3 uint8 BGR page, as OpenCV reads images; its lines, top to bottom; each line's box x0, y0, x1, y1
+    in page pixels)."""
     from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
     rng = np.random.default_rng(seed)
     bg = tuple(int(v) for v in rng.integers(200, 256, 3))
     img = Image.new("RGB", (PAGE_W, PAGE_H), bg)
     draw = ImageDraw.Draw(img)
-    lines, y = [], int(rng.integers(10, 30))
+    lines, boxes, y = [], [], int(rng.integers(10, 30))
     while len(lines) < 10:
         size = int(rng.integers(16, 35))
         font = ImageFont.truetype(str(font_dir / FONTS[int(rng.integers(len(FONTS)))]), size)
@@ -56,11 +57,12 @@ def render_page(seed: int, font_dir: Path) -> tuple[np.ndarray, list[str]]:
         fg = tuple(int(v) for v in rng.integers(0, 90, 3))
         draw.text((x - left, y - top), text, font=font, fill=fg)
         lines.append(text)
+        boxes.append((x, y, x + right - left, y + bottom - top))
         y += bottom - top + int(rng.integers(14, 40))
     img = img.rotate(float(rng.normal(0, 0.8)), resample=Image.BILINEAR, expand=False, fillcolor=bg)
     img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.0, 0.8))))
     arr = np.asarray(img, dtype=np.float32) + rng.normal(0, 6.0, (PAGE_H, PAGE_W, 3))
-    return np.clip(arr, 0, 255).astype(np.uint8)[:, :, ::-1].copy(), lines
+    return np.clip(arr, 0, 255).astype(np.uint8)[:, :, ::-1].copy(), lines, boxes
 
 
 def edit_distance(a: str, b: str) -> int:

@@ -26,17 +26,47 @@ __all__ = ["compress", "CompressResult", "load_model", "load_target", "load_data
 DEFAULT_BUDGET_PTS = 1.0  # points, for --recipe auto (a dB metric has its own: edgekit.quality.DEFAULT_BUDGET)
 
 
-def parse_shape(text: str | None) -> tuple[int, ...] | None:
-    """'1,3,224,224' -> (1, 3, 224, 224)."""
+def parse_shape(text: str | None) -> tuple[int, ...] | dict[str, tuple[int, ...]] | None:
+    """'1,3,224,224' -> (1, 3, 224, 224); 'input=1,512 state=2,1,128' -> one shape per named input (any rank;
+    'sr=' for a scalar input)."""
     if not text:
         return None
+    parts = text.replace(";", " ").split()
+    if any("=" in p for p in parts):
+        shapes = {}
+        for p in parts:
+            name, sep, dims = p.partition("=")
+            if not sep or not name:
+                raise SettingsError(f"--input-shape: expected NAME=D1,D2,... for every input, got '{p}'")
+            shapes[name] = _dims(dims, text)
+        return shapes
+    if len(parts) != 1:
+        raise SettingsError(f"--input-shape: name the inputs (NAME=D1,D2,... each) when giving several, got '{text}'")
+    return _dims(parts[0].replace("x", ","), text)
+
+
+def _dims(dims: str, text: str) -> tuple[int, ...]:
     try:
-        shape = tuple(int(p) for p in text.replace("x", ",").split(","))
+        shape = tuple(int(p) for p in dims.split(",") if p != "")
     except ValueError:
-        raise SettingsError(f"--input-shape must be integers like 1,3,224,224, got '{text}'") from None
-    if len(shape) != 4 or any(s <= 0 for s in shape):
-        raise SettingsError(f"--input-shape must be N,C,H,W with positive sizes, got '{text}'")
+        raise SettingsError(f"--input-shape must be integers like 1,3,224,224 (or NAME=1,512 ...), got '{text}'"
+                            ) from None
+    if any(s <= 0 for s in shape):
+        raise SettingsError(f"--input-shape sizes must be positive, got '{text}'")
     return shape
+
+
+def metric_options(alphabet: str | Path | None = None, labels: str | Path | None = None) -> dict[str, Any]:
+    """The task options the command line gives: a recogniser's alphabet file, a detector's COCO labels."""
+    options: dict[str, Any] = {}
+    if alphabet:
+        try:
+            options["alphabet"] = ["", *Path(alphabet).read_text(encoding="utf-8").splitlines(), " "]
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"--alphabet {alphabet}: cannot read it ({e})") from None
+    if labels:
+        options["coco_labels"] = str(labels)
+    return options
 
 
 def parse_axes(text: str | None) -> tuple[int, ...]:
@@ -216,7 +246,23 @@ def _metric(task: str | None, user: Any, options: dict[str, Any] | None, bundle:
 
     if isinstance(user, str):
         user = quality.load_user_metric(user, trust_code)
+    options = dict(options or {})
+    if options.get("coco_labels"):  # target boxes of the held-out rows, in their order
+        from edgekit.quality.detect import labels_from_coco
+
+        if not ds.held_out_given:
+            raise InputError("--labels: the COCO JSON lists the held-out inputs in order, so the data must give them "
+                             "(an .npz with x_test)")
+        ds.y_test = _object_rows(labels_from_coco(options.pop("coco_labels"), len(ds.x_test)))
     return quality.choose(task, bundle.signature, ds.y_test, options, user)
+
+
+def _object_rows(items: list[Any]) -> Any:
+    import numpy as np
+
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
 
 
 def _metric_id(metric: Any, options: dict[str, Any] | None) -> str:
@@ -317,6 +363,13 @@ def _tensor_hash(t: Any) -> str:
 
 def _data(data: Any, bundle: ModelBundle) -> DataBundle:
     """Resolves data= into a DataBundle of the model's input shape."""
+    native = bundle.without_torch
+    if native is not None and native.inputs:  # several inputs: synthetic per input, or an .npz per input name
+        from edgekit.importers.native import input_specs
+
+        if data is not None and not isinstance(data, (str, Path)):
+            raise InputError("data= for a model with several inputs is an .npz path with one array per input name")
+        return load_data(None if data is None else str(data), bundle.input_shape, None, inputs=input_specs(native))
     if data is None or isinstance(data, (str, Path)):
         return load_data(None if data is None else str(data), bundle.input_shape, bundle.default_data)
     if isinstance(data, dict):

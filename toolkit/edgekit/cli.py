@@ -49,6 +49,17 @@ def compress(
     dynamic: Annotated[str | None, typer.Option(
         help="axes of a torch model's input its artifacts keep dynamic, e.g. 0,3 (batch and width); a model "
              "file's own signature says which of its dimensions are")] = None,
+    task: Annotated[str | None, typer.Option(
+        help="the quality metric's task: classify, detect, text-detect, text-recognize, segment, keypoints, embed, "
+             "fidelity; default auto (classify for a class-vector output, else fidelity)")] = None,
+    metric: Annotated[str | None, typer.Option(
+        help="your own metric, package.module:function (outputs, labels) -> float, higher is better; imports "
+             "and runs your code: needs --trust-model-code")] = None,
+    alphabet: Annotated[Path | None, typer.Option(
+        help="text-recognize: the recogniser's characters, one per line (default: the model's own metadata)")
+    ] = None,
+    labels: Annotated[Path | None, typer.Option(
+        help="detect: target boxes as a COCO JSON whose images are listed in the data's row order")] = None,
     threads: Annotated[int | None, typer.Option(help="runtime threads (default: the target's)")] = None,
     out: Annotated[Path | None, typer.Option(help="run folder (default runs/<model>-<target>)")] = None,
     device: Device = None,
@@ -66,7 +77,8 @@ def compress(
         report = api.compress(model, target, recipe=recipe, data=data, weights=weights, input_shape=shape,
                               threads=threads, out=out_dir, device=device, overrides=parse_sets(set_),
                               max_quality_drop=max_quality_drop, resume=not fresh, progress=progress,
-                              console=console, trust_code=trust_model_code, dynamic=api.parse_axes(dynamic))
+                              console=console, trust_code=trust_model_code, dynamic=api.parse_axes(dynamic),
+                              task=task, metric=metric, metric_options=api.metric_options(alphabet, labels))
     print_summary(console, report, out_dir)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,6 +77,7 @@ class DataBundle:
     x_test: np.ndarray
     y_test: np.ndarray | None
     description: str
+    held_out_given: bool = False  # the test split came as such (x_test), not cut from x
 
     @property
     def labelled(self) -> bool:
@@ -105,24 +107,61 @@ def digits() -> DataBundle:
                       "scikit-learn digits (8x8, 10 classes), stratified 75/25 split, seed 0")
 
 
+SYNTHETIC_SPLIT_MB = 64  # made-up data per split is capped in bytes (a 736x992 page is 8.8 MB a row), at least 8 rows
+
+
+def _rows(n: int, row_bytes: int) -> int:
+    return min(n, max(8, int(SYNTHETIC_SPLIT_MB * 2**20 // max(row_bytes, 1))))
+
+
 def synthetic(input_shape: tuple[int, ...], n_train: int = 64, n_test: int = 64, seed: int = 0) -> DataBundle:
-    """Unlabelled standard-normal inputs of the model's shape, for models without data."""
+    """Unlabelled standard-normal inputs of the model's shape, for models without data (at most
+    SYNTHETIC_SPLIT_MB per split)."""
     rng = np.random.default_rng(seed)
     shape = tuple(input_shape[1:])
+    row = 4 * int(np.prod(shape))
+    n_train, n_test = _rows(n_train, row), _rows(n_test, row)
     x_tr = rng.standard_normal((n_train, *shape), dtype=np.float32)
     x_te = rng.standard_normal((n_test, *shape), dtype=np.float32)
     return DataBundle("synthetic", x_tr, None, x_te, None,
                       f"synthetic standard-normal inputs {list(shape)} (no labels: quality is agreement)")
 
 
-def load_data(spec: str | None, input_shape: tuple[int, ...], default: str | None = None) -> DataBundle:
+def synthetic_inputs(specs: list[dict[str, Any]], n_train: int = 64, n_test: int = 64, seed: int = 0) -> DataBundle:
+    """Unlabelled data for a model with several inputs: each input made as its spec says ("fill": "normal" or
+    "zeros", in its "dtype"), at its "shape" (one row = one feed)."""
+    rng = np.random.default_rng(seed)
+    row = sum(np.dtype(s["dtype"]).itemsize * int(np.prod(s["shape"])) for s in specs)
+    n_train, n_test = _rows(n_train, row), _rows(n_test, row)
+
+    def make(n: int) -> Inputs:
+        arrays = {}
+        for s in specs:
+            shape = (n, *s["shape"])
+            if s["fill"] == "zeros":
+                arrays[s["name"]] = np.zeros(shape, s["dtype"])
+            else:
+                arrays[s["name"]] = rng.standard_normal(shape).astype(s["dtype"])
+        return Inputs(arrays)
+
+    made = "; ".join(f"{s['name']} {list(s['shape'])}: {s['why']}" for s in specs)
+    return DataBundle("synthetic", make(n_train), None, make(n_test), None,
+                      f"synthetic inputs (no labels: quality is against the loaded model): {made}")
+
+
+def load_data(spec: str | None, input_shape: tuple[int, ...], default: str | None = None,
+              inputs: list[dict[str, Any]] | None = None) -> DataBundle:
     """Resolves `--data`.
 
     Args:
         spec: "digits", an image folder (one sub-folder per class), an .npz with x (and optionally y), or None.
         input_shape: the model's input shape (N, C, H, W); data must fit it.
         default: the data the model was made for, used when spec is None.
+        inputs: the specs of a model with several inputs (importers.native.input_specs): synthetic data is made
+            for each, and an .npz holds one array per input name.
     """
+    if inputs:
+        return _several_inputs(spec, inputs)
     spec = spec or default
     if spec is None or spec == "synthetic":
         return synthetic(input_shape)
@@ -149,6 +188,38 @@ def load_data(spec: str | None, input_shape: tuple[int, ...], default: str | Non
     return bundle
 
 
+def _several_inputs(spec: str | None, inputs: list[dict[str, Any]]) -> DataBundle:
+    """Data of a model with several inputs: synthetic, or an .npz with one array per input name (rows first; the
+    shape after the rows must be the input's) and optional labels `y`."""
+    if spec in (None, "synthetic"):
+        return synthetic_inputs(inputs)
+    path = Path(spec)
+    if path.suffix != ".npz" or not path.is_file():
+        raise InputError(f"data '{spec}': a model with several inputs takes an .npz with one array per input "
+                         f"({', '.join(s['name'] for s in inputs)})")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [s["name"] for s in inputs if s["name"] not in f]
+            if missing:
+                raise InputError(f"{path} has no arrays named {missing} (found {sorted(f.files)}); it needs one "
+                                 f"array per input")
+            arrays = {s["name"]: f[s["name"]].astype(s["dtype"]) for s in inputs}
+            y = f["y"] if "y" in f else None
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"{path} is not a readable .npz file ({' '.join(str(e).split())[:200]})") from None
+    for s in inputs:
+        if tuple(arrays[s["name"]].shape[1:]) != tuple(s["shape"]):
+            raise InputError(f"{path}: '{s['name']}' rows have shape {list(arrays[s['name']].shape[1:])}, the input "
+                             f"is {list(s['shape'])}")
+    x = Inputs(arrays)
+    if y is not None and len(y) != len(x):
+        raise InputError(f"{path}: the inputs have {len(x)} rows but y has {len(y)}")
+    return _split(str(path), x, y, f"{path}: {len(x)} rows of {len(inputs)} inputs"
+                  + (" with labels" if y is not None else " (no labels)"))
+
+
 def _split(name: str, x: np.ndarray, y: np.ndarray | None, description: str) -> DataBundle:
     rng = np.random.default_rng(0)
     order = rng.permutation(len(x))
@@ -165,10 +236,10 @@ def _npz(path: Path) -> DataBundle:
             if f["x"].ndim == 0:
                 raise InputError(f"{path}: 'x' is a scalar, not an array of inputs")
             x = f["x"].astype(np.float32)
-            y = f["y"].astype(np.int64) if "y" in f else None
+            y = _labels(f["y"]) if "y" in f else None
             # An explicit held-out split (x_test, y_test) is used as given instead of a split of x.
             x_test = f["x_test"].astype(np.float32) if "x_test" in f else None
-            y_test = f["y_test"].astype(np.int64) if "y_test" in f else None
+            y_test = _labels(f["y_test"]) if "y_test" in f else None
     except InputError:
         raise
     except Exception as e:
@@ -183,8 +254,28 @@ def _npz(path: Path) -> DataBundle:
         if x_test.shape[1:] != x.shape[1:]:
             raise InputError(f"{path}: x_test has inputs of shape {list(x_test.shape[1:])}, x has {list(x.shape[1:])}")
         desc = f"{path}: {len(x)} training and {len(x_test)} held-out arrays" + (" with labels" if y is not None else "")
-        return DataBundle(str(path), x, y, x_test, y_test, desc)
+        return DataBundle(str(path), x, y, x_test, y_test, desc, held_out_given=True)
     return _split(str(path), x, y, f"{path}: {len(x)} arrays" + (" with labels" if y is not None else " (no labels)"))
+
+
+def _labels(y: np.ndarray) -> np.ndarray:
+    """Class ids as int64; text labels (a text recogniser's) as strings; label maps and points as they are."""
+    if y.dtype.kind in "US":
+        return y.astype(str)
+    if y.dtype.kind in "iub" and y.ndim == 1:
+        return y.astype(np.int64)
+    return y
+
+
+def _any_labels(y: Any) -> np.ndarray | None:
+    """Labels from the API: arrays as _labels; a list of per-input arrays of different lengths as an object array."""
+    if y is None:
+        return None
+    if isinstance(y, (list, tuple)) and y and all(hasattr(v, "shape") for v in y):
+        out = np.empty(len(y), dtype=object)
+        out[:] = [np.asarray(v) for v in y]
+        return out
+    return _labels(np.asarray(y))
 
 
 def _read_image(f: Path, mode: str, size: tuple[int, int]):
@@ -233,7 +324,8 @@ def _image_folder(path: Path, input_shape: tuple[int, ...]) -> DataBundle:
 
 def from_arrays(x: np.ndarray, y: np.ndarray | None = None, x_test: np.ndarray | None = None,
                 y_test: np.ndarray | None = None, name: str = "arrays", what: str = "arrays") -> DataBundle:
-    """A DataBundle from arrays (the Python API's data=): x (N, C, H, W) float, y integer labels or None.
+    """A DataBundle from arrays (the Python API's data=): x (N, ...) float; y class ids, strings (a text
+    recogniser), per-input arrays (a detector's boxes, one (n, 5) array each) or None.
 
     Without x_test the arrays are split 75/25 with a fixed seed, like an .npz. The name carries a hash of the
     arrays, so a resumed run knows whether the data changed.
@@ -244,17 +336,18 @@ def from_arrays(x: np.ndarray, y: np.ndarray | None = None, x_test: np.ndarray |
         return None if a is None else np.ascontiguousarray(np.asarray(a), dtype=dtype)
 
     x, x_test = arr(x, np.float32), arr(x_test, np.float32)
-    y, y_test = arr(y, np.int64), arr(y_test, np.int64)
-    if x is None or x.ndim != 4:
-        raise InputError(f"data arrays must be N,C,H,W, got shape {None if x is None else list(x.shape)}")
+    y, y_test = _any_labels(y), _any_labels(y_test)
+    if x is None or x.ndim < 2:
+        raise InputError(f"data arrays must be N,... with a row per input, got shape "
+                         f"{None if x is None else list(x.shape)}")
     if y is not None and len(y) != len(x):
         raise InputError(f"data: x has {len(x)} rows but y has {len(y)}")
     if x_test is not None and ((y is None) != (y_test is None) or x_test.shape[1:] != x.shape[1:]):
         raise InputError("data: x_test must match x's shape, with y_test exactly when y is given")
     h = hashlib.sha256()
     for a in (x, y, x_test, y_test):
-        if a is not None:
-            h.update(a.tobytes())
+        if a is not None:  # an object array (per-input boxes) is hashed by its items, not their addresses
+            h.update(b"".join(np.asarray(v).tobytes() for v in a) if a.dtype == object else a.tobytes())
     tag = f"{name}:{h.hexdigest()[:16]}"
     label = " with labels" if y is not None else " (no labels)"
     if x_test is not None:

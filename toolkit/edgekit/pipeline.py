@@ -209,6 +209,16 @@ class RunContext:
         self.report["files"] = [f for f in self.report["files"] if f.path != rel] + [rec]
         return rec
 
+    def skip(self, fmt: str, why: str) -> None:
+        """A format (an export, an INT8 backend, a runtime) this stage could not make or run: one line in the report
+        (`report.skipped`), and the run goes on with the others."""
+        from edgekit.errors import first_line
+
+        entry = {"stage": self.stage_name, "format": fmt, "why": first_line(why, 300),
+                 "stage_index": self._stage_index}
+        skipped = self.report.setdefault("skipped", [])
+        skipped[:] = [s for s in skipped if (s["stage"], s["format"]) != (entry["stage"], fmt)] + [entry]
+
     def add_section(self, title: str, markdown: str) -> None:
         """A Markdown section for report.md (e.g. a per-layer table, a plot link)."""
         sections = self.report.setdefault("sections", [])
@@ -368,6 +378,7 @@ def _reuse(ctx: RunContext, old: dict[str, Any], i: int) -> None:
     ctx.report["baseline"]["artifacts"] += [a for a in old["baseline"]["artifacts"] if a.stage_index == i]
     ctx.report["superseded"] += [e for e in old.get("superseded", []) if e.get("by_index") == i]
     ctx.report.setdefault("sections", []).extend(s for s in old.get("sections", []) if s.get("stage_index") == i)
+    ctx.report.setdefault("skipped", []).extend(s for s in old.get("skipped", []) if s.get("stage_index") == i)
 
 
 def _load_state(ctx: RunContext, model: Any, state_path: Path) -> Any:

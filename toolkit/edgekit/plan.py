@@ -100,6 +100,9 @@ JOINT_FINETUNE_STEPS = 1000  # optimiser steps (batch 32) each pruned candidate 
 # Searches meet the quality budget with one paired standard error of margin: on PP-OCR's classifier's 400 test lines
 # width 0.5 measured 0.5 +- 1.8 points down, passed a 1-point budget, then lost 2.5 points on new lines.
 CONFIDENCE = 1.0
+# The INT8 stage's time budget: a format whose search would start after it is skipped (said so in the report). A big
+# model's later formats are whole PT2E conversions per candidate (PP-OCRv4's detector at 736x992: minutes each).
+QUANT_SECONDS = 480.0
 
 
 @technique("joint", order=15)
@@ -184,8 +187,8 @@ def _quantize(f: Facts) -> Decision:
         if not fmts:
             return Decision(False, "the joint search chose each layer's precision together with its width")
         settings = {"chain_budget": True, "max_quality_drop": f.budget, "confidence": CONFIDENCE, "trials": 16,
-                    "timing_runs": 10, "final_runs": 60, "max_seconds": 300.0, "skip_failing_formats": True,
-                    "formats": fmts}
+                    "timing_runs": 10, "final_runs": 60, "max_seconds": 300.0, "total_seconds": QUANT_SECONDS,
+                    "skip_failing_formats": True, "formats": fmts}
         return Decision(True, f"per-layer INT8 policy search for {', '.join(fmts)}, which the joint search does "
                               "not build (it chose the precision of the others together with their width), on the "
                               "joint search's model and within what it left of the budget", [("quantize", settings)])
@@ -195,12 +198,14 @@ def _quantize(f: Facts) -> Decision:
         return Decision(False, f"no runtime of {f.target.name} has an INT8 backend in edgekit"
                                + ("" if f.torch_model else " that works on the model file"))
     settings = {"chain_budget": True, "max_quality_drop": f.budget, "confidence": CONFIDENCE, "trials": 16,
-                "timing_runs": 10, "final_runs": 60, "max_seconds": 300.0, "skip_failing_formats": True}
+                "timing_runs": 10, "final_runs": 60, "max_seconds": 300.0, "total_seconds": QUANT_SECONDS,
+                "skip_failing_formats": True}
     if not f.torch_model:
         settings["formats"] = fmts
     metric = f.metric if f.labelled or f.task != "classify" else "top-1 agreement with the loaded model"
     return Decision(True, f"per-layer INT8 policy search on latency measured in {', '.join(fmts)} runtimes "
-                          f"(16 trials; {metric}; whatever the earlier stages left of the budget); a layer stays "
+                          f"(16 trials, at most {settings['max_seconds']:g} s each and {QUANT_SECONDS:g} s for the "
+                          f"stage; {metric}; whatever the earlier stages left of the budget); a layer stays "
                           "float where INT8 is slower or loses quality", [("quantize", settings)])
 
 

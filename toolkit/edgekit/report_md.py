@@ -121,6 +121,15 @@ def _drop_in_note(s: dict[str, Any]) -> list[str]:
     return [*lines, ""] if lines else []
 
 
+def _skipped(report: dict[str, Any]) -> list[str]:
+    """What a stage could not make or run, one line each: the run went on with the rest."""
+    skipped = report.get("skipped") or []
+    if not skipped:
+        return []
+    return ["## Skipped", "", "| stage | format | why |", "|---|---|---|",
+            *[f"| {s['stage']} | {s['format']} | {s['why']} |" for s in skipped], ""]
+
+
 def _signature(report: dict[str, Any]) -> list[str]:
     """The loaded model's inputs and outputs, and which artifacts kept them."""
     sig = report.get("signature")
@@ -233,8 +242,8 @@ def _artifacts(report: dict[str, Any]) -> list[str]:
 
 def render_markdown(report: dict[str, Any], plot_name: str | None = None, chain_plot: str | None = None) -> str:
     """Markdown for people and CI job summaries."""
-    lines = (_header(report) + _plan(report) + _summary(report) + _signature(report) + _chain(report, chain_plot)
-             + _stages(report))
+    lines = (_header(report) + _plan(report) + _summary(report) + _skipped(report) + _signature(report)
+             + _chain(report, chain_plot) + _stages(report))
     lines += _artifacts(report)
     for section in report.get("sections", []):
         lines += ["", f"## {section['title']}", "", section["markdown"]]

@@ -105,6 +105,7 @@ def predict(model: nn.Module | Callable[[np.ndarray], np.ndarray], x: np.ndarray
     import torch
 
     outs = []
+    batch_size = batch_for(x, batch_size)
     if isinstance(model, torch.nn.Module):
         model.eval()
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -118,6 +119,13 @@ def predict(model: nn.Module | Callable[[np.ndarray], np.ndarray], x: np.ndarray
     return np.concatenate(outs)
 
 
+def batch_for(x: Any, batch_size: int, mb: float = 32.0) -> int:
+    """Rows per forward pass: `batch_size`, fewer for big inputs (a model's activations are many times its input:
+    64 pages of 736x992 in one pass take gigabytes)."""
+    per_row = x[:1].nbytes if len(x) else 1
+    return max(1, min(batch_size, int(mb * 2 ** 20 // max(per_row, 1))))
+
+
 def predict_outputs(model: Any, x: Any, batch_size: int = 256) -> list[np.ndarray]:
     """Every output of the model for x, as float32 numpy arrays (one per output, rows first). `model` is a torch
     module or a model file's runner with `outputs(x)` (importers.native.NativeModel)."""
@@ -125,6 +133,7 @@ def predict_outputs(model: Any, x: Any, batch_size: int = 256) -> list[np.ndarra
 
     if not isinstance(model, torch.nn.Module):
         return model.outputs(x)
+    batch_size = batch_for(x, batch_size)
     per_batch = []
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))

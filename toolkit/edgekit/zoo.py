@@ -142,6 +142,11 @@ def load_model(spec: str | None, weights: str | None = None, input_shape: tuple[
             lacks): its `module` is then an importers.native.NativeModel. Without it, such models are errors.
     """
     spec = spec or DEFAULT_MODEL
+    if isinstance(input_shape, dict) and not spec.endswith(".onnx"):
+        if len(input_shape) != 1:
+            raise InputError(f"--input-shape names {len(input_shape)} inputs; {spec} has one input (named shapes of "
+                             "several inputs are for .onnx files)")
+        input_shape = next(iter(input_shape.values()))
     if spec.endswith(".onnx"):
         bundle = _load_onnx(Path(spec), input_shape, native)
     elif spec.lower().endswith(".tflite"):
@@ -166,7 +171,7 @@ def load_model(spec: str | None, weights: str | None = None, input_shape: tuple[
         raise InputError(f"--weights: {spec} has no torch model to load a state dict into")
     if weights and not spec.startswith("edgekit:digits_cnn"):
         _load_weights(bundle, Path(weights))
-    if input_shape:
+    if input_shape and not isinstance(input_shape, dict):
         bundle.input_shape = tuple(input_shape)
     _check_input_shape(bundle)
     return bundle
@@ -246,6 +251,24 @@ def _load_onnx(path: Path, input_shape: tuple[int, ...] | None, native: bool) ->
     from edgekit.importers import native as native_models
     from edgekit.importers.onnx import UnsupportedOperator, import_onnx
 
+    if path.is_file():
+        sig = onnx_file_signature(path) if _readable_onnx(path) else None
+        if sig is not None and (len(sig.inputs) > 1 or not sig.inputs[0].is_float):
+            if not native:
+                raise InputError(f"{path}: a model with several (or non-float) inputs has no torch form here; "
+                                 "`edgekit compress` takes it as the file itself")
+            model = native_models.load_onnx_inputs(path, sig, input_shape)
+            bundle = ModelBundle(model, str(path), model.input_shape, f"file:{path}", import_info=model.info,
+                                 native=model, signature=sig, source_format="onnx")
+            native_models.use_native(bundle, f"{path.name} has {len(sig.inputs)} inputs "
+                                             f"({', '.join(f'{t.name} {t.dtype}' for t in sig.inputs)}): edgekit "
+                                             f"compresses such models as the file itself")
+            return bundle
+        if isinstance(input_shape, dict) and sig is not None:
+            name = sig.inputs[0].name
+            if set(input_shape) != {name}:
+                raise InputError(f"--input-shape names {sorted(input_shape)}; {path.name}'s input is '{name}'")
+            input_shape = input_shape[name]
     try:
         imported = import_onnx(path, input_shape)
     except UnsupportedOperator as e:
@@ -260,6 +283,14 @@ def _load_onnx(path: Path, input_shape: tuple[int, ...] | None, native: bool) ->
     return ModelBundle(module, str(path), imported.input_shape, f"file:{path}", import_info=imported.info,
                        native=native_models.from_onnx(path, imported.info),
                        signature=onnx_file_signature(path), source_format="onnx")
+
+
+def _readable_onnx(path: Path) -> bool:
+    try:
+        onnx_file_signature(path)
+        return True
+    except Exception:  # the import pass says what is wrong with the file, in one line
+        return False
 
 
 def _load_tflite(path: Path, input_shape: tuple[int, ...] | None, native: bool) -> ModelBundle:

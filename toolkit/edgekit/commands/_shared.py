@@ -82,6 +82,8 @@ def print_summary(console, report: dict, out_dir: Path) -> None:
             "speedup") else ""
         console.print(f"{metric} {s['quality_before']:.4f} (as loaded) → {s['quality_after']:.4f} "
                       f"({s['quality_drop']:+.2f} pts drop){speed}; * {s.get('artifact') or '–'}", soft_wrap=True)
+    for s in report.get("skipped") or []:  # one line per format a stage could not make: the run went on
+        console.print(f"skipped {s['format']} ({s['stage']}): {s['why']}", soft_wrap=True)
     # Paths are never wrapped (a wrapped path cannot be copied); the terminal folds what is too long.
     console.print(f"artifacts: {out_dir / 'artifacts'}", soft_wrap=True)
     console.print(f"report: {out_dir / 'report.json'}  (Markdown: {out_dir / 'report.md'})", soft_wrap=True)

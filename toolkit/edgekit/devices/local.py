@@ -109,7 +109,7 @@ def _input_for(job: Job, runner: Any) -> np.ndarray:
     from edgekit.runtimes import fit_input
 
     if job.input is not None:
-        return fit_input(runner, np.asarray(job.input, np.float32))
+        return fit_input(runner, job.input if hasattr(job.input, "row") else np.asarray(job.input, np.float32))
     return np.random.default_rng(0).standard_normal(runner.input_shape or (1,)).astype(np.float32)
 
 

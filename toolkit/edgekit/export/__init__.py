@@ -44,12 +44,25 @@ def export_kwargs(module: types.ModuleType, target: Any, held_out: Any, signatur
     return kwargs
 
 
-def original_file(bundle: Any, fmt: str, model_version: int) -> Path | None:
+def original_file(bundle: Any, fmt: str, model_version: int, model: Any = None, reference: Any = None
+                  ) -> Path | None:
     """The model's own file when it is an artifact of `fmt` as it is: a model file of that format (with a torch
-    form) that no stage has changed (model_version -1). None otherwise."""
-    if model_version >= 0 or bundle.source_format != fmt or not hasattr(get(fmt), "from_file"):
+    form) that no stage has changed (model_version -1, or a `model` whose weights are the `reference`'s: a search
+    that kept the model as it was). None otherwise."""
+    if bundle.source_format != fmt or not hasattr(get(fmt), "from_file"):
+        return None
+    if model_version >= 0 and not _same_weights(model, reference):
         return None
     return Path((bundle.import_info or {}).get("file") or bundle.name)
+
+
+def _same_weights(model: Any, reference: Any) -> bool:
+    import torch
+
+    if not isinstance(model, torch.nn.Module) or not isinstance(reference, torch.nn.Module):
+        return False
+    a, b = model.state_dict(), reference.state_dict()
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
 
 
 def export_file(fmt: str, native: Any, path: Path) -> Path:

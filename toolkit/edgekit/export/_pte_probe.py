@@ -59,7 +59,9 @@ def _reference(model: Any, layers: list[str], x: np.ndarray) -> tuple[dict[str, 
         for name in set(layers) if name in modules]
     try:
         with torch.no_grad():
-            out = model(torch.as_tensor(x)).numpy()
+            from edgekit.train import flat_outputs
+
+            out = flat_outputs(model(torch.as_tensor(x)))[0].numpy()  # the first output: the probe compares it
     finally:
         for h in hooks:
             h.remove()

@@ -43,11 +43,10 @@ def export(model: nn.Module, example: np.ndarray, path: Path, opset: int = OPSET
     kw: dict = {}
     if sig.names_fit(signature, sig.output_count(model, x)):
         kw = {"input_names": signature.input_names, "output_names": signature.output_names}
-    dynamic = sig.dynamic_shapes(signature)
     with atomic_path(path) as tmp, _quiet():
         tmp_onnx = tmp.with_suffix(".onnx")
         try:
-            program, fallback = _export(model, x, opset, kw, dynamic)
+            program, fallback = _export(model, x, opset, kw, sig.bounded_attempts(signature, x))
             program.save(str(tmp_onnx), external_data=False)
             sig.note_fallback(path, "torch.onnx", fallback)
         except Exception as e:
@@ -58,20 +57,24 @@ def export(model: nn.Module, example: np.ndarray, path: Path, opset: int = OPSET
     return path
 
 
-def _export(model: nn.Module, x: Any, opset: int, names: dict, dynamic: Any) -> tuple[Any, Exception | None]:
-    """(the ONNX program, why the dynamic export failed when it fell back to the static one)."""
+def _export(model: nn.Module, x: Any, opset: int, names: dict, attempts: list[tuple[Any, Any]]
+            ) -> tuple[Any, Exception | None]:
+    """(the ONNX program, why the first dynamic attempt failed when it fell back): dynamic dimensions with bounds
+    (torch.export refuses a dimension the model's code fixes, and the next attempt drops it), then static."""
     import torch
 
-    def run(**extra: Any) -> Any:
-        return torch.onnx.export(model, (x,), dynamo=True, opset_version=opset, external_data=False, optimize=True,
-                                 verbose=False, **names, **extra)
+    def run(example: Any, dyn: Any = None) -> Any:
+        return torch.onnx.export(model, (example,), dynamo=True, opset_version=opset, external_data=False,
+                                 optimize=True, verbose=False, **names,
+                                 **({"dynamic_shapes": (dyn,)} if dyn is not None else {}))
 
-    if dynamic is None:
-        return run(), None
-    try:
-        return run(dynamic_shapes=dynamic), None
-    except Exception as e:  # the static export is the artifact; its record says which dimensions it fixed
-        return run(), e
+    first = None
+    for example, dyn in attempts[:-1]:
+        try:
+            return run(example, dyn), None
+        except Exception as e:  # noqa: BLE001 - the next attempt, at last the static program
+            first = first or e
+    return run(x), first
 
 
 def _like_the_original(path: Path, signature: Signature) -> None:

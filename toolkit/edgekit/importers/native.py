@@ -51,6 +51,11 @@ class NativeModel:
     batch_in_file: int | None = 1
     blocker: str = ""
     blocked_by: dict[str, Any] = field(default_factory=dict)
+    # A model with several inputs (or integer / scalar ones): every input's shape and how data is made for it
+    # when none is given ({"dtype", "fill": "normal" | "zeros", "why"}); empty for one float input.
+    inputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    fills: dict[str, dict[str, Any]] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
     _reference: Any = None
     _reference_name: str = ""
     _counts: tuple[int, int, int] | None = None
@@ -69,7 +74,8 @@ class NativeModel:
             if self.format == "onnx":
                 from edgekit.importers.onnx_check import _reference_runner
 
-                self._reference, self._reference_name = _reference_runner(self.source, self.input_name)
+                self._reference, self._reference_name = _reference_runner(
+                    self.source, None if len(self.inputs) > 1 else self.input_name)
             else:
                 from edgekit.runtimes.litert import LiteRTRunner
 
@@ -109,9 +115,15 @@ class NativeModel:
     def weight_counts(self) -> tuple[int, int, int]:
         """(float weights, nonzero float weights, their bytes) stored in the deployable file."""
         if self._counts is None:
-            arrays = _onnx_weights(self.content) if self.format == "onnx" else _tflite_weights(self.content)
-            self._counts = (sum(a.size for a in arrays), sum(int(np.count_nonzero(a)) for a in arrays),
-                            sum(a.nbytes for a in arrays))
+            if self.format == "onnx":
+                arrays = _onnx_weights(self.content)
+                self._counts = (sum(a.size for a in arrays), sum(int(np.count_nonzero(a)) for a in arrays),
+                                sum(a.nbytes for a in arrays))
+            else:  # a sparse tensor counts its stored values, never densified
+                from edgekit.importers.tflite_file import weights
+
+                w = weights(self.content)
+                self._counts = (w.dense, w.nonzero, w.nbytes)
         return self._counts
 
 
@@ -124,16 +136,7 @@ def _onnx_weights(content: bytes) -> list[np.ndarray]:
     return [a for a in arrays if a.dtype.kind == "f"]
 
 
-def _tflite_weights(content: bytes) -> list[np.ndarray]:
-    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
 
-    model = fu.read_model(bytearray(content))
-    out = []
-    for t in model.subgraphs[0].tensors:
-        data = fu.get_tensor_data(t, model.buffers)
-        if data is not None and data.dtype.kind == "f":
-            out.append(data)
-    return out
 
 
 def route(bundle: Any) -> dict[str, Any]:
@@ -160,6 +163,60 @@ def from_onnx(path: Path, info: dict[str, Any]) -> NativeModel:
                        Path(path).read_bytes(), batch_in_file=info["input"].get("batch_in_file"))
 
 
+def input_specs(native: NativeModel) -> list[dict[str, Any]]:
+    """[{"name", "shape", "dtype", "fill", "why"}] of a model with several inputs, in order (for edgekit.data)."""
+    return [{"name": n, "shape": s, **native.fills[n]} for n, s in native.inputs.items()]
+
+
+def load_onnx_inputs(path: Path, signature: Any, given: Any) -> NativeModel:
+    """An ONNX file with several inputs (or an integer one) as a native model.
+
+    Every input's shape: --input-shape NAME=... where given (it must fit the file's static dims), else the file's
+    (a dynamic batch at 1). Data made for it when none is given: a float input that looks like a recurrent state (a
+    later input with the shape of one of the outputs) and integer inputs are fed zeros, other float inputs standard
+    normal values; the report says which (an input with a default value in the file is not fed at all).
+
+    Raises:
+        InputError: a name --input-shape gives that the file lacks, a shape that does not fit, or an input with
+            dynamic dimensions besides the batch and no --input-shape.
+    """
+    given = given if isinstance(given, dict) else ({signature.inputs[0].name: tuple(given)} if given else {})
+    unknown_names = sorted(set(given) - set(signature.input_names))
+    if unknown_names:
+        raise InputError(f"{path}: --input-shape names {unknown_names}; the file's inputs are "
+                         f"{signature.input_names}")
+    out_shapes = {tuple(t.shape) for t in signature.outputs}
+    shapes: dict[str, tuple[int, ...]] = {}
+    fills: dict[str, dict[str, Any]] = {}
+    for k, t in enumerate(signature.inputs):
+        dims = list(t.shape)
+        if t.name in given:
+            g = tuple(given[t.name])
+            if len(g) != len(dims) or any(isinstance(d, int) and d != s for d, s in zip(dims, g, strict=True)):
+                raise InputError(f"{path}: --input-shape {t.name}={','.join(map(str, g))} does not fit "
+                                 f"{t.name} {[d if isinstance(d, int) else '?' for d in dims]} of the file")
+            shapes[t.name] = g
+        elif all(isinstance(d, int) for d in dims[1:]):
+            shapes[t.name] = tuple(d if isinstance(d, int) else 1 for d in dims)
+        else:
+            raise InputError(f"{path}: input '{t.name}' has dynamic dimensions "
+                             f"{[d if isinstance(d, int) else '?' for d in dims]}; pass --input-shape "
+                             f"'{t.name}=...' (one NAME=D1,D2,... per input)")
+        if not t.is_float:
+            fills[t.name] = {"dtype": t.dtype, "fill": "zeros", "why": f"{t.dtype} input: zeros (give it data: an "
+                                                                         f"array named {t.name} in --data)"}
+        elif k > 0 and tuple(t.shape) in out_shapes:
+            fills[t.name] = {"dtype": t.dtype, "fill": "zeros", "why": "a recurrent state (an output of its shape "
+                                                                        "comes back): zeros, its usual start"}
+        else:
+            fills[t.name] = {"dtype": t.dtype, "fill": "normal", "why": "standard normal values"}
+    first = signature.inputs[0].name
+    info = {"format": "onnx", "file": str(path), "inputs": {n: list(s) for n, s in shapes.items()},
+            "input": {"name": first, "shape": list(shapes[first])}, "fills": fills, "passes": []}
+    return NativeModel("onnx", Path(path), first, shapes[first], Path(path).read_bytes(), batch_in_file=None,
+                       inputs=shapes, fills=fills, info=info)
+
+
 def blocked_by(e: Any) -> dict[str, Any]:
     """The operator and node an UnsupportedOperator names, as data."""
     return {k: getattr(e, k) for k in ("op_type", "node", "domain", "opset", "reason") if getattr(e, k, "")}
@@ -181,6 +238,13 @@ def load_tflite(path: Path, input_shape: tuple[int, ...] | None = None) -> tuple
     if not fu.is_float_model(model):
         raise InputError(f"{path} is already quantised; edgekit takes float .tflite models (it quantises them "
                          "itself)")
+    from edgekit.importers.tflite_file import custom_operators
+
+    custom = custom_operators(content)
+    if custom:
+        raise InputError(f"{path}: custom operator{'s' * (len(custom) > 1)} {', '.join(custom)}: LiteRT has no "
+                         f"kernel for {'them' if len(custom) > 1 else 'it'} outside the program that registers one, "
+                         f"so edgekit cannot run or verify this file")
     interpreter = _interpreter(path, content)
     inputs = interpreter.get_input_details()
     if len(inputs) != 1:
@@ -210,7 +274,9 @@ def load_tflite(path: Path, input_shape: tuple[int, ...] | None = None) -> tuple
 def _op_counts(model: Any) -> collections.Counter:
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
 
-    codes = [fu.TFL_OP_CODE_TO_NAME.get(c.builtinCode) for c in model.operatorCodes]
+    from edgekit.importers.tflite_file import builtin_code
+
+    codes = [fu.TFL_OP_CODE_TO_NAME.get(builtin_code(c)) for c in model.operatorCodes]
     return collections.Counter(str(getattr(codes[op.opcodeIndex], "value", codes[op.opcodeIndex]))
                                for op in model.subgraphs[0].operators)
 

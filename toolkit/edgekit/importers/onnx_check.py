@@ -47,8 +47,12 @@ def check_import(bundle: Any, x: np.ndarray, data: str = "calibration") -> dict[
     ref_runner, reference = _reference_runner(Path(info["file"]), info["input"]["name"])
     ref = _run_at_batch(ref_runner, x, info["input"].get("batch_in_file") or 1)
     with torch.no_grad():
-        if (info.get("batch") or {}).get("whole_batches"):  # as the pipeline runs it: whole batches
-            got = _first_output(bundle.module(torch.as_tensor(x)))
+        if (info.get("batch") or {}).get("whole_batches"):  # as the pipeline runs it: whole batches (a few MB each)
+            from edgekit.train import batch_for
+
+            step = batch_for(x, 256)
+            got = np.concatenate([_first_output(bundle.module(torch.as_tensor(x[i:i + step])))
+                                  for i in range(0, len(x), step)])
         else:
             got = np.stack([_first_output(bundle.module(torch.as_tensor(x[i:i + 1])))[0] for i in range(len(x))])
     if ref.shape != got.shape:

@@ -34,9 +34,11 @@ WEIGHT_OPS = {"CONV_2D": "Conv", "DEPTHWISE_CONV_2D": "Conv", "CONV_2D_TRANSPOSE
               "FULLY_CONNECTED": "Gemm"}
 
 
-def _read(model_path: Path) -> Any:
+def _read(model_path: Path | bytes | bytearray) -> Any:
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
 
+    if isinstance(model_path, (bytes, bytearray)):
+        return fu.read_model(bytearray(model_path))
     if not model_path.is_file():
         raise InputError(f"model file not found: {model_path}")
     try:
@@ -46,18 +48,20 @@ def _read(model_path: Path) -> Any:
                          "complete?") from None
 
 
-def list_layers(model_path: str | Path) -> list[Layer]:
+def list_layers(model_path: str | Path | bytes | bytearray) -> list[Layer]:
     """Quantisable layers (conv, depthwise conv, transposed conv, fully connected with a constant weight) of the
     main subgraph, in op order. Layer.node is the op's scope, Layer.weight its weight tensor's name."""
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
 
-    model = _read(Path(model_path))
+    from edgekit.importers.tflite_file import builtin_code
+
+    model = _read(model_path) if isinstance(model_path, (bytes, bytearray)) else _read(Path(model_path))
     if not fu.is_float_model(model):
         raise InputError(f"{model_path} is already quantised; the LiteRT Quantizer backend takes a float .tflite")
     graph = model.subgraphs[0]
     layers, seen = [], collections.Counter()
     for op in graph.operators:
-        op_name = fu.TFL_OP_CODE_TO_NAME.get(model.operatorCodes[op.opcodeIndex].builtinCode)
+        op_name = fu.TFL_OP_CODE_TO_NAME.get(builtin_code(model.operatorCodes[op.opcodeIndex]))
         kind = WEIGHT_OPS.get(getattr(op_name, "value", op_name))
         if kind is None or len(op.inputs) < 2 or op.inputs[1] < 0:
             continue
@@ -114,9 +118,17 @@ class AeqQuantizer:
     def __init__(self, float_path: str | Path, calib_x: np.ndarray, workdir: str | Path | None = None) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
+        from edgekit.importers import tflite_file
+
         self.float_path = Path(float_path)
-        self.layers = list_layers(self.float_path)
-        self._float_bytes = bytearray(self.float_path.read_bytes())
+        content = self.float_path.read_bytes()
+        # The quantizer works per signature: a file without one gets one from its subgraph's inputs and outputs,
+        # and the quantised files lose it again (they look like the file they came from). Float16 weights that
+        # DEQUANTIZE on load become float32 constants, so that the quantizer sees weights.
+        self.added_signature = not tflite_file.has_signature(content)
+        prepared, self.fp16_weights = tflite_file.float32_weights(tflite_file.with_signature(content))
+        self._float_bytes = bytearray(prepared)
+        self.layers = list_layers(self._float_bytes)
         interpreter = Interpreter(model_content=bytes(self._float_bytes))
         signatures = interpreter.get_signature_list()
         if len(signatures) != 1:
@@ -167,6 +179,11 @@ class AeqQuantizer:
             raise
         except Exception as e:
             raise EdgekitError(f"LiteRT Quantizer failed on {self.float_path.name}: {first_line(e)}") from None
+        content = bytes(result.quantized_model)
+        if self.added_signature:
+            from edgekit.importers.tflite_file import without_signature
+
+            content = without_signature(content)
         with atomic_path(Path(out_path)) as tmp:
-            tmp.write_bytes(bytes(result.quantized_model))
+            tmp.write_bytes(content)
         return Path(out_path)

@@ -124,7 +124,7 @@ def search_runtime(scorer: Scorer, *, fmt: str, backend_name: str, calibrations:
                         float_size=scorer.float_path.stat().st_size, int8=int8, chosen=chosen, reason=reason,
                         constraints_met=met, candidates=cands, front=pareto_front(cands), sensitivity=sensitivity,
                         latency_source=scorer.latency, search_seconds=seconds, evaluated=scorer.evaluated,
-                        timings=timings, noise_floor=round(scorer.noise_floor(), 3),
+                        timings=timings, noise_floor=None if (nf := scorer.noise_floor()) is None else round(nf, 3),
                         unit=scorer.quality_metric.unit)
 
 

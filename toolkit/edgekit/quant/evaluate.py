@@ -182,6 +182,8 @@ class Scorer:
         if key in self._cache:
             cand = self._cache[key]
             if time_it and cand.p50_ms is None and self.latency != "none":
+                if not cand.path.is_file():  # the sensitivity pass drops its files; scored already, made again
+                    self.backend.apply(policy, cand.path)
                 self._time(cand, load_runner(self.runtime, cand.path, self.threads), cand.path)
             return cand
         path = self.backend.apply(policy, self.workdir / f"{name}{self.suffix}")
@@ -196,9 +198,25 @@ class Scorer:
     def _time_on_device(self, cand: Candidate, path: Path) -> None:
         _time_on_device_impl(self, cand, path)
 
-    def noise_floor(self, snr_db: float = 40.0, seed: int = 3) -> float:
+    def proxy(self, policy: Policy, name: str, n: int) -> Candidate:
+        """A cheap look at a policy for the sensitivity pass: scored on the first `n` scoring inputs only, never
+        timed nor cached (a search candidate is always scored on all of them); its file is removed."""
+        path = self.backend.apply(policy, self.workdir / f"{name}{self.suffix}")
+        try:
+            full_x, full_out, full_y, full_q = self.x, self.float_outputs, self.y, self.float_quality
+            self.x, self.float_outputs = self.x[:n], [o[:n] for o in self.float_outputs]
+            self.y = None if self.y is None else self.y[:n]
+            self.float_quality = self._quality(self.float_outputs)
+            return self._candidate(policy, path, run_outputs(load_runner(self.runtime, path, self.threads), self.x))
+        finally:
+            self.x, self.float_outputs, self.y, self.float_quality = full_x, full_out, full_y, full_q
+            path.unlink(missing_ok=True)
+
+    def noise_floor(self, snr_db: float = 40.0, seed: int = 3) -> float | None:
         """Quality drop (points) of the FLOAT artifact when its input gets Gaussian noise at `snr_db` (about the
         SQNR of one INT8 tensor): how much drop this model's own sensitivity explains, before any quantisation."""
+        if not isinstance(self.x, np.ndarray):
+            return None  # several inputs: no single input to add noise to
         rng = np.random.default_rng(seed)
         rms = float(np.sqrt(np.mean(self.x.astype(np.float64) ** 2))) or 1.0
         noisy = self.x + rng.standard_normal(self.x.shape).astype(np.float32) * rms * 10 ** (-snr_db / 20)

@@ -14,7 +14,9 @@ machine). Every candidate keeps the float file's inputs, outputs, dynamic dimens
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +147,7 @@ class OnnxQuantizer:
                  "TensorQuantOverrides": overrides, "CalibStridedMinMax": calibration_stride(self.calib_x, len(reader))}
         if policy.calibration == "percentile":
             extra["CalibPercentile"] = 99.99
-        with atomic_path(out_path) as tmp, quiet_output():
+        with atomic_path(out_path) as tmp, quiet_output(), _as_edgekit_error(f"{policy.calibration} calibration"):
             tmp_onnx = tmp.with_suffix(".onnx")
             quantize_static(str(self.float_path), str(tmp_onnx), reader, quant_format=QuantFormat.QDQ,
                             per_channel=False, reduce_range=False, activation_type=QuantType.QUInt8,
@@ -154,6 +156,21 @@ class OnnxQuantizer:
             keep_metadata(self.source_path, tmp_onnx)
             tmp_onnx.replace(tmp)
         return out_path
+
+
+@contextlib.contextmanager
+def _as_edgekit_error(what: str) -> Iterator[None]:
+    """ONNX Runtime's quantiser raises what its parts raise (a histogram of a constant tensor: ValueError): one
+    line naming the step, so a search drops the candidate and goes on."""
+    try:
+        yield
+    except EdgekitError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        from edgekit.errors import first_line
+
+        raise EdgekitError(f"ONNX Runtime's quantiser failed ({what}): {type(e).__name__}: {first_line(e, 200)}"
+                           ) from None
 
 
 def calibration_stride(x: Any, n: int) -> int:

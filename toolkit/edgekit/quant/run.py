@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, first_line
 from edgekit.quant.settings import Settings
 
 if TYPE_CHECKING:
@@ -80,14 +81,19 @@ def quantize_formats(job: QuantJob, formats: list[str]) -> tuple[list[Any], dict
     job.common = {"threads": job.threads, "latency": latency, "predictor": predictor,
                   "timing_runs": job.settings.timing_runs, "device": device, "metric": job.metric}
     results, failed = [], {}
+    start, budget = time.perf_counter(), job.settings.total_seconds
     try:
         for fmt in formats:
+            if budget and time.perf_counter() - start > budget:
+                failed[fmt] = (f"not searched: the stage's time budget ({budget:g} s, quantize.total_seconds) went to "
+                               f"{', '.join(f.upper() for f in formats[:formats.index(fmt)])}")
+                continue
             try:
                 results.append(SEARCHES[fmt](job))
-            except EdgekitError as e:
+            except Exception as e:  # noqa: BLE001 - one backend failing (in its own library, too) leaves the others
                 if not job.settings.skip_failing_formats:
                     raise
-                failed[fmt] = str(e)
+                failed[fmt] = str(e) if isinstance(e, EdgekitError) else f"{type(e).__name__}: {first_line(e, 200)}"
     finally:
         if device is not None:
             device.close()
@@ -101,8 +107,9 @@ def _plan(job: QuantJob, fmt: str, float_path: Path) -> Any:
     from edgekit.study import StudyPlan, storage_url
 
     settings = job.settings
-    data = hashlib.sha256(job.calib.tobytes() + job.x_eval.tobytes()
-                          + (b"" if job.y_eval is None else job.y_eval.tobytes())).hexdigest()
+    labels = job.y_eval
+    data = hashlib.sha256(job.calib.tobytes() + job.x_eval.tobytes() + (b"" if labels is None else repr(
+        labels.tolist()).encode() if labels.dtype == object else labels.tobytes())).hexdigest()
     keep = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("workers", "storage")}
     name = fingerprint(fmt, sha256_file(float_path), keep, data, job.target.name, job.threads,
                        getattr(job.common["device"], "uri", None), job.common["latency"])[:16]

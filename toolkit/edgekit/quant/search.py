@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import SettingsError
+from edgekit.errors import EdgekitError, SettingsError
 from edgekit.quant.evaluate import Candidate
 from edgekit.quant.policy import FLOAT, INT8_CHANNEL, INT8_TENSOR, MODES, Layer, Policy
 from edgekit.search_core import Constraints
@@ -54,7 +54,11 @@ def make_objective(layers: list[Layer], calibrations: tuple[str, ...], constrain
         sym = trial.suggest_categorical("symmetric", [False, True])
         label = trial.user_attrs.get("label") or f"trial {trial.number}"
         policy = Policy(layers=layer_modes, calibration=cal, symmetric_activations=sym, label=label)
-        c = score(policy, f"{prefix}-{trial.number:03d}")
+        try:
+            c = score(policy, f"{prefix}-{trial.number:03d}")
+        except EdgekitError as e:  # the backend cannot make this policy (e.g. a calibration method on this model)
+            trial.set_user_attr("failed", str(e)[:300])
+            raise optuna.TrialPruned(str(e)) from None
         if c.trial < 0:
             c.trial = trial.number
         if on_candidate is not None:

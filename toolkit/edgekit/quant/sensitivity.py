@@ -16,6 +16,9 @@ import numpy as np
 from edgekit.quant.evaluate import Scorer
 from edgekit.quant.policy import INT8_CHANNEL, Layer, Policy
 
+# Inputs per layer of the sensitivity pass, in MB: a layer's SQNR on a few big inputs ranks it as well as on many.
+PROXY_MB = 64
+
 
 @dataclass
 class LayerSensitivity:
@@ -45,15 +48,21 @@ def layer_sensitivity(scorer: Scorer, calibration: str = "minmax", mode: str = I
     """
     layers = scorer.backend.layers
     out = []
+    # Big inputs: each layer is looked at on a few of them (its SQNR ranks it), not scored on all.
+    per_input = scorer.x[:1].nbytes
+    n = min(len(scorer.x), max(8, int(PROXY_MB * 2 ** 20 // max(per_input, 1))))
     task = progress.add_task("sensitivity", total=len(layers)) if progress is not None else None  # type: ignore
     for i, layer in enumerate(layers):
         if deadline is not None and out and time.perf_counter() > deadline:
             break
         policy = Policy(layers={la.name: (mode if la is layer else "float") for la in layers},
                         calibration=calibration, label=f"only {layer.name}")
-        c = scorer.score(policy, f"sens-{i:03d}", time_it=False)
+        if n < len(scorer.x):
+            c = scorer.proxy(policy, f"sens-{i:03d}", n)
+        else:
+            c = scorer.score(policy, f"sens-{i:03d}", time_it=False)
+            c.path.unlink(missing_ok=True)
         out.append(LayerSensitivity(layer, c.drop, c.sqnr_db))
-        c.path.unlink(missing_ok=True)
         if task is not None:
             progress.advance(task)  # type: ignore[attr-defined]
     if task is not None:

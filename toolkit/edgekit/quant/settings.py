@@ -3,7 +3,9 @@ the runtimes that time them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from edgekit.errors import SettingsError
 
@@ -42,9 +44,15 @@ class Settings:
                                                                   "of the fastest feasible latency"})
     calibration_inputs: int = field(default=64, metadata={"help": "calibration inputs (from the train split)"})
     eval_inputs: int = field(default=512, metadata={"help": "held-out inputs that score each candidate"})
+    data_mb: float = field(default=256.0, metadata={
+        "help": "memory the search's inputs may take, in MB: big inputs (a 736x992 page) are scored and calibrated "
+                "on fewer of them (at least 8 and 4), whatever calibration_inputs and eval_inputs say"})
     timing_runs: int = field(default=20, metadata={"help": "interleaved timing rounds per candidate"})
     final_runs: int = field(default=100, metadata={"help": "interleaved rounds timing float / INT8 / chosen"})
     max_seconds: float = field(default=540.0, metadata={"help": "time limit of one search"})
+    total_seconds: float = field(default=0.0, metadata={
+        "help": "time budget of the whole stage: a format whose search would start after it is skipped, and "
+                "said so (0: none); searches are ordered ONNX, TFLite, ExecuTorch"})
     nncf_baseline: bool = field(default=False, metadata={"help": "also score NNCF's default INT8 (ONNX)"})
     seed: int = field(default=0, metadata={"help": "sampler seed"})
     workers: int = field(default=1, metadata={"help": "processes working on the ONNX search's shared study (this "
@@ -52,7 +60,7 @@ class Settings:
     storage: str = field(default="", metadata={"help": "the study's storage: sqlite:///PATH, postgresql://USER@HOST"
                                                        "[:PORT]/DB (several machines) or memory; default: "
                                                        "state/quant_study.db in the run folder"})
-    skip_failing_formats: bool = field(default=False, metadata={
+    skip_failing_formats: bool = field(default=True, metadata={
         "help": "a format whose INT8 conversion fails is reported and skipped instead of stopping the run"})
 
     def __post_init__(self) -> None:
@@ -66,6 +74,8 @@ class Settings:
                                 f"{self.tflite_backend}")
         if self.trials < 1 or self.tflite_trials < 0 or self.pte_trials < 0:
             raise SettingsError("quantize: trials must be >= 1, tflite_trials and pte_trials >= 0")
+        if self.total_seconds < 0:
+            raise SettingsError(f"quantize: total_seconds must be >= 0, got {self.total_seconds}")
         if self.max_quality_drop < 0 or self.latency_budget_ms < 0 or self.max_size_mb < 0 or self.confidence < 0:
             raise SettingsError("quantize: constraints and confidence must be >= 0 (0 disables latency and size "
                                 "limits)")
@@ -86,7 +96,30 @@ class Settings:
             raise SettingsError("quantize: several workers share a study through a storage, not memory")
 
 
+def input_counts(settings: Settings, bytes_per_input: float) -> tuple[int, int, str]:
+    """(calibration inputs, scoring inputs, why fewer) within `data_mb` of inputs."""
+    fit = int(settings.data_mb * 2 ** 20 // max(bytes_per_input, 1))
+    calib = max(4, min(settings.calibration_inputs, fit // 2))
+    evaluate = max(8, min(settings.eval_inputs, fit))
+    why = ""
+    if calib < settings.calibration_inputs or evaluate < settings.eval_inputs:
+        why = (f"inputs of {bytes_per_input / 2 ** 20:.1f} MB each: {calib} calibrate and {evaluate} score each "
+               f"candidate (quantize.data_mb {settings.data_mb:g})")
+    return calib, evaluate, why
+
+
 def native_formats(model_format: str, settings: Settings, file_formats: tuple[str, ...] | list[str]) -> list[str]:
     """Formats quantised without a torch model from a model file of `model_format` (`file_formats`: the formats the
     exporters make from such a file)."""
     return [f for f in BACKENDS if f in file_formats and (f != "tflite" or settings.tflite_backend not in TORCH_BACKENDS)]
+
+
+def formats_to_quantize(settings: Settings, wanted: tuple[str, ...] | list[str], native: Any,
+                        file_formats: Callable[[str], list[str]]) -> tuple[list[str], dict[str, str]]:
+    """(the formats to quantise: the setting, else `wanted` (the recipe's export formats or the target's); those a
+    model without a torch form (`native`) leaves out, with why)."""
+    fmts = [f for f in BACKENDS if f in (settings.formats or wanted)]
+    if native is None:
+        return fmts, {}
+    ok = native_formats(native.format, settings, file_formats(native.format))
+    return [f for f in fmts if f in ok], {f: f"needs a torch model ({native.blocker})" for f in fmts if f not in ok}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -57,8 +57,11 @@ def batch_of(runner: Runner) -> int:
     return int(batch or 1)
 
 
-def fit_input(runner: Runner, x: np.ndarray) -> np.ndarray:
-    """One input batch in the artifact's static shape when it only differs by layout (e.g. 1x64 for 1x1x8x8)."""
+def fit_input(runner: Runner, x: Any) -> Any:
+    """One input batch in the artifact's static shape when it only differs by layout (e.g. 1x64 for 1x1x8x8); the
+    first row's feed of an `Inputs`."""
+    if isinstance(x, Inputs):
+        return x.row(0)
     shape = tuple(runner.input_shape or ())
     if isinstance(x, np.ndarray) and shape and tuple(x.shape) != shape and int(np.prod(shape)) == x.size \
             and not getattr(runner, "dynamic", False):

@@ -166,8 +166,13 @@ def etdump_profile(path: Path, x: np.ndarray | None, threads: int = 1, runs: int
     `x` None feeds zeros (kernel detection: which operators run, not how long).
     """
     runner = ExecuTorchRunner(Path(path), threads, etdump=True)
-    shape = runner.input_shape
-    x = np.zeros(shape, np.float32) if x is None else np.asarray(x, np.float32).reshape(shape)
+    # the shape it was exported at (a dynamic program's own input_shape has its dynamic dims at 1)
+    shape = tuple((sidecars.read(sidecars.pte(path)) or {}).get("input_shape") or runner.input_shape)
+    if x is None:
+        x = np.zeros(shape, np.float32)
+    else:
+        x = np.asarray(x, np.float32)
+        x = x if runner.dynamic else x.reshape(runner.input_shape)
     for _ in range(warmup + runs):
         runner(x)
     with tempfile.TemporaryDirectory(prefix="edgekit-etdump-") as d:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from edgekit.contract import Contract
+from edgekit.errors import EdgekitError
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -56,11 +57,15 @@ def _baseline_artifacts(ctx: RunContext) -> list[str]:
         module = exporters.get(fmt)
         path = ctx.out / "baseline" / f"model_fp32{module.SUFFIX}"
         original = exporters.original_file(ctx.bundle, fmt, -1)
-        if original is not None:
-            module.from_file(original, path)
-        else:
-            kwargs = exporters.export_kwargs(module, ctx.target, None, ctx.signature)
-            module.export(ctx.reference, ctx.example_input, path, **kwargs)
+        try:
+            if original is not None:
+                module.from_file(original, path)
+            else:
+                kwargs = exporters.export_kwargs(module, ctx.target, None, ctx.signature)
+                module.export(ctx.reference, ctx.example_input, path, **kwargs)
+        except EdgekitError as e:  # the final artifacts of this format fail the same way, and say so there
+            ctx.skip(fmt, f"baseline export: {e}")
+            continue
         companions = [module.sidecar(path).relative_to(ctx.out).as_posix()] if hasattr(module, "sidecar") else None
         ctx.add_artifact(path, fmt, module.RUNTIME, role="baseline", companions=companions)
         written.append(path.relative_to(ctx.out).as_posix())

@@ -44,9 +44,15 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
 
 def _verdicts(model: nn.Module, ctx: RunContext) -> list[dict[str, Any]]:
     from edgekit import rules
+    from edgekit.errors import EdgekitError, first_line
 
     if any(rt.sparse_rules != "none" for rt in ctx.target.runtimes):
-        return [v.as_dict() for v in rules.check_model(model, ctx.target, tuple(ctx.bundle.input_shape))]
+        try:
+            return [v.as_dict() for v in rules.check_model(model, ctx.target, tuple(ctx.bundle.input_shape))]
+        except EdgekitError as e:  # check never needs a format to export: the runtimes are judged dense
+            why = f"could not inspect the graph ({first_line(e, 200)}): judged dense"
+            return [{"runtime": rt.name, "format": rt.format, "sparse": False, "summary": f"{rt.name}: {why}",
+                     "blockers": [{"layer": "graph", "why": why}]} for rt in ctx.target.runtimes]
     # No rule set needs the graph: every runtime of the target is dense for a stated reason.
     return [_dense(rt) for rt in ctx.target.runtimes]
 

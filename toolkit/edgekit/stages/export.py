@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from edgekit import export as exporters
 from edgekit.contract import Contract
-from edgekit.errors import SettingsError
+from edgekit.errors import EdgekitError, SettingsError
 from edgekit.fileio import check_file_name
 
 if TYPE_CHECKING:
@@ -48,25 +48,34 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     if native is not None:
         makeable = exporters.file_formats(native.format)
         skipped = {f: f"needs a torch model ({native.blocker})" for f in fmts if f not in makeable}
+        for f, why in skipped.items():
+            ctx.skip(f, why)
         fmts = [f for f in fmts if f in makeable]
         if not fmts:
             raise SettingsError(f"export: none of the formats {sorted(skipped)} can be written from a .{native.format}"
                                 f" model without a torch model ({native.blocker})")
     task = ctx.progress.add_task("export", total=len(fmts)) if ctx.progress else None
-    written = []
+    written, failed = [], {}
     for fmt in fmts:
         if task is not None:
             ctx.progress.update(task, description=f"export {fmt}")
         module = exporters.get(fmt)
         path = ctx.artifacts_dir / f"{settings.name}{module.SUFFIX}"
-        original = exporters.original_file(ctx.bundle, fmt, ctx.model_version)
-        if native is not None:
-            exporters.export_file(fmt, native, path)
-        elif original is not None:  # the model is unchanged: its own file is the artifact, exactly as it came
-            module.from_file(original, path)
-        else:
-            module.export(model, ctx.example_input, path, **exporters.export_kwargs(module, ctx.target,
-                                                                                    ctx.data.x_test, ctx.signature))
+        original = exporters.original_file(ctx.bundle, fmt, ctx.model_version, model, ctx.reference)
+        try:
+            if native is not None:
+                exporters.export_file(fmt, native, path)
+            elif original is not None:  # the model is unchanged: its own file is the artifact, exactly as it came
+                module.from_file(original, path)
+            else:
+                module.export(model, ctx.example_input, path, **exporters.export_kwargs(
+                    module, ctx.target, ctx.data.x_test, ctx.signature))
+        except EdgekitError as e:  # one format failing is a line in the report, not the end of the run
+            failed[fmt] = str(e)
+            ctx.skip(fmt, str(e))
+            if task is not None:
+                ctx.progress.advance(task)
+            continue
         # files an exporter writes beside the artifact (e.g. the TVM library's JSON) belong to it
         companions = [module.sidecar(path).relative_to(ctx.out).as_posix()] if hasattr(module, "sidecar") else None
         meta = module.artifact_meta(path) if hasattr(module, "artifact_meta") else {}
@@ -81,7 +90,10 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
             ctx.progress.advance(task)
     if task is not None:
         ctx.progress.remove_task(task)
+    skipped.update(failed)
     ctx.record(details={"formats": list(fmts), "files": written, **({"skipped": skipped} if skipped else {})})
     if skipped:
         ctx.add_section("Export", "Not written:\n\n" + "\n".join(f"- {f}: {why}" for f, why in skipped.items()))
+    if not written:
+        raise EdgekitError(f"export: no format could be written ({'; '.join(f'{f}: {w}' for f, w in failed.items())})")
     return model

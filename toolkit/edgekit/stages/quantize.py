@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any
 from edgekit.contract import Contract
 from edgekit.errors import SettingsError
 from edgekit.fileio import copy_atomic
-from edgekit.quant.settings import BACKENDS, RUNTIMES, Settings, native_formats
+from edgekit.quant.settings import (
+    BACKENDS,
+    RUNTIMES,
+    Settings,
+    formats_to_quantize,
+    input_counts,
+    native_formats,
+)
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -38,7 +45,8 @@ def _float_file(ctx: RunContext, model: Any, fmt: str) -> Path:
 
     for a in ctx.artifacts(format=fmt, precision="fp32", sparse=False, model_version=ctx.model_version):
         return ctx.out / a.path
-    module, original = exporters.get(fmt), exporters.original_file(ctx.bundle, fmt, ctx.model_version)
+    module, original = exporters.get(fmt), exporters.original_file(ctx.bundle, fmt, ctx.model_version, model,
+                                                                   ctx.reference)
     path = ctx.out / "quant" / f"float{module.SUFFIX}"
     if ctx.native is not None:
         return exporters.export_file(fmt, ctx.native, path)
@@ -56,44 +64,39 @@ def _max_drop(settings: Settings, ctx: RunContext) -> tuple[float, str]:
     return settings.max_quality_drop, "quantize.max_quality_drop"
 
 
-def _formats(settings: Settings, ctx: RunContext) -> tuple[list[str], dict[str, str]]:
-    """(the formats to quantise: the setting, else those the recipe's export stage writes, else the target's;
-    those left out on a native route, with why)."""
-    from edgekit import export as exporters
-
-    exported = next((s.settings.formats for s in (ctx.recipe.stages if ctx.recipe else ())
-                     if s.name == "export" and getattr(s.settings, "formats", ())), ())
-    fmts = [f for f in BACKENDS if f in (settings.formats or exported or ctx.target.formats)]
-    if ctx.native is None:
-        return fmts, {}
-    ok = native_formats(ctx.native.format, settings, exporters.file_formats(ctx.native.format))
-    return [f for f in fmts if f in ok], {f: f"needs a torch model ({ctx.native.blocker})" for f in fmts if f not in ok}
-
-
 def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
+    from edgekit import export as exporters
     from edgekit.quant.report import markdown, plot_pareto
     from edgekit.quant.run import QuantJob, quantize_formats
     from edgekit.report import ChainPoint
     from edgekit.search_core import Constraints
 
-    fmts, failed = _formats(settings, ctx)
+    exported = next((s.settings.formats for s in (ctx.recipe.stages if ctx.recipe else ())
+                     if s.name == "export" and getattr(s.settings, "formats", ())), ())
+    fmts, failed = formats_to_quantize(settings, exported or ctx.target.formats, ctx.native, exporters.file_formats)
+    for fmt, why in failed.items():
+        ctx.skip(fmt, why)
     if not fmts:
         why = f" ({'; '.join(f'{k}: {v}' for k, v in failed.items())})" if failed else ""
         raise SettingsError(f"quantize: target {ctx.target.name} has no format with an INT8 backend "
                             f"({sorted(BACKENDS)}) for this model{why}")
     max_drop, drop_source = _max_drop(settings, ctx)
-    y = ctx.data.y_test
+    y, x = ctx.data.y_test, ctx.data.x_test
+    n_cal, n_eval, fewer = input_counts(settings, x[:1].nbytes)
     job = QuantJob(model, settings, lambda fmt: _float_file(ctx, model, fmt), ctx.example_input,
-                   ctx.data.calibration(settings.calibration_inputs).astype("float32"),
-                   ctx.data.x_test[: settings.eval_inputs].astype("float32"),
-                   None if y is None else y[: settings.eval_inputs], ctx.data.x_test[:8],
+                   ctx.data.calibration(n_cal).astype("float32"), x[:n_eval].astype("float32"),
+                   None if y is None else y[:n_eval], x[:8],
                    Constraints(max_drop, settings.latency_budget_ms or None, settings.max_size_mb or None,
                                settings.confidence),
                    ctx.out / "quant", ctx.out / "state" / "quant_study.db", ctx.target, ctx.threads, ctx.device,
                    fresh=not ctx.resume, native=ctx.native is not None, progress=ctx.progress, metric=ctx.metric)
     results, more = quantize_formats(job, fmts)
+    for fmt, why in more.items():  # one line each; the float artifacts stand
+        ctx.skip(fmt, why)
     if not results:
-        raise SettingsError(f"quantize: no format could be quantised ({'; '.join(f'{k}: {v}' for k, v in more.items())})")
+        ctx.record(details={"failed_formats": more})
+        shutil.rmtree(ctx.out / "quant", ignore_errors=True)
+        return model
     _write_outputs(ctx, results)
     plot = plot_pareto(ctx.out / "quant_pareto.png", results, f"{ctx.report.get('model')} → {ctx.target.name}")
     for r in results:
@@ -105,7 +108,7 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
                         "quality_after": main.chosen.quality, "quality_drop": round(main.chosen.drop, 4),
                         "int8_quality_drop": round(main.int8.drop, 4), "constraints_met": main.constraints_met,
                         "policy_met_bar": main.verdict()["met"], "max_quality_drop": max_drop},
-               details={"searches": [r.as_dict() for r in results], "latency": job.common["latency"],
+               details={"searches": [r.as_dict() for r in results], "latency": job.common["latency"], "inputs": fewer,
                         "failed_formats": more, "latency_device": getattr(job.common["device"], "uri", None),
                         "plot": plot.name if plot else None, "max_quality_drop_from": drop_source})
     precision = "mixed" if any(a.precision == "mixed" for a in ctx.artifacts(stage_index=ctx._stage_index)) else "int8"

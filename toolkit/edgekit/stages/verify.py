@@ -27,7 +27,9 @@ class Settings:
     inputs: int = field(default=0, metadata={"help": "held-out inputs each artifact is compared and scored on (0: "
                                                      "the run's quality split, up to 2048 test inputs; a smaller "
                                                      "number leaves the artifact's quality unscored)"})
-    fail: bool = field(default=True, metadata={"help": "stop the run when an artifact fails verification"})
+    fail: bool = field(default=True, metadata={
+        "help": "stop the run when no final artifact passes verification (one that fails is a line in the report, "
+                "never recommended; the others go on)"})
     other_shapes: bool = field(default=True, metadata={
         "help": "also run every artifact that kept the model's dynamic dimensions at another shape (a batch of 2, "
                 "larger dynamic sizes) against the reference"})
@@ -66,9 +68,12 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     if task is not None:
         ctx.progress.remove_task(task)
     ctx.record(metrics={"artifacts_verified": len(arts) - len(failed), "artifacts_failed": len(failed)})
-    if failed and settings.fail:
+    for art in failed:
+        ctx.skip(art.format, f"{art.path} failed verification: {_why(art)}")
+    finals = [a for a in arts if a.role == "final"]
+    if settings.fail and finals and all(a in failed for a in finals):
         ctx.save()
-        _raise(failed[0], ctx)
+        _raise(next(a for a in failed if a.role == "final"), ctx)
     return model
 
 
@@ -98,7 +103,8 @@ def _reference_name(ctx: RunContext, version: int) -> str:
     return f"torch: the model after {ctx.recipe.stages[version].name} (stage {version + 1})"
 
 
-def _raise(art: Artifact, ctx: RunContext) -> None:
+def _why(art: Artifact) -> str:
+    """What failed, in one line: an output's error, a shape, or the first output's error and top-1 agreement."""
     v = art.verification
     bad = next((r for r in (v.outputs or []) if not r["passed"]), None)
     shape = next((r for r in (v.shapes or []) if r.get("passed") is False), None)
@@ -111,5 +117,9 @@ def _raise(art: Artifact, ctx: RunContext) -> None:
     else:
         what = f"max abs err {v.max_abs_err:.3g} (limit {limit})"
     top1 = "" if v.top1_agreement is None else f", top-1 agreement {v.top1_agreement:.3f}"
-    raise VerificationError(f"{art.path} disagrees with its reference ({v.reference}): {what}{top1}; see "
-                            f"{ctx.out / 'report.json'}")
+    return f"{what}{top1}"
+
+
+def _raise(art: Artifact, ctx: RunContext) -> None:
+    raise VerificationError(f"no artifact passed verification: {art.path} disagrees with its reference "
+                            f"({art.verification.reference}): {_why(art)}; see {ctx.out / 'report.json'}")
