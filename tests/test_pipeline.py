@@ -265,7 +265,7 @@ def test_verify_never_compares_a_stale_artifact(tmp_path: Path):
     out = tmp_path / "run"
     (out / "artifacts").mkdir(parents=True)
     (out / "artifacts" / "m.onnx").write_bytes(b"never run")
-    ctx = RunContext(out=out, target=load_target("host"), bundle=SimpleNamespace(), data=digits(), threads=1,
+    ctx = RunContext(out=out, target=load_target("host"), bundle=SimpleNamespace(signature=None), data=digits(), threads=1,
                      report={**new_report(), "baseline": {"artifacts": []}})
     ctx.model_version = 0
     ctx.add_artifact(out / "artifacts" / "m.onnx", "onnx", "onnxruntime")

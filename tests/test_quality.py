@@ -131,3 +131,28 @@ def test_user_metric_and_its_trust_flag(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="--trust-model-code"):
         load_user_metric("mymetrics:m", trust_code=False)
     assert load_user_metric("mymetrics:m", trust_code=True).score([np.zeros(1)], None, None) == 0.5
+
+
+def test_the_users_metric_drives_a_run_and_needs_the_trust_flag(tmp_path):
+    """A metric passed to the API scores the baseline and every artifact and report.json names it; on the command
+    line it is imported code, so without --trust-model-code the run stops in one line before anything is written."""
+    import edgekit
+    from conftest import one_line_error, run_cli
+
+    def top2(outputs, labels):
+        best = np.argsort(outputs[0], axis=1)[:, -2:]
+        return float(np.mean((best == np.asarray(labels)[:, None]).any(axis=1)))
+
+    report = edgekit.compress(None, "host", recipe="basic", metric=top2, out=tmp_path / "run",
+                              overrides={"export": {"formats": ["onnx"]}}).report
+    assert report["quality"]["metric"] == "top2" and report["quality"]["task"] == "user"
+    (art,) = report["artifacts"]
+    scored, summary = art["verification"]["quality"], report["summary"]
+    assert scored["metric"] == "top2" and 0.9 < scored["value"] <= 1.0
+    assert summary["quality_metric"] == "top2" and summary["quality_before"] == pytest.approx(scored["value"], abs=0.01)
+
+    (tmp_path / "my_metrics.py").write_text("def top2(outputs, labels):\n    return 0.5\n")
+    refused = run_cli("compress", "--recipe", "basic", "--metric", "my_metrics:top2", "--out",
+                      str(tmp_path / "refused"), env={"PYTHONPATH": str(tmp_path)})
+    one_line_error(refused, "--trust-model-code")
+    assert not (tmp_path / "refused").exists()

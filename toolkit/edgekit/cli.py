@@ -12,7 +12,17 @@ from typing import Annotated
 
 import typer
 
-from edgekit.commands._options import MODEL_HELP, Device, Sets, TrustCode
+from edgekit.commands._options import (
+    BUDGET_HELP,
+    MODEL_HELP,
+    Alphabet,
+    CocoLabels,
+    Device,
+    Metric,
+    Sets,
+    Task,
+    TrustCode,
+)
 from edgekit.commands._shared import make_console, parse_sets, print_summary, progress_bar
 
 app = typer.Typer(help="Compress neural networks for edge devices and report measured gains.",
@@ -41,25 +51,17 @@ def compress(
                                                     "(export and measure only), another recipe name or a YAML file")
                       ] = None,
     max_quality_drop: Annotated[float | None, typer.Option(
-        help="quality budget in points from the model as loaded (accuracy, or agreement without labels); "
-             "default 1.0 for --recipe auto")] = None,
+        help=f"{BUDGET_HELP}; default 1 point, or 35 dB (SQNR >= 25 dB), for --recipe auto")] = None,
     data: Annotated[str | None, typer.Option(help="digits, an image folder, or an .npz with x/y")] = None,
     weights: Annotated[str | None, typer.Option(help="state-dict file (loaded with weights_only=True)")] = None,
     input_shape: Annotated[str | None, typer.Option(help="N,C,H,W, e.g. 1,3,224,224")] = None,
     dynamic: Annotated[str | None, typer.Option(
         help="axes of a torch model's input its artifacts keep dynamic, e.g. 0,3 (batch and width); a model "
              "file's own signature says which of its dimensions are")] = None,
-    task: Annotated[str | None, typer.Option(
-        help="the quality metric's task: classify, detect, text-detect, text-recognize, segment, keypoints, embed, "
-             "fidelity; default auto (classify for a class-vector output, else fidelity)")] = None,
-    metric: Annotated[str | None, typer.Option(
-        help="your own metric, package.module:function (outputs, labels) -> float, higher is better; imports "
-             "and runs your code: needs --trust-model-code")] = None,
-    alphabet: Annotated[Path | None, typer.Option(
-        help="text-recognize: the recogniser's characters, one per line (default: the model's own metadata)")
-    ] = None,
-    labels: Annotated[Path | None, typer.Option(
-        help="detect: target boxes as a COCO JSON whose images are listed in the data's row order")] = None,
+    task: Task = None,
+    metric: Metric = None,
+    alphabet: Alphabet = None,
+    labels: CocoLabels = None,
     threads: Annotated[int | None, typer.Option(help="runtime threads (default: the target's)")] = None,
     out: Annotated[Path | None, typer.Option(help="run folder (default runs/<model>-<target>)")] = None,
     device: Device = None,

@@ -239,7 +239,7 @@ def gather(model: Any, input_shape: tuple[int, ...], data: Any, target: Target, 
     """
     from edgekit import rules
 
-    about = {"task": getattr(metric, "task", "classify"), "metric": getattr(metric, "name", "accuracy"),
+    about = {"task": getattr(metric, "task", "classify"), "metric": getattr(metric, "name", "accuracy" if data.labelled else "agreement"),
              "unit": getattr(metric, "unit", "pts")}
     if native is not None:
         return _native_facts(native, data, target, budget, about)
@@ -274,8 +274,9 @@ def _native_facts(native: Any, data: Any, target: Target, budget: float, about: 
 def describe(decisions: list[dict[str, Any]], facts: Facts) -> str:
     used = [d["name"] for d in decisions if d["used"]]
     against = "labels" if facts.labelled else "the loaded model's outputs"
+    why_not = "no labelled data: " if not facts.labelled else f"a {facts.task} metric: "
     data = (f"quality: {facts.metric} ({facts.task}) against {against}; "
-            + ("training techniques allowed" if facts.trains else "post-training techniques only"))
+            + ("training techniques allowed" if facts.trains else f"{why_not}post-training techniques only"))
     route = "" if facts.torch_model else (
         f" The model has no torch form ({facts.torch_blocker}): the {facts.model_format.upper()}-native route "
         f"works on the file ({', '.join(facts.file_formats)} artifacts; reference: the original file in its own "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -15,6 +16,18 @@ Sets = Annotated[list[str] | None, typer.Option(
 Device = Annotated[str | None, typer.Option(
     help="measure on a device: ssh://user@host[:port], adb://SERIAL, node, chromium, or a farm: farm:devices.toml "
          "(default: this machine for the host target)")]
+Task = Annotated[str | None, typer.Option(
+    help="the quality metric's task: classify, detect, text-detect, text-recognize, segment, keypoints, embed, "
+         "fidelity; default auto (classify for a class-vector output, else fidelity)")]
+Metric = Annotated[str | None, typer.Option(
+    help="your own metric, package.module:function (outputs, labels) -> float, higher is better; imports and runs "
+         "your code: needs --trust-model-code")]
+Alphabet = Annotated[Path | None, typer.Option(
+    help="text-recognize: the recogniser's characters, one per line (default: the model's own metadata)")]
+CocoLabels = Annotated[Path | None, typer.Option(
+    "--labels", help="detect: target boxes as a COCO JSON whose images are listed in the data's row order")]
+BUDGET_HELP = ("quality budget from the model as loaded, in the metric's unit: points (accuracy, mAP, F1, "
+               "agreement) or dB for fidelity")
 MODEL_HELP = ("zoo name, .onnx/.tflite/.pt2 file or module:factory (imports and runs Python code: needs "
               "--trust-model-code); default: the built-in digits CNN")
 

@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from edgekit.commands._options import MODEL_HELP, Device, Sets, TrustCode
+from edgekit.commands._options import (
+    BUDGET_HELP,
+    MODEL_HELP,
+    Alphabet,
+    CocoLabels,
+    Device,
+    Metric,
+    Sets,
+    Task,
+    TrustCode,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -19,7 +29,7 @@ def register(app: typer.Typer) -> None:
                                                       "or an .npz with x (and y for accuracy)")] = None,
         weights: Annotated[str | None, typer.Option(help="state-dict file (weights_only=True)")] = None,
         input_shape: Annotated[str | None, typer.Option(help="N,C,H,W")] = None,
-        max_quality_drop: Annotated[float, typer.Option(help="constraint: quality drop in points")] = 1.0,
+        max_quality_drop: Annotated[float, typer.Option(help=f"constraint: {BUDGET_HELP}")] = 1.0,
         latency_budget_ms: Annotated[float, typer.Option(help="constraint: p50 ms (0: none)")] = 0.0,
         max_size_mb: Annotated[float, typer.Option(help="constraint: artifact size in MB (0: none)")] = 0.0,
         trials: Annotated[int, typer.Option(help="NSGA-II trials of the ONNX search (and of the LiteRT "
@@ -33,6 +43,10 @@ def register(app: typer.Typer) -> None:
                                                   "state/quant_study.db in the run folder)")] = "",
         set_: Sets = None,
         fresh: Annotated[bool, typer.Option(help="ignore finished stages of an earlier run in --out")] = False,
+        task: Task = None,
+        metric: Metric = None,
+        alphabet: Alphabet = None,
+        labels: CocoLabels = None,
         trust_model_code: TrustCode = False,
     ) -> None:
         """Search per-layer INT8 policies scored on latency in each artifact's runtime (recipe `quant`)."""
@@ -51,5 +65,6 @@ def register(app: typer.Typer) -> None:
             report = api.compress(model, target, recipe="quant", data=data, weights=weights,
                                   input_shape=api.parse_shape(input_shape), out=out_dir, overrides=overrides,
                                   device=device, resume=not fresh, progress=progress, console=console,
-                                  trust_code=trust_model_code)
+                                  trust_code=trust_model_code, task=task, metric=metric,
+                                  metric_options=api.metric_options(alphabet, labels))
         print_summary(console, report, out_dir)

@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from edgekit.commands._options import MODEL_HELP, Sets, TrustCode
+from edgekit.commands._options import (
+    BUDGET_HELP,
+    MODEL_HELP,
+    Alphabet,
+    CocoLabels,
+    Metric,
+    Sets,
+    Task,
+    TrustCode,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -19,7 +28,7 @@ def register(app: typer.Typer) -> None:
                                                       "an .npz with x (and y for accuracy)")] = None,
         weights: Annotated[str | None, typer.Option(help="state-dict file (weights_only=True)")] = None,
         input_shape: Annotated[str | None, typer.Option(help="N,C,H,W")] = None,
-        max_quality_drop: Annotated[float, typer.Option(help="constraint: quality drop in points")] = 1.0,
+        max_quality_drop: Annotated[float, typer.Option(help=f"constraint: {BUDGET_HELP}")] = 1.0,
         latency_budget_ms: Annotated[float, typer.Option(help="constraint: p50 ms (0: none)")] = 0.0,
         max_size_mb: Annotated[float, typer.Option(help="constraint: artifact size in MB (0: none)")] = 0.0,
         trials: Annotated[int, typer.Option(help="Optuna (NSGA-II) trials")] = 48,
@@ -30,6 +39,10 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path | None, typer.Option(help="run folder (default runs/<model>-<target>-joint)")] = None,
         set_: Sets = None,
         fresh: Annotated[bool, typer.Option(help="ignore finished stages of an earlier run in --out")] = False,
+        task: Task = None,
+        metric: Metric = None,
+        alphabet: Alphabet = None,
+        labels: CocoLabels = None,
         trust_model_code: TrustCode = False,
     ) -> None:
         """Search per-layer width, precision and sparsity together on latency measured in each runtime."""
@@ -49,11 +62,13 @@ def register(app: typer.Typer) -> None:
             report = api.compress(model, target, recipe="joint", data=data, weights=weights,
                                   input_shape=api.parse_shape(input_shape), out=out_dir, overrides=overrides,
                                   resume=not fresh, progress=progress, console=console,
-                                  trust_code=trust_model_code)
+                                  trust_code=trust_model_code, task=task, metric=metric,
+                                  metric_options=api.metric_options(alphabet, labels))
         print_summary(console, report, out_dir)
         stage = next(s for s in report["stages"] if s["name"] == "joint")
         m = stage["metrics"]
         speed = m.get("speedup")
-        console.print(f"joint search: drop {m['quality_drop']:.2f} pts"
+        unit = (report.get("quality") or {}).get("unit", "pts")
+        console.print(f"joint search: drop {m['quality_drop']:.2f} {unit}"
                       + (f", {speed:.2f}x the unmodified model's best FP32 artifact" if speed else "")
                       + f"; constraints met: {'yes' if m['constraints_met'] else 'no'}")

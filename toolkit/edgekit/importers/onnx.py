@@ -15,7 +15,6 @@ real data when the user gave some.
 from __future__ import annotations
 
 import collections
-import copy
 import warnings as warnings_module
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,6 @@ class UnsupportedOperator(InputError):
                  reason: str = "") -> None:
         self.path, self.op_type, self.node, self.domain, self.opset, self.reason = (
             str(path), op_type, node, domain, opset, reason)
-        self.cleaned: Any = None  # set by import_onnx: the cleaned graph, for the ONNX-native route
         self.info: dict[str, Any] = {}
         op = f"{domain}.{op_type}" if domain and domain != "ai.onnx" else op_type
         why = f": {reason}" if reason else ""
@@ -52,7 +50,6 @@ class OnnxImport:
     proto: Any  # the rewritten onnx.ModelProto that onnx2torch converted
     input_shape: tuple[int, ...]
     info: dict[str, Any] = field(default_factory=dict)
-    cleaned: Any = None  # the graph after the cleaning passes only (what the ONNX-native route deploys)
     batched: bool = False  # the module runs whole batches (else one sample at a time)
 
 
@@ -67,20 +64,18 @@ def import_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None, st
 
     Raises:
         InputError: the file is missing, not an ONNX model, truncated, has several inputs or needs a shape.
-        UnsupportedOperator: a node cannot be converted (names the operator and the node); its `cleaned` holds the
-            cleaned graph (before the onnx2torch-only rewrites) and `info` the import record, for the ONNX-native
-            route.
+        UnsupportedOperator: a node cannot be converted (names the operator and the node); its `info` is the import
+            record, for the ONNX-native route (which deploys the file itself).
     """
     path = Path(path)
     proto, info, shape, applied = _prepare(path, input_shape)
-    cleaned = copy.deepcopy(proto)  # what ONNX Runtime runs on the native route: cleaned, not fitted to onnx2torch
     try:
         module, proto = _to_torch(proto, path, shape, info, applied, standard)
     except UnsupportedOperator as e:
         info.update(nodes_converted=len(proto.graph.node), ops_converted=_op_counts(proto))
-        e.cleaned, e.info = cleaned, info
+        e.info = info
         raise
-    return OnnxImport(module, proto, tuple(shape), info, cleaned=cleaned, batched=info["batch"]["whole_batches"])
+    return OnnxImport(module, proto, tuple(shape), info, batched=info["batch"]["whole_batches"])
 
 
 def _prepare(path: Path, input_shape: tuple[int, ...] | None) -> tuple[Any, dict[str, Any], tuple[int, ...], Any]:

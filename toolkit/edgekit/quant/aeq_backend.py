@@ -57,7 +57,8 @@ def list_layers(model_path: str | Path | bytes | bytearray) -> list[Layer]:
 
     model = _read(model_path) if isinstance(model_path, (bytes, bytearray)) else _read(Path(model_path))
     if not fu.is_float_model(model):
-        raise InputError(f"{model_path} is already quantised; the LiteRT Quantizer backend takes a float .tflite")
+        name = "the model" if isinstance(model_path, (bytes, bytearray)) else str(model_path)
+        raise InputError(f"{name} is already quantised; the LiteRT Quantizer backend takes a float .tflite")
     graph = model.subgraphs[0]
     layers, seen = [], collections.Counter()
     for op in graph.operators:
@@ -121,6 +122,7 @@ class AeqQuantizer:
         from edgekit.importers import tflite_file
 
         self.float_path = Path(float_path)
+        list_layers(self.float_path)  # one line for a missing, truncated or already quantised file
         content = self.float_path.read_bytes()
         # The quantizer works per signature: a file without one gets one from its subgraph's inputs and outputs,
         # and the quantised files lose it again (they look like the file they came from). Float16 weights that

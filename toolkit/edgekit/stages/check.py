@@ -1,5 +1,6 @@
 """check: "will it be faster?" before any training. Which layers the target's runtimes will run sparse and/or in
-INT8, and what blocks the rest (the rules live in edgekit.rules). `compress` runs it first unless the recipe
+INT8, and what blocks the rest (the rules live in edgekit.rules); only the runtimes of the formats the run makes
+when its recipe names them. `compress` runs it first unless the recipe
 already has it or sets `enabled: false`. On a native route (edgekit.importers.native) a .tflite model is judged
 from the file itself, and a runtime whose format cannot be made from the model file says so."""
 
@@ -42,19 +43,39 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     return model
 
 
+def _made_formats(ctx: RunContext) -> set[str] | None:
+    """The formats the recipe's artifact-writing stages name (`--set export.formats=[onnx]`), or None when one of
+    them writes the target's formats (then every runtime of the target is judged)."""
+    if ctx.recipe is None:
+        return None
+    named: set[str] = set()
+    for spec in ctx.recipe.stages:
+        if spec.contract.writes_artifacts:
+            formats = getattr(spec.settings, "formats", None)
+            if not formats:
+                return None
+            named |= set(formats)
+    return named or None
+
+
 def _verdicts(model: nn.Module, ctx: RunContext) -> list[dict[str, Any]]:
+    import dataclasses
+
     from edgekit import rules
     from edgekit.errors import EdgekitError, first_line
 
-    if any(rt.sparse_rules != "none" for rt in ctx.target.runtimes):
+    made = _made_formats(ctx)
+    runtimes = tuple(rt for rt in ctx.target.runtimes if made is None or rt.format in made) or ctx.target.runtimes
+    target = dataclasses.replace(ctx.target, runtimes=runtimes)
+    if any(rt.sparse_rules != "none" for rt in runtimes):
         try:
-            return [v.as_dict() for v in rules.check_model(model, ctx.target, tuple(ctx.bundle.input_shape))]
+            return [v.as_dict() for v in rules.check_model(model, target, tuple(ctx.bundle.input_shape))]
         except EdgekitError as e:  # check never needs a format to export: the runtimes are judged dense
             why = f"could not inspect the graph ({first_line(e, 200)}): judged dense"
             return [{"runtime": rt.name, "format": rt.format, "sparse": False, "summary": f"{rt.name}: {why}",
-                     "blockers": [{"layer": "graph", "why": why}]} for rt in ctx.target.runtimes]
-    # No rule set needs the graph: every runtime of the target is dense for a stated reason.
-    return [_dense(rt) for rt in ctx.target.runtimes]
+                     "blockers": [{"layer": "graph", "why": why}]} for rt in runtimes]
+    # No rule set needs the graph: every runtime judged is dense for a stated reason.
+    return [_dense(rt) for rt in runtimes]
 
 
 def _dense(rt: Any) -> dict[str, Any]:
