@@ -217,8 +217,7 @@ def test_python_api_takes_a_module_and_arrays(tmp_path: Path):
     original = {k: v.clone() for k, v in net.state_dict().items()}
     ds = digits()
     result = edgekit.compress(net, "host", data=(ds.x_train, ds.y_train), example_input=ds.x_train[:1],
-                              recipe="auto", overrides={"joint": {"trials": 3, "final_runs": 20,
-                                                                  "runtimes": ["onnxruntime"]},
+                              recipe="auto", overrides={"joint": {"trials": 3, "final_runs": 20},
                                                         "export": {"formats": ["onnx"]}},
                               out=tmp_path / "api")
     assert isinstance(result.model, torch.nn.Module) and result.model is not net
@@ -227,6 +226,9 @@ def test_python_api_takes_a_module_and_arrays(tmp_path: Path):
     assert result.best is not None and result.best.is_file() and result.best in result.artifacts
     assert result["summary"] == result.summary and result.summary["quality_metric"] == "accuracy"
     assert all(p.exists() for p in result.artifacts)
+    # export.formats=[onnx]: auto planned its searches for ONNX Runtime only, and said so
+    assert {p.suffix for p in result.artifacts} == {".onnx"}
+    assert "Formats: onnx (--set export.formats)" in result.report["plan"]["summary"]
 
 
 def test_python_api_takes_dataloaders(tmp_path: Path):

@@ -148,8 +148,9 @@ def test_several_inputs_an_integer_input_and_two_outputs(tmp_path: Path):
     assert art["signature"]["kept"] and [o["name"] for o in art["verification"]["outputs"]] == ["prob", "new_state"]
     assert all(o["max_abs_ref"] > 0 for o in art["verification"]["outputs"])  # real data: k = 1, not zeros
     # without data the integer input gets zeros and the state zeros, and the report says so
-    run_cli("compress", str(model), "--recipe", "basic", "--out", str(tmp_path / "run2"))
-    described = json.loads((tmp_path / "run2" / "report.json").read_text())["data"]["description"]
+    import edgekit
+
+    described = edgekit.compress(str(model), "host", recipe="basic", out=tmp_path / "run2").report["data"]["description"]
     assert "state [1, 8]: a recurrent state" in described and "k [1]: int64 input: zeros" in described
     # a shape for an input the file lacks is one line and exit 2
     one_line_error(run_cli("compress", str(model), "--input-shape", "audio=1,16", "--out", str(tmp_path / "r3")))
@@ -161,10 +162,10 @@ def test_an_unchanged_onnx_file_is_its_own_onnx_artifact(tmp_path: Path):
     torch.onnx.export(TwoHeads().eval(), (x,), str(path), dynamo=True, input_names=["img"],
                       output_names=["scores", "map"], dynamic_shapes=({0: torch.export.Dim.AUTO,
                                                                        3: torch.export.Dim.AUTO},)).save(str(path))
-    r = run_cli("compress", str(path), "--recipe", "basic", "--out", str(tmp_path / "run"), "--input-shape",
-                "1,3,16,32", "--set", "export.formats=[onnx]")
-    assert r.returncode == 0, r.stderr
-    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    import edgekit
+
+    report = edgekit.compress(str(path), "host", recipe="basic", out=tmp_path / "run", input_shape=(1, 3, 16, 32),
+                              overrides={"export": {"formats": ["onnx"]}}).report
     (art,) = report["artifacts"]
     assert (tmp_path / "run" / art["path"]).read_bytes() == path.read_bytes()
     assert art["signature"]["kept"] and art["verification"]["shapes"][0]["passed"]

@@ -4,7 +4,6 @@ grow with its trials."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -33,28 +32,41 @@ def plain_tflite(tmp_path_factory) -> Path:
 
 
 def test_one_format_failing_leaves_the_others(tmp_path: Path, monkeypatch):
+    """The TFLite export fails, and the .pte file is written but its runtime cannot load it (as LiteRT's XNNPACK
+    delegate refused PP-OCRv4's detector at 736x992): each is one line in `skipped`, the ONNX artifact goes on."""
     import edgekit
-    from edgekit.errors import EdgekitError
+    from edgekit.errors import EdgekitError, InputError
     from edgekit.export import tflite
+    from edgekit.stages import verify
 
     def broken(*args, **kwargs):
         raise EdgekitError("TFLite export failed: Could not guard on data-dependent expression (test)")
 
+    def unloadable(path, runtime, *args, **kwargs):
+        if Path(path).suffix == ".pte":
+            raise InputError(f"ExecuTorch cannot load {path}: XNNPack delegate failed to reshape (test)")
+        return run_artifact(path, runtime, *args, **kwargs)
+
+    run_artifact = verify.run_artifact
     monkeypatch.setattr(tflite, "export", broken)
+    monkeypatch.setattr(verify, "run_artifact", unloadable)
     result = edgekit.compress(None, "host", recipe="basic", out=tmp_path / "run")
     skipped = result.report["skipped"]
-    assert [(s["stage"], s["format"]) for s in skipped] == [("export", "tflite")]
-    assert "\n" not in skipped[0]["why"] and "data-dependent" in skipped[0]["why"]
-    assert {a["format"] for a in result.report["artifacts"]} == {"onnx", "pte"}
-    assert all(a["verification"]["passed"] for a in result.report["artifacts"])
+    assert [(s["stage"], s["format"]) for s in skipped] == [("export", "tflite"), ("verify", "pte")]
+    assert all("\n" not in s["why"] for s in skipped) and "data-dependent" in skipped[0]["why"]
+    assert "could not run it: ExecuTorch cannot load" in skipped[1]["why"]
+    arts = {a["format"]: a for a in result.report["artifacts"]}
+    assert set(arts) == {"onnx", "pte"} and arts["onnx"]["verification"]["passed"]
+    assert not arts["pte"]["verification"]["passed"] and "reshape" in arts["pte"]["verification"]["error"]
+    assert result.summary["artifact"] == arts["onnx"]["path"] and "p50_ms" not in (arts["pte"]["latency"] or {})
     assert "## Skipped" in (tmp_path / "run" / "report.md").read_text()
 
 
 def test_a_tflite_file_without_a_signature_def_is_quantised(plain_tflite: Path, tmp_path: Path):
-    r = run_cli("compress", str(plain_tflite), "--data", "digits", "--out", str(tmp_path / "run"),
-                "--set", "quantize.trials=4", "--set", "quantize.max_seconds=60")
-    assert r.returncode == 0, r.stderr
-    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    import edgekit
+
+    report = edgekit.compress(str(plain_tflite), "host", data="digits", out=tmp_path / "run",
+                              overrides={"quantize": {"trials": 4, "max_seconds": 60}}).report
     assert report["route"]["name"] == "tflite-native" and "no signature def" in report["signature"]["source"]
     int8 = [a for a in report["artifacts"] if a["precision"] != "fp32"]
     assert int8 and all(a["verification"]["passed"] for a in int8)
@@ -80,9 +92,9 @@ def test_a_sparse_tflite_file_is_read_and_counted(tmp_path: Path):
     path = tflite_sparse.export(model, np.zeros(X_SHAPE, np.float32), tmp_path / "sparse.tflite")
     w = tflite_file.weights(path.read_bytes())
     assert w.sparse_tensors >= 1 and w.stored < w.dense and w.nonzero <= w.stored
-    r = run_cli("compress", str(path), "--recipe", "basic", "--out", str(tmp_path / "run"))
-    assert r.returncode == 0, r.stderr
-    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    import edgekit
+
+    report = edgekit.compress(str(path), "host", recipe="basic", out=tmp_path / "run").report
     assert report["baseline"]["point"]["nonzeros"] < report["baseline"]["point"]["params"]
     assert report["artifacts"][0]["verification"]["passed"]
 
@@ -139,3 +151,36 @@ def test_resident_memory_does_not_grow_with_the_trial_count(tmp_path: Path):
     assert r.returncode == 0, r.stderr[-2000:]
     after_10, after_60 = map(float, r.stdout.split())
     assert after_60 - after_10 < 16, (after_10, after_60)
+
+
+def test_a_later_format_that_overruns_the_stage_budget_is_stopped_and_said(monkeypatch):
+    """The first format's search bounds itself; a later one (a PT2E lowering that runs for most of an hour on a big
+    model) is stopped at what is left of quantize.total_seconds, even inside code that swallows exceptions, and
+    becomes one line in `failed` while the first format's result stands."""
+    import signal
+    import time
+    from types import SimpleNamespace
+
+    from edgekit.quant import run
+
+    def quick(job):
+        return "onnx result"
+
+    def stuck(job):
+        while True:
+            try:
+                time.sleep(0.01)  # a library loop that records a failed step and goes on
+            except Exception:  # noqa: BLE001
+                pass
+
+    monkeypatch.setattr(run, "SEARCHES", {"onnx": quick, "pte": stuck})
+    monkeypatch.setattr(run, "MIN_LATER_SECONDS", 0.5)
+    monkeypatch.setattr(run, "latency_mode", lambda target, device: ("none", None, None))
+    settings = SimpleNamespace(total_seconds=0.2, timing_runs=1, skip_failing_formats=True)
+    job = SimpleNamespace(settings=settings, target=None, device=None, threads=1, metric=None, common={})
+    handler, start = signal.getsignal(signal.SIGALRM), time.perf_counter()
+    results, failed = run.quantize_formats(job, ["onnx", "pte"])
+    assert time.perf_counter() - start < 5
+    assert results == ["onnx result"] and list(failed) == ["pte"]
+    assert failed["pte"].startswith("stopped after 0.5 s: not finished within what ONNX left"), failed
+    assert signal.getsignal(signal.SIGALRM) is handler  # pytest-timeout's alarm is back

@@ -294,11 +294,17 @@ def _new_report(bundle: ModelBundle, ds: DataBundle, tgt: Any, rec: Any, threads
 
 def _plan(bundle: ModelBundle, ds: DataBundle, tgt: Any, budget: float, overrides: dict | None,
           metric: Any) -> tuple[Any, dict]:
+    from dataclasses import replace
+
     from edgekit import plan as planner
     from edgekit.pipeline import load_recipe
 
-    facts = planner.gather(bundle.module, bundle.input_shape, ds, tgt, budget, native=bundle.without_torch,
-                           metric=metric)
+    # `--set export.formats=[...]` says which files the user wants: auto plans its techniques (quantisation,
+    # sparse conversion, the joint search) for the runtimes of those formats only, and says so.
+    wanted = ((overrides or {}).get("export") or {}).get("formats")
+    kept = tuple(r for r in tgt.runtimes if isinstance(wanted, (list, tuple)) and r.format in wanted)
+    facts = planner.gather(bundle.module, bundle.input_shape, ds, replace(tgt, runtimes=kept) if kept else tgt,
+                           budget, native=bundle.without_torch, metric=metric)
     spec, decisions = planner.plan(facts)
     planned = {next(iter(s)) for s in spec["stages"]}
     for name in overrides or {}:
@@ -308,7 +314,8 @@ def _plan(bundle: ModelBundle, ds: DataBundle, tgt: Any, budget: float, override
                                 f"{', '.join(next(iter(s)) for s in spec['stages'])}")
     rec = load_recipe(spec, overrides, first=("check",))
     rec = type(rec)(rec.stages, "auto")
-    return rec, {"summary": planner.describe(decisions, facts), "techniques": decisions}
+    only = f" Formats: {', '.join(dict.fromkeys(r.format for r in kept))} (--set export.formats)." if kept else ""
+    return rec, {"summary": planner.describe(decisions, facts) + only, "techniques": decisions}
 
 
 def _check_import(bundle: ModelBundle, ds: DataBundle) -> None:

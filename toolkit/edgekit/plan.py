@@ -127,7 +127,8 @@ def _joint(f: Facts) -> Decision:
     # and 900-1200 steps 0.5 (benchmarks/cls_width_finetune.py --pretune 0); width 0.5 stays 2.5+ points down.
     settings = {"max_quality_drop": f.budget, "trials": 12, "widths": [1.0, 0.75, 0.5], "finetune_epochs": 2,
                 "finetune_steps": JOINT_FINETUNE_STEPS, "batch_size": 32, "distill": 0.5, "confidence": CONFIDENCE,
-                "train_inputs": JOINT_TRAIN_INPUTS, "timing_runs": 10, "final_runs": 60, "max_seconds": 300.0}
+                "train_inputs": JOINT_TRAIN_INPUTS, "timing_runs": 10, "final_runs": 60, "max_seconds": 300.0,
+                "runtimes": [r.name for r in f.target.runtimes if r.name in RUNTIMES]}
     return Decision(True, f"no runtime of {f.target.name} runs this model's weights sparse ({f.sparse_blocker}): "
                           "channel pruning (widths rounded to the target's channel multiple, fine-tuned with "
                           "distillation from the loaded model) and "

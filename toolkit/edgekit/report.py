@@ -135,14 +135,15 @@ class Verification(_Record):
     reference: str
     runtime: str
     inputs: int
-    max_abs_err: float
-    max_abs_ref: float
+    max_abs_err: float | None  # None: the runtime could not run it (`error` says why)
+    max_abs_ref: float | None
     top1_agreement: float | None  # None where the first output is not a class vector
     tolerance: dict[str, Any]
     passed: bool
     quality: dict[str, Any] | None = None  # {"metric", "value", "inputs"}: on the run's quality split
     outputs: list[dict[str, Any]] | None = None  # every output: {"name", "max_abs_err", "max_abs_ref", "limit", "passed"}
     shapes: list[dict[str, Any]] | None = None  # the other shapes it ran at: {"shape", "max_abs_err", "passed", ...}
+    error: str | None = None  # the artifact's own runtime could not load or run it (one line)
 
 
 @dataclass

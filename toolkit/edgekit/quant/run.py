@@ -19,12 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgekit.deadline import OutOfTime, time_limit
 from edgekit.errors import EdgekitError, first_line
 from edgekit.quant.settings import Settings
 
 if TYPE_CHECKING:
     from edgekit.search_core import Constraints
     from edgekit.targets import Target
+
+
+MIN_LATER_SECONDS = 60.0  # a later format's search is never started only to be stopped at once
 
 
 @dataclass
@@ -83,13 +87,25 @@ def quantize_formats(job: QuantJob, formats: list[str]) -> tuple[list[Any], dict
     results, failed = [], {}
     start, budget = time.perf_counter(), job.settings.total_seconds
     try:
-        for fmt in formats:
+        for i, fmt in enumerate(formats):
+            before = ", ".join(f.upper() for f in formats[:i])
             if budget and time.perf_counter() - start > budget:
                 failed[fmt] = (f"not searched: the stage's time budget ({budget:g} s, quantize.total_seconds) went to "
-                               f"{', '.join(f.upper() for f in formats[:formats.index(fmt)])}")
+                               f"{before}")
                 continue
+            # The first format's search bounds itself (max_seconds); a later one gets what is left of the stage's
+            # budget (at least MIN_LATER_SECONDS) as a hard limit: one PT2E lowering of a mixed policy on a big
+            # model can run for most of an hour (PP-OCRv4's detector at 736x992 in ExecuTorch).
+            limit = None if i == 0 or not budget else max(budget - (time.perf_counter() - start), MIN_LATER_SECONDS)
             try:
-                results.append(SEARCHES[fmt](job))
+                with time_limit(limit, f"the {fmt.upper()} search"):
+                    results.append(SEARCHES[fmt](job))
+            except OutOfTime:
+                if not job.settings.skip_failing_formats:
+                    raise EdgekitError(f"quantize: the {fmt.upper()} search did not finish within what {before} left "
+                                       f"of the stage's time budget ({budget:g} s, quantize.total_seconds)") from None
+                failed[fmt] = (f"stopped after {limit:.3g} s: not finished within what {before} left of the stage's "
+                               f"time budget ({budget:g} s, quantize.total_seconds)")
             except Exception as e:  # noqa: BLE001 - one backend failing (in its own library, too) leaves the others
                 if not job.settings.skip_failing_formats:
                     raise

@@ -51,8 +51,9 @@ class Settings:
     final_runs: int = field(default=100, metadata={"help": "interleaved rounds timing float / INT8 / chosen"})
     max_seconds: float = field(default=540.0, metadata={"help": "time limit of one search"})
     total_seconds: float = field(default=0.0, metadata={
-        "help": "time budget of the whole stage: a format whose search would start after it is skipped, and "
-                "said so (0: none); searches are ordered ONNX, TFLite, ExecuTorch"})
+        "help": "time budget of the whole stage: a format whose search would start after it is skipped, a later "
+                "format's search still running at it (at least 60 s) is stopped, and the report says so (0: none); "
+                "searches are ordered ONNX, TFLite, ExecuTorch"})
     nncf_baseline: bool = field(default=False, metadata={"help": "also score NNCF's default INT8 (ONNX)"})
     seed: int = field(default=0, metadata={"help": "sampler seed"})
     workers: int = field(default=1, metadata={"help": "processes working on the ONNX search's shared study (this "

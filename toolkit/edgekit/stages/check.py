@@ -44,14 +44,16 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
 
 
 def _made_formats(ctx: RunContext) -> set[str] | None:
-    """The formats the recipe's artifact-writing stages name (`--set export.formats=[onnx]`), or None when one of
-    them writes the target's formats (then every runtime of the target is judged)."""
+    """The formats the recipe's artifact-writing stages name (`--set export.formats=[onnx]`; the joint search's
+    runtimes), or None when one of them writes the target's formats (then every runtime of the target is judged)."""
     if ctx.recipe is None:
         return None
+    fmt_of = {rt.name: rt.format for rt in ctx.target.runtimes}
     named: set[str] = set()
     for spec in ctx.recipe.stages:
         if spec.contract.writes_artifacts:
-            formats = getattr(spec.settings, "formats", None)
+            formats = getattr(spec.settings, "formats", None) or [fmt_of.get(r, r) for r in
+                                                                   getattr(spec.settings, "runtimes", None) or ()]
             if not formats:
                 return None
             named |= set(formats)

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from edgekit.contract import Contract
-from edgekit.errors import VerificationError
+from edgekit.errors import InputError, VerificationError, first_line
 from edgekit.export.verify import check_shape, compare, other_shape, run_artifact
+from edgekit.report import Verification
 from edgekit.train import predict_outputs
 
 if TYPE_CHECKING:
@@ -54,7 +55,15 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
         ref_model = model if version == ctx.model_version else ctx.reference
         if version not in refs:
             refs[version] = ctx.model_outputs(ref_model, version) if scored else predict_outputs(ref_model, x)
-        got, runtime = run_artifact(ctx.out / art.path, art.runtime, x, ctx.threads)
+        try:
+            got, runtime = run_artifact(ctx.out / art.path, art.runtime, x, ctx.threads)
+        except InputError as e:  # its runtime cannot load or run the file: a failed artifact, not a failed run
+            art.verification = Verification(_reference_name(ctx, version), art.runtime, len(x), None, None, None,
+                                            art.tolerance, False, error=first_line(e, 240))
+            failed.append(art)
+            if task is not None:
+                ctx.progress.advance(task)
+            continue
         art.verification = compare(got, refs[version], runtime, art.tolerance, _reference_name(ctx, version), names)
         if settings.other_shapes:
             _check_other_shape(art, ctx, x, version, ref_model, names)
@@ -106,6 +115,8 @@ def _reference_name(ctx: RunContext, version: int) -> str:
 def _why(art: Artifact) -> str:
     """What failed, in one line: an output's error, a shape, or the first output's error and top-1 agreement."""
     v = art.verification
+    if v.error:
+        return f"its runtime could not run it: {v.error}"
     bad = next((r for r in (v.outputs or []) if not r["passed"]), None)
     shape = next((r for r in (v.shapes or []) if r.get("passed") is False), None)
     limit = v.tolerance.get("max_abs_err_limit")
