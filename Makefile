@@ -74,6 +74,7 @@ kernels: system-deps
 #   .venv-bench   RapidOCR 1.4.4 with OpenCV, the client benchmarks/ocr_client.py runs (in a venv of its own)
 #   .bench-pkgs   ultralytics (YOLOv8n from its model YAML, exported by its own ONNX exporter), used with .venv's
 #                 torch by benchmarks/wild_models.py and task_quality.py (PYTHONPATH, --no-deps: no second torch)
+#   .bench-img    scikit-image and its sample photographs (benchmarks/task_quality.py's detector inputs; --no-deps)
 #   .bench-models MediaPipe's .tflite files, unpacked from the mediapipe==0.10.14 wheel (pip download, no install)
 BENCH_VENV := .venv-bench
 bench-deps: $(STAMP)
@@ -81,6 +82,8 @@ bench-deps: $(STAMP)
 	$(BENCH_VENV)/bin/pip install -q rapidocr-onnxruntime==1.4.4 opencv-python-headless pillow
 	@[ -d .bench-pkgs/ultralytics ] || $(BIN)/pip install -q --target .bench-pkgs --no-deps ultralytics \
 	  ultralytics-thop opencv-python-headless polars ultralytics-platform nvidia-ml-py
+	@[ -d .bench-img/skimage ] || $(BIN)/pip install -q --target .bench-img --no-deps scikit-image lazy_loader \
+	  imageio tifffile
 	@mkdir -p .bench-models && [ -f .bench-models/face_detection_short_range.tflite ] || { \
 	  d=$$(mktemp -d) && $(BIN)/pip download -q --no-deps mediapipe==0.10.14 -d $$d && \
 	  $(BIN)/python -c "import glob, os, sys, zipfile; z = zipfile.ZipFile(glob.glob(sys.argv[1] + '/*.whl')[0]); \

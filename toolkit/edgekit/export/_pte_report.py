@@ -31,7 +31,8 @@ def report_section(path: Path) -> tuple[str, str]:
     title = f"ExecuTorch: {Path(path).name} ({side.get('precision', '?')})"
     if not side:
         return title, "No sidecar (delegation and per-layer accuracy unknown)."
-    return title, "\n\n".join([delegation_markdown(side), accuracy_markdown(side.get("layers"))])
+    return title, "\n\n".join([delegation_markdown(side), accuracy_markdown(side.get("layers"),
+                                                                             side.get("layers_skipped"))])
 
 
 def delegation_markdown(side: dict[str, Any]) -> str:
@@ -48,9 +49,9 @@ def delegation_markdown(side: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def accuracy_markdown(layers: dict[str, Any] | None) -> str:
+def accuracy_markdown(layers: dict[str, Any] | None, skipped: str | None = None) -> str:
     if not layers:
-        return "Per-layer accuracy: not checked (no held-out inputs given to the export)."
+        return f"Per-layer accuracy: not checked ({skipped or 'no held-out inputs given to the export'})."
     grows = layers.get("grows") or []
     head = (f"Per-layer accuracy ({layers['method']}; {layers['inputs']} held-out inputs): model output SQNR "
             f"**{layers['output_sqnr_db']} dB** (max |err| {layers['output_max_abs_err']:.3g} at max |ref| "

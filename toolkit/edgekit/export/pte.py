@@ -36,6 +36,18 @@ KEEPS_SIGNATURE = True  # export(..., signature=) keeps names and dynamic dims
 SUFFIX = ".pte"
 WANTS_INPUTS = True  # the export stage passes held-out inputs: the per-layer check runs on them
 PROBE_INPUTS = 8
+# The per-layer check taps every layer at full resolution: PP-OCRv4's detector at 1x3x736x992 (8.8 MB per input) took
+# 6.5 GB for one input. Above this size per input the check is skipped and the sidecar says so.
+PROBE_MAX_INPUT_MB = 2.0
+
+
+def probe_skipped(example: Any) -> str | None:
+    """Why the per-layer check is skipped for inputs like `example` (None: it runs)."""
+    mb = np.asarray(example).nbytes / 2**20
+    if mb <= PROBE_MAX_INPUT_MB:
+        return None
+    return (f"per-layer check skipped: one input is {mb:.1f} MB (above {PROBE_MAX_INPUT_MB:g} MB its every layer "
+            "at full resolution would be held at once)")
 
 
 def sidecar(path: str | Path) -> Path:
@@ -111,7 +123,8 @@ def export(model: nn.Module, example: np.ndarray, path: Path, calibration: np.nd
     program, fallback = _export(source, x, sig.bounded_attempts(signature, x) if calibration is None else None)
     sig.note_fallback(path, "torch.export", fallback)
     program_signature = _program_signature(program, signature, sig)
-    probe = probe_inputs is not None and len(probe_inputs) > 0
+    skip = probe_skipped(x)
+    probe = probe_inputs is not None and len(probe_inputs) > 0 and skip is None
     pristine = copy.deepcopy(program) if probe else None  # lowering rewrites the program in place
     buffer, info = lower(program)
     with atomic_path(path) as tmp:
@@ -119,7 +132,8 @@ def export(model: nn.Module, example: np.ndarray, path: Path, calibration: np.nd
     meta = {"format": "pte", "precision": precision or ("fp32" if calibration is None else "int8"),
             "input_shape": list(x.shape), "executorch_version": _version(), "backend": "XnnpackBackend",
             "quantizer": None if calibration is None else type(quantizer or default_quantizer()).__name__,
-            **info, **({"signature": program_signature.as_dict()} if program_signature else {})}
+            **info, **({"signature": program_signature.as_dict()} if program_signature else {}),
+            **({"layers_skipped": skip} if skip and probe_inputs is not None else {})}
     write_json(sidecar(path), meta)  # before the probe: the runtime reads the program's signature from it
     if probe:
         from edgekit.export._pte_probe import layer_accuracy
@@ -141,10 +155,14 @@ def check_layers(model: nn.Module, example: np.ndarray, artifact: Path, probe_in
 
     from edgekit.export._pte_probe import layer_accuracy
 
+    meta = read_sidecar(artifact) or {}
+    if skip := probe_skipped(example):
+        meta["layers_skipped"] = skip
+        write_json(sidecar(artifact), meta)
+        return {}
     x = torch.as_tensor(np.ascontiguousarray(example, np.float32))
     source = model.eval() if calibration is None else quantize(model, example, calibration, quantizer)
     layers = layer_accuracy(_export(source, x)[0], model, x, np.asarray(probe_inputs, np.float32), Path(artifact))
-    meta = read_sidecar(artifact) or {}
     meta["layers"] = layers
     write_json(sidecar(artifact), meta)
     return layers

@@ -201,6 +201,17 @@ def prepare(path: Path, workdir: Path) -> tuple[Path, list[str]]:
             done.append(f"opset {opset} -> 13")
         except Exception as e:  # noqa: BLE001 - quantised as it is; ORT says so if it cannot
             done.append(f"opset {opset} kept (conversion failed: {first_line(e, 120)})")
+    # Graph inputs that carry an initializer (the Caffe2-era `*_SHAPE` inputs) are constants to the application; the
+    # pre-processing and the calibrator would ask for them in every feed. (IR 4 lets an initializer be no input.)
+    inits = {i.name for i in model.graph.initializer}
+    fed = [i for i in model.graph.input if i.name in inits]
+    if fed:
+        for i in fed:
+            model.graph.input.remove(i)
+        model.ir_version = max(model.ir_version, 4)
+        current = workdir / "float-constants.onnx"
+        onnx.save(model, str(current))
+        done.append(f"{len(fed)} inputs with initializers kept as constants")
     try:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
