@@ -136,9 +136,6 @@ def _onnx_weights(content: bytes) -> list[np.ndarray]:
     return [a for a in arrays if a.dtype.kind == "f"]
 
 
-
-
-
 def route(bundle: Any) -> dict[str, Any]:
     """report.json's `route`: which route ran and, for a native one, why there is no torch model."""
     native = bundle.without_torch

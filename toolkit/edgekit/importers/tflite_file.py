@@ -1,9 +1,9 @@
 """.tflite files as they come: without a signature def (most of MediaPipe's, many converted files), with sparse
 (CSR / block-sparse) weights, with custom operators.
 
-- `with_signature(content)`: the file with a signature def ("serving_default") made from its subgraph's inputs and
-  outputs, named after their tensors; what the LiteRT Quantizer needs (it quantises per signature), and what a
-  client that looks tensors up by name still finds (the tensors themselves are unchanged).
+- `for_quantizer(content)`: the copy the LiteRT Quantizer takes: a signature def ("serving_default") made from the
+  subgraph's inputs and outputs, named after their tensors, where the file has none (the quantizer works per
+  signature; the tensors themselves are unchanged), current operator codes, float16 weights as float32.
 - `weights(content)`: the float weights stored in the file, a sparse tensor counted by the values it stores (its
   dense size beside them), never reshaped to its dense shape.
 - `custom_operators(content)`: the custom operators a file uses (LiteRT has no kernel for them unless the program
@@ -51,19 +51,44 @@ def has_signature(content: bytes | bytearray) -> bool:
     return bool(_read(content).signatureDefs)
 
 
-def with_signature(content: bytes | bytearray, key: str = "serving_default") -> bytes:
-    """The file with a signature def from its first subgraph's inputs and outputs if it has none, and every
-    operator code's `builtin_code` set (tools that read only that field, the LiteRT Quantizer among them, would
-    otherwise take an old file's operators for ADD)."""
-    from ai_edge_litert import schema_py_generated as schema
+def for_quantizer(content: bytes | bytearray, key: str = "serving_default") -> tuple[bytes, bool, int]:
+    """(the copy the LiteRT Quantizer takes, whether a signature def was added, how many float16 weights became
+    float32), read and written once: every operator code's `builtin_code` set (tools that read only that field, the
+    quantizer among them, would otherwise take an old file's operators for ADD); a signature def from the first
+    subgraph's inputs and outputs if the file has none (the quantizer works per signature); float16 weights that
+    DEQUANTIZE to float32 when the file loads (MediaPipe's) stored as float32 constants, so that the quantizer sees
+    weights (sparse ones, DENSIFY, are left as they are)."""
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = _read(content)
+    stale = _set_builtin_codes(model)
+    added = _add_signature(model, key)
+    fp16 = _fp16_weights_as_float32(model)
+    changed = stale or added or fp16
+    return (bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if changed else bytes(content)), added, fp16
+
+
+def float32_weights(content: bytes | bytearray) -> tuple[bytes, int]:
+    """(the file with float16 weights stored as float32 constants, how many were): see for_quantizer."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = _read(content)
+    done = _fp16_weights_as_float32(model)
+    return (bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if done else bytes(content)), done
+
+
+def _set_builtin_codes(model: Any) -> int:
     stale = [c for c in model.operatorCodes if c.builtinCode != builtin_code(c)]
     for c in stale:
         c.builtinCode = builtin_code(c)
+    return len(stale)
+
+
+def _add_signature(model: Any, key: str) -> bool:
+    from ai_edge_litert import schema_py_generated as schema
+
     if model.signatureDefs:
-        return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if stale else bytes(content)
+        return False
     graph = model.subgraphs[0]
 
     def maps(indices: Any) -> list[Any]:
@@ -80,17 +105,12 @@ def with_signature(content: bytes | bytearray, key: str = "serving_default") -> 
     sig.inputs, sig.outputs = maps(graph.inputs), maps(graph.outputs)
     sig.signatureKey, sig.subgraphIndex = key, 0
     model.signatureDefs = [sig]
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    return True
 
 
-def float32_weights(content: bytes | bytearray) -> tuple[bytes, int]:
-    """(the file with float16 weights stored as float32 constants, how many were): files that store weights in
-    float16 and DEQUANTIZE them to float32 when they load (MediaPipe's) have no constant float32 weight a quantiser
-    can take. Sparse weights (DENSIFY) are left as they are."""
+def _fp16_weights_as_float32(model: Any) -> int:
     from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.tools import flatbuffer_utils
 
-    model = _read(content)
     done = 0
     for graph in model.subgraphs:
         kept = []
@@ -108,7 +128,7 @@ def float32_weights(content: bytes | bytearray) -> tuple[bytes, int]:
                 continue
             kept.append(op)
         graph.operators = kept
-    return (bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if done else bytes(content)), done
+    return done
 
 
 def without_signature(content: bytes | bytearray) -> bytes:

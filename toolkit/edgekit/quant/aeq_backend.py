@@ -34,11 +34,12 @@ WEIGHT_OPS = {"CONV_2D": "Conv", "DEPTHWISE_CONV_2D": "Conv", "CONV_2D_TRANSPOSE
               "FULLY_CONNECTED": "Gemm"}
 
 
-def _read(model_path: Path | bytes | bytearray) -> Any:
+def _read(model_path: str | Path | bytes | bytearray) -> Any:
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
 
     if isinstance(model_path, (bytes, bytearray)):
         return fu.read_model(bytearray(model_path))
+    model_path = Path(model_path)
     if not model_path.is_file():
         raise InputError(f"model file not found: {model_path}")
     try:
@@ -55,7 +56,7 @@ def list_layers(model_path: str | Path | bytes | bytearray) -> list[Layer]:
 
     from edgekit.importers.tflite_file import builtin_code
 
-    model = _read(model_path) if isinstance(model_path, (bytes, bytearray)) else _read(Path(model_path))
+    model = _read(model_path)
     if not fu.is_float_model(model):
         name = "the model" if isinstance(model_path, (bytes, bytearray)) else str(model_path)
         raise InputError(f"{name} is already quantised; the LiteRT Quantizer backend takes a float .tflite")
@@ -127,8 +128,7 @@ class AeqQuantizer:
         # The quantizer works per signature: a file without one gets one from its subgraph's inputs and outputs,
         # and the quantised files lose it again (they look like the file they came from). Float16 weights that
         # DEQUANTIZE on load become float32 constants, so that the quantizer sees weights.
-        self.added_signature = not tflite_file.has_signature(content)
-        prepared, self.fp16_weights = tflite_file.float32_weights(tflite_file.with_signature(content))
+        prepared, self.added_signature, self.fp16_weights = tflite_file.for_quantizer(content)
         self._float_bytes = bytearray(prepared)
         self.layers = list_layers(self._float_bytes)
         interpreter = Interpreter(model_content=bytes(self._float_bytes))

@@ -74,18 +74,19 @@ def _verdicts(model: nn.Module, ctx: RunContext) -> list[dict[str, Any]]:
             return [v.as_dict() for v in rules.check_model(model, target, tuple(ctx.bundle.input_shape))]
         except EdgekitError as e:  # check never needs a format to export: the runtimes are judged dense
             why = f"could not inspect the graph ({first_line(e, 200)}): judged dense"
-            return [{"runtime": rt.name, "format": rt.format, "sparse": False, "summary": f"{rt.name}: {why}",
-                     "blockers": [{"layer": "graph", "why": why}]} for rt in runtimes]
+            return [_dense(rt, why, "graph") for rt in runtimes]
     # No rule set needs the graph: every runtime judged is dense for a stated reason.
     return [_dense(rt) for rt in runtimes]
 
 
-def _dense(rt: Any) -> dict[str, Any]:
+def _dense(rt: Any, why: str | None = None, layer: str = "runtime") -> dict[str, Any]:
+    """A runtime judged dense: for its rule set's reason, or for `why` (then said as it is)."""
     from edgekit import rules
 
-    why = rules.get(rt.sparse_rules).reason(rt.name)
-    return {"runtime": rt.name, "format": rt.format, "sparse": False, "summary": f"{rt.name}: dense ({why})",
-            "blockers": [{"layer": "runtime", "why": why}]}
+    summary = f"{rt.name}: {why}" if why else None
+    why = why or rules.get(rt.sparse_rules).reason(rt.name)
+    return {"runtime": rt.name, "format": rt.format, "sparse": False, "summary": summary or f"{rt.name}: dense ({why})",
+            "blockers": [{"layer": layer, "why": why}]}
 
 
 def _native_verdicts(native: Any, ctx: RunContext) -> list[dict[str, Any]]:

@@ -60,16 +60,14 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
         except InputError as e:  # its runtime cannot load or run the file: a failed artifact, not a failed run
             art.verification = Verification(_reference_name(ctx, version), art.runtime, len(x), None, None, None,
                                             art.tolerance, False, error=first_line(e, 240))
-            failed.append(art)
-            if task is not None:
-                ctx.progress.advance(task)
-            continue
-        art.verification = compare(got, refs[version], runtime, art.tolerance, _reference_name(ctx, version), names)
-        if settings.other_shapes:
-            _check_other_shape(art, ctx, x, version, ref_model, names)
-        if scored:
-            art.verification.quality = {"metric": ctx.metric.name, "value": ctx.quality_of(got),
-                                        "inputs": len(got[0])}
+        else:
+            art.verification = compare(got, refs[version], runtime, art.tolerance, _reference_name(ctx, version),
+                                       names)
+            if settings.other_shapes:
+                _check_other_shape(art, ctx, x, version, ref_model, names)
+            if scored:
+                art.verification.quality = {"metric": ctx.metric.name, "value": ctx.quality_of(got),
+                                            "inputs": len(got[0])}
         if not art.verification.passed:
             failed.append(art)
         if task is not None:
