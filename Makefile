@@ -50,7 +50,7 @@ run: install
 	$(BIN)/edgekit compress --target host --out $(OUT)
 
 test: install
-	$(BIN)/pytest -q -x --timeout=900
+	$(BIN)/pytest -q -x --timeout=900 -n 2 --dist loadfile
 
 test-all: install
 	$(BIN)/pytest -q -m '' --timeout=3600

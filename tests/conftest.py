@@ -33,11 +33,20 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
-def digits_run(tmp_path_factory) -> Path:
-    """`edgekit compress --target host` on the built-in default, run once for the session."""
-    out = tmp_path_factory.mktemp("runs") / "digits-host"
-    r = run_cli("compress", "--target", "host", "--out", str(out))
-    assert r.returncode == 0, r.stderr
+def digits_run(tmp_path_factory, worker_id: str) -> Path:
+    """`edgekit compress --target host` on the built-in default, run once for the session: `make test` runs on two
+    workers (pytest-xdist, `--dist loadfile`), which share the run through a folder of the session and a lock; no
+    test writes into it."""
+    import fcntl
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base if worker_id == "master" else base.parent
+    out = shared / "digits-host"
+    with open(shared / "digits-host.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "report.json").is_file():
+            r = run_cli("compress", "--target", "host", "--out", str(out))
+            assert r.returncode == 0, r.stderr
     return out
 
 
@@ -75,3 +84,4 @@ def one_line_error(r, *needles: str) -> None:
 def stage_record(report: dict, name: str) -> dict:
     """The record of the stage called `name` (compress puts a `check` stage first, so positions shift)."""
     return next(s for s in report["stages"] if s["name"] == name)
+
