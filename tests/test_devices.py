@@ -79,6 +79,26 @@ def test_local_device_times_side_by_side_and_runs(digits_run: Path):
         open_device("local", target=load_target("rpi4")).time(jobs, runs=20)
 
 
+def test_local_timing_goes_on_in_groups_beside_the_first_job_when_memory_is_short(digits_run: Path, monkeypatch):
+    """Above TIMING_RSS_MB resident, loaded artifacts are timed and released and the rest are timed in further
+    groups, each beside the first job, whose samples every group pools; each latency says which group timed it."""
+    import edgekit.devices.local as local
+    from edgekit.data import digits
+
+    arts = digits_run / "artifacts"
+    x = digits().x_test[:1].astype(np.float32)
+    jobs = [Job(arts / "model_fp32.onnx", "onnxruntime", input=x), Job(arts / "model_fp32.tflite", "litert", input=x),
+            Job(arts / "model_fp32.onnx", "onnxruntime", input=x, name="again")]
+    monkeypatch.setattr(local, "TIMING_RSS_MB", 0)  # every job past the second starts a group
+    lats = local.LocalDevice().time(jobs, runs=20, warmup=1)
+    assert [lat.source for lat in lats] == ["measured"] * 3
+    assert [lat.runs for lat in lats] == [40, 20, 20]
+    assert [lat.extra["timing_group"] for lat in lats] == ["all 2", "1 of 2", "2 of 2"]
+    monkeypatch.setattr(local, "TIMING_RSS_MB", 10 ** 9)  # one group: nothing to say
+    lats = local.LocalDevice().time(jobs, runs=20, warmup=1)
+    assert [lat.runs for lat in lats] == [20, 20, 20] and not any("timing_group" in lat.extra for lat in lats)
+
+
 def test_device_modules_form_no_cycle():
     """devices/uri.py and devices/facts.py (URIs, the honesty check, harness results) import no device module; the
     devices import them, never the other way round. The harness imports nothing of edgekit (it runs on the device);

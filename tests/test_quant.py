@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,31 @@ def test_onnx_backend_applies_each_layer_choice(cnn, tmp_path):
             assert s is not None and s.size > 1, la.name  # one scale per output channel
     with pytest.raises(Exception, match="lacks"):
         q.apply(Policy(layers={"no.such.layer": INT8_CHANNEL}), tmp_path / "x.onnx")
+
+
+def test_calibration_in_priority_order_writes_the_same_file(cnn, tmp_path, monkeypatch):
+    """The calibrator's session made lean (priority-based order, no memory pattern: a fraction of the memory on big
+    inputs) gives the very file ONNX Runtime's own session gives, for min-max and histogram calibration."""
+    from onnxruntime.quantization import calibrate
+
+    from edgekit.quant import onnx_backend
+    from edgekit.quant.onnx_backend import OnnxQuantizer
+
+    made = []
+    lean = onnx_backend._lean_calibration_session
+    monkeypatch.setattr(onnx_backend, "_lean_calibration_session", lambda: (made.append(1), lean())[1])
+    q = OnnxQuantizer(cnn["onnx"], cnn["data"].x_train[:16], tmp_path / "lean")
+    own = calibrate.CalibraterBase.create_inference_session
+    for cal in ("minmax", "percentile"):
+        policy = Policy.uniform(q.layers, calibration=cal)
+        a = q.apply(policy, tmp_path / f"lean-{cal}.onnx").read_bytes()
+        assert calibrate.CalibraterBase.create_inference_session is own  # put back after each use
+        monkeypatch.setattr(onnx_backend, "_lean_calibration_session", contextlib.nullcontext)
+        b = OnnxQuantizer(cnn["onnx"], cnn["data"].x_train[:16], tmp_path / f"own-{cal}").apply(
+            policy, tmp_path / f"own-{cal}.onnx").read_bytes()
+        monkeypatch.setattr(onnx_backend, "_lean_calibration_session", lambda: (made.append(1), lean())[1])
+        assert a == b, cal
+    assert len(made) == 2
 
 
 def test_tflite_backend_keeps_float_layers_float(cnn, tmp_path):

@@ -78,6 +78,30 @@ def test_exporters_keep_names_and_dynamic_batch_and_width(fmt: str, tmp_path: Pa
         assert from_tflite(path).inputs[0].dynamic_axes == (0, 3)
 
 
+def test_executorch_bounds_keep_the_largest_input_small():
+    """ExecuTorch plans memory for the largest input a program accepts: with a budget, a big input gets a small
+    batch bound and wide axes shrink towards the example's size; a small input keeps the wide bounds."""
+    import torch
+
+    from edgekit.export._signature import bounded_attempts
+
+    def uppers(shape: tuple[int, ...], dims: tuple[int | str, ...], mb: float | None) -> list[dict[int, int]]:
+        sig = Signature((TensorSpec("x", "float32", dims),), (TensorSpec("y", "float32", ("batch", 1)),), "test")
+        return [{a: d.max for a, d in dyn.items()} for _, dyn in bounded_attempts(sig, torch.zeros(shape), mb)
+                if dyn is not None]
+
+    big = (1, 3, 736, 992)  # 8.8 MB per input
+    assert uppers(big, ("batch", 3, 736, 992), None) == [{0: 1024}, {0: 8}]
+    assert uppers(big, ("batch", 3, 736, 992), 32) == [{0: 3}, {0: 3}]
+    *wide, batch_alone = uppers(big, ("batch", 3, "h", "w"), 32)
+    assert len(wide) == 2 and batch_alone == {0: 3}
+    assert wide == [{0: 3, 2: 736, 3: 992}] * 2  # the example's size, and the batch that fits beside it
+    for upper in uppers((1, 3, 224, 224), ("batch", 3, "h", "w"), 32)[:2]:  # shrunk, never below the example
+        assert upper[2] >= 224 and upper[3] >= 224 and upper[0] >= 2
+        assert upper[0] * 3 * upper[2] * upper[3] * 4 <= 32 * 2 ** 20
+    assert uppers((1, 1, 8, 8), ("batch", 1, 8, 8), 32) == [{0: 1024}, {0: 8}]
+
+
 def test_a_dimension_the_code_fixes_is_said_in_one_line(tmp_path: Path):
     spec = Signature((TensorSpec("x", "float32", ("batch", 3, 8, "width")),),
                      (TensorSpec("y", "float32", ("batch", 3)),), "test")

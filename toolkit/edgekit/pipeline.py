@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit import heap
 from edgekit import stages as stage_registry
 from edgekit.contract import Contract, contract_of
 from edgekit.data import DataBundle
@@ -322,6 +323,13 @@ def run_pipeline(ctx: RunContext, recipe: Recipe, base_fingerprint: str, resume:
     return ctx.report
 
 
+def peak_rss_mb() -> int:
+    """This process's peak resident memory so far, in MB (Linux reports ru_maxrss in kB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
 def _run_stage(ctx: RunContext, model: Any, module: Any, spec: StageSpec, contract: Contract, fp: str,
                state_path: Path) -> Any:
     import torch
@@ -333,6 +341,7 @@ def _run_stage(ctx: RunContext, model: Any, module: Any, spec: StageSpec, contra
         ctx.model_version = i  # what the stage writes is made from the model it returns
     start = time.perf_counter()
     model = module.run(model, spec.settings, ctx)
+    heap.trim()  # what the stage loaded and released (runtimes, exporters' graphs) goes back to the system
     seconds = time.perf_counter() - start
     after = ctx._after
     if contract.changes_model:
@@ -345,7 +354,8 @@ def _run_stage(ctx: RunContext, model: Any, module: Any, spec: StageSpec, contra
     record = StageResult(name=spec.name, index=i, seconds=round(seconds, 3), fingerprint=fp,
                          settings=dataclasses.asdict(spec.settings), changes=sorted(contract.changes),
                          params_total=total, params_nonzero=nonzero, metrics=ctx._record.get("metrics", {}),
-                         details=ctx._record.get("details", {}), after=after, extra=fields)
+                         details=ctx._record.get("details", {}), after=after, peak_rss_mb=peak_rss_mb(),
+                         extra=fields)
     if contract.changes_model:
         with atomic_path(state_path) as tmp:
             torch.save(model.state_dict(), tmp)

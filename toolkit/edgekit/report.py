@@ -238,6 +238,7 @@ class StageResult(_Record):
     metrics: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     after: ChainPoint | None = None
+    peak_rss_mb: int | None = None  # the process's peak resident memory when the stage ended (never falls)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

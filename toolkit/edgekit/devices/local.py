@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from edgekit.targets import Target
 
 
+TIMING_RSS_MB = 3072  # resident memory above which local timing goes on in groups (LocalDevice._in_process)
+
+
 class LocalDevice(BaseDevice):
     """This machine (`local`).
 
@@ -66,25 +69,58 @@ class LocalDevice(BaseDevice):
         return self._in_process(artifacts, runs, warmup, threads, progress)
 
     def _in_process(self, jobs: Sequence[Job], runs: int, warmup: int, threads: int, progress: Any) -> list[Latency]:
-        from edgekit.devices.timing import time_interleaved
+        """Interleaved timing of every job in this process. Loaded runtimes hold their buffers (an ONNX Runtime
+        session of a detector at 736x992 holds hundreds of MB): once this process's resident memory passes
+        TIMING_RSS_MB, the jobs loaded so far are timed and released and the rest are timed in further groups, each
+        beside the first job (the model as loaded, for a compress run), whose samples all groups pool."""
+        from edgekit import heap
+        from edgekit.devices.timing import Timing, interleaved_samples, resident_mb
         from edgekit.latency.profile import device_id_from_facts
         from edgekit.report import Latency
         from edgekit.runtimes import load_runner
 
         out: list[Latency | None] = [None] * len(jobs)
-        loaded, runners = [], []
+        group: list[tuple[int, Any, Any]] = []  # (job index, runner, input); group[0] is timed in every group
+        samples: dict[int, list[float]] = {}
+        runtimes: dict[int, str] = {}
+        where: dict[int, int] = {}
+        groups = 0
+
+        def time_group() -> None:
+            nonlocal groups
+            got = interleaved_samples([r for _, r, _ in group], [x for *_, x in group], warmup, runs, progress)
+            for (i, _, _), s in zip(group, got, strict=True):
+                samples.setdefault(i, []).extend(s)
+                where.setdefault(i, groups)
+            groups += 1
+
         for i, j in enumerate(jobs):
             try:
-                runners.append(load_runner(j.runtime, j.path, threads))
-                loaded.append(i)
+                r = load_runner(j.runtime, j.path, threads)
             except RuntimeUnavailable as e:
                 out[i] = Latency.none(str(e), device=host_device_name(), runtime=j.runtime)
-        xs = [_input_for(jobs[i], r) for i, r in zip(loaded, runners, strict=True)]
-        timings = time_interleaved(runners, xs, warmup, runs, progress) if runners else []
+                continue
+            x = _input_for(j, r)
+            r(x)  # the first run allocates what the runtime keeps
+            runtimes[i] = r.runtime
+            if len(group) > 1 and resident_mb() > TIMING_RSS_MB:
+                del r, x
+                time_group()
+                del group[1:]
+                heap.trim()
+                r = load_runner(j.runtime, j.path, threads)
+                x = _input_for(j, r)
+            group.append((i, r, x))
+        if group:
+            time_group()
+        group.clear()
         device_id = device_id_from_facts(self.facts())
-        for i, r, t in zip(loaded, runners, timings, strict=True):
-            out[i] = Latency.measured(t, device=host_device_name(), runtime=r.runtime, threads=threads, via="local",
-                                      device_id=device_id)
+        anchor = min(samples, default=-1)
+        for i, s in samples.items():
+            more = {} if groups == 1 else {"timing_group": f"all {groups}" if i == anchor else
+                                           f"{where[i] + 1} of {groups}"}
+            out[i] = Latency.measured(Timing.from_samples(s), device=host_device_name(), runtime=runtimes[i],
+                                      threads=threads, via="local", device_id=device_id, **more)
         return [x for x in out if x is not None]
 
     def _harness(self, jobs: Sequence[Job], runs: int, warmup: int, threads: int, profile_runs: int,

@@ -39,6 +39,12 @@ def time_interleaved(runners: list[Runner], x: np.ndarray | list[np.ndarray], wa
 
     Interleaving makes a slow phase of a shared, noisy machine hit every runner alike.
     """
+    return [Timing.from_samples(s) for s in interleaved_samples(runners, x, warmup, runs, progress)]
+
+
+def interleaved_samples(runners: list[Runner], x: np.ndarray | list[np.ndarray], warmup: int = 5, runs: int = 50,
+                        progress: object = None) -> list[list[float]]:
+    """time_interleaved's samples (seconds), one list per runner."""
     xs = x if isinstance(x, list) else [x] * len(runners)
     for r, xi in zip(runners, xs, strict=True):
         for _ in range(warmup):
@@ -54,7 +60,18 @@ def time_interleaved(runners: list[Runner], x: np.ndarray | list[np.ndarray], wa
             progress.advance(task)  # type: ignore[attr-defined]
     if task is not None:
         progress.remove_task(task)  # type: ignore[attr-defined]
-    return [Timing.from_samples(s) for s in samples]
+    return samples
+
+
+def resident_mb() -> float:
+    """This process's resident memory now, in MB (0 where /proc is missing)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def paired_timing(runner: Runner, anchor: Runner, x: np.ndarray, runs: int, warmup: int = 3

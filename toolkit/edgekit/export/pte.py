@@ -39,6 +39,9 @@ PROBE_INPUTS = 8
 # The per-layer check taps every layer at full resolution: PP-OCRv4's detector at 1x3x736x992 (8.8 MB per input) took
 # 6.5 GB for one input. Above this size per input the check is skipped and the sidecar says so.
 PROBE_MAX_INPUT_MB = 2.0
+# ExecuTorch plans memory for the largest input a program accepts: the dynamic dimensions' upper bounds are chosen so
+# that input takes at most this much (export/_signature.py).
+PLANNED_INPUT_MB = 32.0
 
 
 def probe_skipped(example: Any) -> str | None:
@@ -120,7 +123,8 @@ def export(model: nn.Module, example: np.ndarray, path: Path, calibration: np.nd
 
     x = torch.as_tensor(np.ascontiguousarray(example, np.float32))
     source = model.eval() if calibration is None else quantize(model, example, calibration, quantizer)
-    program, fallback = _export(source, x, sig.bounded_attempts(signature, x) if calibration is None else None)
+    attempts = sig.bounded_attempts(signature, x, PLANNED_INPUT_MB) if calibration is None else None
+    program, fallback = _export(source, x, attempts)
     sig.note_fallback(path, "torch.export", fallback)
     program_signature = _program_signature(program, signature, sig)
     skip = probe_skipped(x)

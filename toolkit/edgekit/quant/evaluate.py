@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edgekit import heap
 from edgekit.devices.timing import paired_timing, time_interleaved
 from edgekit.errors import EdgekitError
 from edgekit.quant.policy import Layer, Policy
@@ -186,6 +187,7 @@ class Scorer:
                     self.backend.apply(policy, cand.path)
                 self._time(cand, load_runner(self.runtime, cand.path, self.threads), cand.path)
             return cand
+        heap.trim(collect=False)  # the last candidate's runtime is released: its buffers go back to the system
         path = self.backend.apply(policy, self.workdir / f"{name}{self.suffix}")
         runner = load_runner(self.runtime, path, self.threads)
         cand = self._candidate(policy, path, run_outputs(runner, self.x))
@@ -201,6 +203,7 @@ class Scorer:
     def proxy(self, policy: Policy, name: str, n: int) -> Candidate:
         """A cheap look at a policy for the sensitivity pass: scored on the first `n` scoring inputs only, never
         timed nor cached (a search candidate is always scored on all of them); its file is removed."""
+        heap.trim(collect=False)
         path = self.backend.apply(policy, self.workdir / f"{name}{self.suffix}")
         try:
             full_x, full_out, full_y, full_q = self.x, self.float_outputs, self.y, self.float_quality

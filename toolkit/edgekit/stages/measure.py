@@ -38,8 +38,9 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
     from edgekit.devices import latency_source
     from edgekit.stages._latency_record import add_op_profile_section, record_latencies
 
-    # The model as loaded (baseline/) is timed with the final artifacts, side by side: before and after alike.
-    arts = [a for a in ctx.all_artifacts() if a.passed]
+    # The model as loaded (baseline/) is timed with the final artifacts, side by side: before and after alike. It
+    # comes first: a device that times in groups (memory) times the first job in every group.
+    arts = sorted((a for a in ctx.all_artifacts() if a.passed), key=lambda a: a.role != "baseline")
     src = latency_source(ctx.target, ctx.device)
     written: list[str] = []
     if src.source != "measured":

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from edgekit import heap
 from edgekit.contract import Contract
 from edgekit.errors import InputError, VerificationError, first_line
 from edgekit.export.verify import check_shape, compare, other_shape, run_artifact
@@ -70,6 +71,7 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
                                             "inputs": len(got[0])}
         if not art.verification.passed:
             failed.append(art)
+        heap.trim(collect=False)  # its runtime is released: one artifact's buffers at a time
         if task is not None:
             ctx.progress.advance(task)
     if task is not None:
