@@ -35,6 +35,10 @@ def test_default_run_writes_verified_measured_artifacts(digits_run: Path):
     assert [s["name"] for s in report["stages"]] == ["check", "baseline", "joint", "export", "quantize", "verify",
                                                        "measure"]
     assert report["stages"][1]["metrics"]["accuracy"] > 0.9  # trained on real digits
+    peaks = [s["peak_rss_mb"] for s in report["stages"]]  # the process's peak so far: it never falls
+    assert peaks[0] > 100 and peaks == sorted(peaks)
+    assert "| check |" in (digits_run / "report.md").read_text() and "peak memory MB" in (
+        digits_run / "report.md").read_text()
     plan = {t["name"]: t for t in report["plan"]["techniques"]}
     assert plan["joint"]["used"] and not plan["prune"]["used"] and "x86" in plan["prune"]["why"]
     assert plan["quantize"]["used"] and "joint search does not build" in plan["quantize"]["why"]

@@ -191,11 +191,14 @@ def _chain(report: dict[str, Any], plot: str | None) -> list[str]:
 
 
 def _stages(report: dict[str, Any]) -> list[str]:
-    lines = ["## Stages", "", "| stage | seconds | params (nonzero / total) | metrics |", "|---|---:|---:|---|"]
+    lines = ["## Stages", "", "Peak memory: the process's peak resident memory when the stage ended (it never falls: the "
+             "stage where it rises is the one that needed it).", "",
+             "| stage | seconds | peak memory MB | params (nonzero / total) | metrics |", "|---|---:|---:|---:|---|"]
     for st in report.get("stages", []):
         metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in (st.get("metrics") or {}).items())
         params = f"{_fmt(st.get('params_nonzero'))} / {_fmt(st.get('params_total'))}" if st.get("params_total") else "–"
-        lines.append(f"| {st['name']} | {_fmt(st.get('seconds'), 3)} | {params} | {metrics or '–'} |")
+        lines.append(f"| {st['name']} | {_fmt(st.get('seconds'), 3)} | {_fmt(st.get('peak_rss_mb'))} | {params} | "
+                     f"{metrics or '–'} |")
     return lines
 
 
