@@ -89,18 +89,20 @@ def test_calibration_in_priority_order_writes_the_same_file(cnn, tmp_path, monke
 
     made = []
     lean = onnx_backend._lean_calibration_session
-    monkeypatch.setattr(onnx_backend, "_lean_calibration_session", lambda: (made.append(1), lean())[1])
-    q = OnnxQuantizer(cnn["onnx"], cnn["data"].x_train[:16], tmp_path / "lean")
+
+    def counted() -> contextlib.AbstractContextManager:
+        made.append(1)
+        return lean()
+
     own = calibrate.CalibraterBase.create_inference_session
     for cal in ("minmax", "percentile"):
-        policy = Policy.uniform(q.layers, calibration=cal)
-        a = q.apply(policy, tmp_path / f"lean-{cal}.onnx").read_bytes()
-        assert calibrate.CalibraterBase.create_inference_session is own  # put back after each use
-        monkeypatch.setattr(onnx_backend, "_lean_calibration_session", contextlib.nullcontext)
-        b = OnnxQuantizer(cnn["onnx"], cnn["data"].x_train[:16], tmp_path / f"own-{cal}").apply(
-            policy, tmp_path / f"own-{cal}.onnx").read_bytes()
-        monkeypatch.setattr(onnx_backend, "_lean_calibration_session", lambda: (made.append(1), lean())[1])
-        assert a == b, cal
+        files = []
+        for session, name in ((counted, "lean"), (contextlib.nullcontext, "own")):
+            monkeypatch.setattr(onnx_backend, "_lean_calibration_session", session)
+            q = OnnxQuantizer(cnn["onnx"], cnn["data"].x_train[:16], tmp_path / f"{name}-{cal}")
+            files.append(q.apply(Policy.uniform(q.layers, calibration=cal), tmp_path / f"{name}-{cal}.onnx"))
+            assert calibrate.CalibraterBase.create_inference_session is own  # put back after each use
+        assert files[0].read_bytes() == files[1].read_bytes(), cal
     assert len(made) == 2
 
 
