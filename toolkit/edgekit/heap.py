@@ -1,4 +1,4 @@
-"""Handing freed memory back to the system.
+"""This process's memory: how much is resident, its peak, and handing freed memory back to the system.
 
 glibc's malloc keeps freed blocks in the process's heap, and after a large block is freed it raises its mmap threshold
 (up to 32 MB), so the buffers of the next runtime loaded land in the heap too. A run that loads and releases many
@@ -12,7 +12,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import os
 from functools import cache
+from pathlib import Path
 
 
 @cache
@@ -33,3 +35,19 @@ def trim(collect: bool = True) -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+def resident_mb() -> float:
+    """This process's resident memory now, in MB (0 where /proc is missing)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_mb() -> int:
+    """This process's peak resident memory so far, in MB (Linux reports ru_maxrss in kB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

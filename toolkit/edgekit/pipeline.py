@@ -323,13 +323,6 @@ def run_pipeline(ctx: RunContext, recipe: Recipe, base_fingerprint: str, resume:
     return ctx.report
 
 
-def peak_rss_mb() -> int:
-    """This process's peak resident memory so far, in MB (Linux reports ru_maxrss in kB)."""
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-
-
 def _run_stage(ctx: RunContext, model: Any, module: Any, spec: StageSpec, contract: Contract, fp: str,
                state_path: Path) -> Any:
     import torch
@@ -354,7 +347,7 @@ def _run_stage(ctx: RunContext, model: Any, module: Any, spec: StageSpec, contra
     record = StageResult(name=spec.name, index=i, seconds=round(seconds, 3), fingerprint=fp,
                          settings=dataclasses.asdict(spec.settings), changes=sorted(contract.changes),
                          params_total=total, params_nonzero=nonzero, metrics=ctx._record.get("metrics", {}),
-                         details=ctx._record.get("details", {}), after=after, peak_rss_mb=peak_rss_mb(),
+                         details=ctx._record.get("details", {}), after=after, peak_rss_mb=heap.peak_mb(),
                          extra=fields)
     if contract.changes_model:
         with atomic_path(state_path) as tmp:

@@ -74,7 +74,7 @@ class LocalDevice(BaseDevice):
         TIMING_RSS_MB, the jobs loaded so far are timed and released and the rest are timed in further groups, each
         beside the first job (the model as loaded, for a compress run), whose samples all groups pool."""
         from edgekit import heap
-        from edgekit.devices.timing import Timing, interleaved_samples, resident_mb
+        from edgekit.devices.timing import Timing, interleaved_samples
         from edgekit.latency.profile import device_id_from_facts
         from edgekit.report import Latency
         from edgekit.runtimes import load_runner
@@ -103,7 +103,7 @@ class LocalDevice(BaseDevice):
             x = _input_for(j, r)
             r(x)  # the first run allocates what the runtime keeps
             runtimes[i] = r.runtime
-            if len(group) > 1 and resident_mb() > TIMING_RSS_MB:
+            if len(group) > 1 and heap.resident_mb() > TIMING_RSS_MB:
                 del r, x
                 time_group()
                 del group[1:]

@@ -63,17 +63,6 @@ def interleaved_samples(runners: list[Runner], x: np.ndarray | list[np.ndarray],
     return samples
 
 
-def resident_mb() -> float:
-    """This process's resident memory now, in MB (0 where /proc is missing)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0.0
-    import os
-
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def paired_timing(runner: Runner, anchor: Runner, x: np.ndarray, runs: int, warmup: int = 3
                   ) -> tuple[float, float]:
     """(candidate p50 in ms, median of per-round candidate/anchor time ratios).
