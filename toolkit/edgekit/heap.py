@@ -1,10 +1,10 @@
 """This process's memory: how much is resident, its peak, and handing freed memory back to the system.
 
-glibc's malloc keeps freed blocks in the process's heap, and after a large block is freed it raises its mmap threshold
-(up to 32 MB), so the buffers of the next runtime loaded land in the heap too. A run that loads and releases many
-runtimes (the candidates of a search, the artifacts verified and timed one after another) then holds, resident, the
-high-water mark of everything it ever loaded. `trim()` after a release hands the free heap back (malloc_trim);
-elsewhere than glibc it only collects garbage.
+glibc's malloc may keep freed blocks in the process's heap instead of returning them; `trim()` after a release
+(a stage, a search candidate, a verified artifact) hands the free heap back (malloc_trim); elsewhere than glibc it
+only collects garbage. Measured on the survey's big files it changes little: their memory is live (imports, weight
+copies, runtimes' buffers; docs/importing.md), not freed blocks held back. It is kept because it costs next to
+nothing.
 """
 
 from __future__ import annotations
