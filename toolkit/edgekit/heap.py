@@ -47,7 +47,10 @@ def resident_mb() -> float:
 
 
 def peak_mb() -> int:
-    """This process's peak resident memory so far, in MB (Linux reports ru_maxrss in kB)."""
+    """The peak resident memory so far of this process or of its largest finished child (edgekit.child's converters,
+    harness subprocesses), whichever is larger, in MB: what `/usr/bin/time -v` reports for the run. Linux reports
+    ru_maxrss in kB."""
     import resource
 
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return round(max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+                 / 1024)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit import heap
+from edgekit import child, heap
 from edgekit import stages as stage_registry
 from edgekit.contract import Contract, contract_of
 from edgekit.data import DataBundle
@@ -280,7 +280,9 @@ def run_pipeline(ctx: RunContext, recipe: Recipe, base_fingerprint: str, resume:
     ctx.resume = resume
     old = _previous_report(out) if resume else None
     model = ctx.bundle.module
-    ctx.reference = copy.deepcopy(model).eval()
+    # The model as loaded: a copy only when a stage will change the model (a copy of vgg19's weights is 0.6 GB)
+    changes = any(spec.contract.changes_model for spec in recipe.stages)
+    ctx.reference = copy.deepcopy(model).eval() if changes else model.eval()
     _baseline_point(ctx, old, base_fingerprint)
     fp = base_fingerprint
     reusing = old is not None
@@ -333,7 +335,9 @@ def _run_stage(ctx: RunContext, model: Any, module: Any, spec: StageSpec, contra
     if contract.changes_model:
         ctx.model_version = i  # what the stage writes is made from the model it returns
     start = time.perf_counter()
+    child.drain()
     model = module.run(model, spec.settings, ctx)
+    children = child.drain()
     heap.trim()  # what the stage loaded and released (runtimes, exporters' graphs) goes back to the system
     seconds = time.perf_counter() - start
     after = ctx._after
@@ -348,7 +352,7 @@ def _run_stage(ctx: RunContext, model: Any, module: Any, spec: StageSpec, contra
                          settings=dataclasses.asdict(spec.settings), changes=sorted(contract.changes),
                          params_total=total, params_nonzero=nonzero, metrics=ctx._record.get("metrics", {}),
                          details=ctx._record.get("details", {}), after=after, peak_rss_mb=heap.peak_mb(),
-                         extra=fields)
+                         children=children, extra=fields)
     if contract.changes_model:
         with atomic_path(state_path) as tmp:
             torch.save(model.state_dict(), tmp)

@@ -238,7 +238,8 @@ class StageResult(_Record):
     metrics: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     after: ChainPoint | None = None
-    peak_rss_mb: int | None = None  # the process's peak resident memory when the stage ended (never falls)
+    peak_rss_mb: int | None = None  # peak resident memory of the process or its largest child so far (never falls)
+    children: dict[str, Any] | None = None  # the stage's work in child processes (edgekit.child.drain)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

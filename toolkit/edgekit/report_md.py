@@ -191,14 +191,17 @@ def _chain(report: dict[str, Any], plot: str | None) -> list[str]:
 
 
 def _stages(report: dict[str, Any]) -> list[str]:
-    lines = ["## Stages", "", "Peak memory: the process's peak resident memory when the stage ended (it never falls: the "
-             "stage where it rises is the one that needed it).", "",
+    lines = ["## Stages", "", "Peak memory: the peak resident memory of the run's process or of its largest child "
+             "process (converters run in children that exit) when the stage ended; it never falls, so the stage where "
+             "it rises is the one that needed it, and the work named beside it is the child that did.", "",
              "| stage | seconds | peak memory MB | params (nonzero / total) | metrics |", "|---|---:|---:|---:|---|"]
     for st in report.get("stages", []):
         metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in (st.get("metrics") or {}).items())
         params = f"{_fmt(st.get('params_nonzero'))} / {_fmt(st.get('params_total'))}" if st.get("params_total") else "–"
-        lines.append(f"| {st['name']} | {_fmt(st.get('seconds'), 3)} | {_fmt(st.get('peak_rss_mb'))} | {params} | "
-                     f"{metrics or '–'} |")
+        peak, kids = _fmt(st.get("peak_rss_mb")), st.get("children") or {}
+        if kids and kids.get("peak_rss_mb") == st.get("peak_rss_mb"):
+            peak += f" ({kids['largest']})"
+        lines.append(f"| {st['name']} | {_fmt(st.get('seconds'), 3)} | {peak} | {params} | {metrics or '–'} |")
     return lines
 
 

@@ -133,6 +133,7 @@ def export(model: nn.Module, example: np.ndarray, path: Path, calibration: np.nd
     buffer, info = lower(program)
     with atomic_path(path) as tmp:
         tmp.write_bytes(buffer)
+    del buffer, program  # the probe below lowers its own copy: these weights need not stay
     meta = {"format": "pte", "precision": precision or ("fp32" if calibration is None else "int8"),
             "input_shape": list(x.shape), "executorch_version": _version(), "backend": "XnnpackBackend",
             "quantizer": None if calibration is None else type(quantizer or default_quantizer()).__name__,

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit import child
 from edgekit.errors import InputError
 
 # Converted-vs-ORT tolerance: float32 kernels differ in summation order, nothing more is expected.
@@ -44,8 +45,11 @@ def check_import(bundle: Any, x: np.ndarray, data: str = "calibration") -> dict[
     from edgekit.train import top1_agreement
 
     x = np.ascontiguousarray(x, np.float32)
-    ref_runner, reference = _reference_runner(Path(info["file"]), info["input"]["name"])
-    ref = _run_at_batch(ref_runner, x, info["input"].get("batch_in_file") or 1)
+    # big files: ONNX Runtime's session (the weights once more) in a child process that exits (edgekit.child)
+    file = Path(info["file"])
+    isolated = child.for_size(file.stat().st_size)
+    ref, reference = isolated("ONNX Runtime's run of the original file", _reference_outputs, file,
+                              info["input"]["name"], x, info["input"].get("batch_in_file") or 1)
     with torch.no_grad():
         if (info.get("batch") or {}).get("whole_batches"):  # as the pipeline runs it: whole batches (a few MB each)
             from edgekit.train import batch_for
@@ -129,6 +133,12 @@ def run_outputs_at_batch(runner: Any, x: Any, batch: int) -> list[np.ndarray]:
         per_group.append([np.asarray(o)[:real] if np.asarray(o).ndim else np.asarray(o).reshape(1)
                           for o in runner.outputs(group)])
     return [np.concatenate([g[k] for g in per_group]) for k in range(len(per_group[0]))]
+
+
+def _reference_outputs(path: Path, input_name: str, x: np.ndarray, batch: int) -> tuple[np.ndarray, str]:
+    """ONNX Runtime's first output for `x` on the original file, and what ran it."""
+    runner, reference = _reference_runner(path, input_name)
+    return _run_at_batch(runner, x, batch), reference
 
 
 def _run_at_batch(runner: Any, x: np.ndarray, batch: int) -> np.ndarray:

@@ -119,7 +119,7 @@ def search_runtime(scorer: Scorer, *, fmt: str, backend_name: str, calibrations:
     chosen = _local(scorer, chosen)
     seconds = time.perf_counter() - start
     timings = _final(scorer, int8, chosen, final_runs)
-    return SearchResult(fmt=fmt, backend=backend_name, runtime=scorer.float_runner.runtime, metric=scorer.metric,
+    return SearchResult(fmt=fmt, backend=backend_name, runtime=scorer.runtime_name, metric=scorer.metric,
                         float_quality=scorer.float_quality, float_path=scorer.float_path,
                         float_size=scorer.float_path.stat().st_size, int8=int8, chosen=chosen, reason=reason,
                         constraints_met=met, candidates=cands, front=pareto_front(cands), sensitivity=sensitivity,
@@ -188,7 +188,7 @@ def transfer_runtime(scorer: Scorer, policy: Policy, *, fmt: str, backend_name: 
               f"{cal}); not searched in this runtime")
     timings = _final(scorer, int8, chosen, final_runs)
     cands = [int8, chosen]
-    return SearchResult(fmt=fmt, backend=backend_name, runtime=scorer.float_runner.runtime, metric=scorer.metric,
+    return SearchResult(fmt=fmt, backend=backend_name, runtime=scorer.runtime_name, metric=scorer.metric,
                         float_quality=scorer.float_quality, float_path=scorer.float_path,
                         float_size=scorer.float_path.stat().st_size, int8=int8, chosen=chosen, reason=reason,
                         constraints_met=met, candidates=cands, front=pareto_front(cands), sensitivity=[],

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edgekit import heap
+from edgekit import child, heap
 from edgekit.devices.timing import paired_timing, time_interleaved
 from edgekit.errors import EdgekitError
 from edgekit.quant.policy import Layer, Policy
@@ -33,6 +33,17 @@ class Backend(Protocol):
     layers: list[Layer]
 
     def apply(self, policy: Policy, out_path: str | Path) -> Path: ...
+
+
+def apply_policy(backend: Backend, policy: Policy, out_path: Path) -> Path:
+    """`backend.apply`, for big weights in a child process when the backend keeps nothing between candidates
+    (`APPLY_IN_CHILD`): the quantiser's and the converter's memory leave with the child (edgekit.child)."""
+    if not getattr(backend, "APPLY_IN_CHILD", False):
+        return backend.apply(policy, out_path)
+    model, float_path = getattr(backend, "model", None), getattr(backend, "float_path", None)
+    nbytes = child.model_bytes(model) if hasattr(model, "parameters") else \
+        Path(float_path).stat().st_size if float_path is not None else 0
+    return child.for_size(nbytes)(f"quantising {Path(out_path).name}", backend.apply, policy, out_path)
 
 
 @dataclass
@@ -109,8 +120,10 @@ class Scorer:
         self.suffix = suffix
         self.device = device
         self.anchor_path: Path | None = None
-        self.float_runner = load_runner(runtime, float_path, threads)
-        self.float_outputs = run_outputs(self.float_runner, self.x)
+        self._float_runner: Runner | None = load_runner(runtime, float_path, threads)
+        self.float_outputs = run_outputs(self._float_runner, self.x)
+        self.runtime_name = self._float_runner.runtime
+        self._float_runner = None  # loaded again when timing needs it: a float session is the weights once more
         self.y = None if y_eval is None else y_eval[: len(self.float_outputs[0])]
         self.float_quality = self._quality(self.float_outputs)
         self.anchor: Runner | None = None
@@ -161,8 +174,16 @@ class Scorer:
             return self.anchor_p50
         self.anchor = load_runner(self.runtime, path, self.threads)
         t = time_interleaved([self.anchor, self.float_runner], fit_input(self.anchor, self.x[:1]), 5, runs)
+        self._float_runner = None  # the candidates are timed against the anchor
         self.anchor_p50 = t[0].p50_ms
         return self.anchor_p50
+
+    @property
+    def float_runner(self) -> Runner:
+        """The float artifact in its runtime, loaded when timing or the noise floor needs it."""
+        if self._float_runner is None:
+            self._float_runner = load_runner(self.runtime, self.float_path, self.threads)
+        return self._float_runner
 
     def use_anchor(self, path: Path, p50_ms: float | None) -> None:
         """Takes an anchor another process timed (a worker of a shared search scales by the same figure)."""
@@ -184,11 +205,11 @@ class Scorer:
             cand = self._cache[key]
             if time_it and cand.p50_ms is None and self.latency != "none":
                 if not cand.path.is_file():  # the sensitivity pass drops its files; scored already, made again
-                    self.backend.apply(policy, cand.path)
+                    apply_policy(self.backend, policy, cand.path)
                 self._time(cand, load_runner(self.runtime, cand.path, self.threads), cand.path)
             return cand
         heap.trim(collect=False)  # the last candidate's runtime is released: its buffers go back to the system
-        path = self.backend.apply(policy, self.workdir / f"{name}{self.suffix}")
+        path = apply_policy(self.backend, policy, self.workdir / f"{name}{self.suffix}")
         runner = load_runner(self.runtime, path, self.threads)
         cand = self._candidate(policy, path, run_outputs(runner, self.x))
         if time_it:
@@ -204,7 +225,7 @@ class Scorer:
         """A cheap look at a policy for the sensitivity pass: scored on the first `n` scoring inputs only, never
         timed nor cached (a search candidate is always scored on all of them); its file is removed."""
         heap.trim(collect=False)
-        path = self.backend.apply(policy, self.workdir / f"{name}{self.suffix}")
+        path = apply_policy(self.backend, policy, self.workdir / f"{name}{self.suffix}")
         try:
             full_x, full_out, full_y, full_q = self.x, self.float_outputs, self.y, self.float_quality
             self.x, self.float_outputs = self.x[:n], [o[:n] for o in self.float_outputs]
@@ -225,7 +246,9 @@ class Scorer:
         noisy = self.x + rng.standard_normal(self.x.shape).astype(np.float32) * rms * 10 ** (-snr_db / 20)
         from edgekit.quality import drop
 
-        return drop(self.quality_metric, self.float_quality, self._quality(run_outputs(self.float_runner, noisy)))
+        quality = self._quality(run_outputs(self.float_runner, noisy))
+        self._float_runner = None
+        return drop(self.quality_metric, self.float_quality, quality)
 
     def score_file(self, path: Path, label: str) -> Candidate:
         """Scores an artifact made outside the policy space (e.g. NNCF's default INT8) like any candidate."""

@@ -33,6 +33,8 @@ class NncfQuantizer:
         calib_x: calibration inputs (N, C, H, W).
     """
 
+    APPLY_IN_CHILD = True  # apply keeps nothing on self: it runs in a child process (edgekit.quant.evaluate)
+
     def __init__(self, float_path: str | Path, calib_x: np.ndarray, workdir: str | Path | None = None) -> None:
         import onnx
 

@@ -104,6 +104,8 @@ class OnnxQuantizer:
         workdir: where calibration caches go.
     """
 
+    APPLY_IN_CHILD = True  # apply keeps nothing on self: it runs in a child process (edgekit.quant.evaluate)
+
     def __init__(self, float_path: str | Path, calib_x: np.ndarray, workdir: str | Path) -> None:
         import onnxruntime as ort
 

@@ -99,6 +99,8 @@ class TorchPolicyQuantizer:
         calib_x: calibration inputs (N, C, H, W), from the training split.
     """
 
+    APPLY_IN_CHILD = True  # apply keeps nothing on self: it runs in a child process (edgekit.quant.evaluate)
+
     LABEL = ""
     CALIBRATIONS: tuple[str, ...] = ()
 

@@ -190,16 +190,24 @@ def model_graph(model: nn.Module, input_shape: tuple[int, ...], workdir: Path, s
 
 
 def check_model(model: nn.Module, target: Target, input_shape: tuple[int, ...]) -> list[RuntimeVerdict]:
-    """`edgekit check`: export to TFLite, store pruned weights sparse as sparsify would, and judge every layer."""
+    """`edgekit check`: export to TFLite, store pruned weights sparse as sparsify would, and judge every layer.
+
+    For big weights each conversion runs in its own child process (edgekit.child): the converters' memory leaves
+    with it, and the peak is the larger conversion's, not their sum."""
     import tempfile
 
+    from edgekit import child
+
+    isolated = child.for_size(child.model_bytes(model))
     with tempfile.TemporaryDirectory(prefix="edgekit-check-") as d:
-        verdicts = check_graph(model_graph(model, input_shape, Path(d)), target)
+        graph = isolated("check's TFLite conversion", model_graph, model, input_shape, Path(d))
+    verdicts = check_graph(graph, target)
     # Rule sets that judge the torch program itself (ExecuTorch's partitioner) replace the graph-based verdict.
     for i, rt in enumerate(target.runtimes):
         rule_set = get(rt.sparse_rules)
         if hasattr(rule_set, "model_verdict"):
-            verdicts[i] = rule_set.model_verdict(model, tuple(input_shape), target, rt)
+            verdicts[i] = isolated(f"check's {rt.name} lowering", rule_set.model_verdict, model, tuple(input_shape),
+                                   target, rt)
     return verdicts
 
 

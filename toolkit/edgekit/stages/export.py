@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from edgekit import child
 from edgekit import export as exporters
 from edgekit.contract import Contract
 from edgekit.errors import EdgekitError, SettingsError
@@ -67,9 +68,10 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
                 exporters.export_file(fmt, native, path)
             elif original is not None:  # the model is unchanged: its own file is the artifact, exactly as it came
                 module.from_file(original, path)
-            else:
-                module.export(model, ctx.example_input, path, **exporters.export_kwargs(
-                    module, ctx.target, ctx.data.x_test, ctx.signature))
+            else:  # big weights: in a child process, which takes the converter's memory with it (edgekit.child)
+                isolated = child.for_size(child.model_bytes(model))
+                isolated(f"{fmt} export", module.export, model, ctx.example_input, path,
+                         **exporters.export_kwargs(module, ctx.target, ctx.data.x_test, ctx.signature))
         except EdgekitError as e:  # one format failing is a line in the report, not the end of the run
             failed[fmt] = str(e)
             ctx.skip(fmt, str(e))

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgekit import child
 from edgekit.contract import Contract
 from edgekit.errors import SettingsError
 from edgekit.fileio import copy_atomic
@@ -50,8 +51,12 @@ def _float_file(ctx: RunContext, model: Any, fmt: str) -> Path:
     path = ctx.out / "quant" / f"float{module.SUFFIX}"
     if ctx.native is not None:
         return exporters.export_file(fmt, ctx.native, path)
+    if original is not None:
+        return original
     kwargs = exporters.export_kwargs(module, ctx.target, None, ctx.signature)
-    return original or module.export(model, ctx.example_input, path, **kwargs)
+    # big weights: in a child process, which takes the converter's memory with it (edgekit.child)
+    isolated = child.for_size(child.model_bytes(model))
+    return isolated(f"{fmt} export", module.export, model, ctx.example_input, path, **kwargs)
 
 
 def _max_drop(settings: Settings, ctx: RunContext) -> tuple[float, str]:
