@@ -63,6 +63,11 @@ def for_size(nbytes: int) -> Callable[..., Any]:
     return call if nbytes >= above * 2**20 else _here
 
 
+def for_model(model: Any) -> Callable[..., Any]:
+    """`for_size` of a torch module's weights."""
+    return for_size(model_bytes(model))
+
+
 def _here(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return fn(*args, **kwargs)
 

@@ -198,7 +198,7 @@ def check_model(model: nn.Module, target: Target, input_shape: tuple[int, ...]) 
 
     from edgekit import child
 
-    isolated = child.for_size(child.model_bytes(model))
+    isolated = child.for_model(model)
     with tempfile.TemporaryDirectory(prefix="edgekit-check-") as d:
         graph = isolated("check's TFLite conversion", model_graph, model, input_shape, Path(d))
     verdicts = check_graph(graph, target)

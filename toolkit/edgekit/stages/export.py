@@ -69,7 +69,7 @@ def run(model: nn.Module, settings: Settings, ctx: RunContext) -> nn.Module:
             elif original is not None:  # the model is unchanged: its own file is the artifact, exactly as it came
                 module.from_file(original, path)
             else:  # big weights: in a child process, which takes the converter's memory with it (edgekit.child)
-                isolated = child.for_size(child.model_bytes(model))
+                isolated = child.for_model(model)
                 isolated(f"{fmt} export", module.export, model, ctx.example_input, path,
                          **exporters.export_kwargs(module, ctx.target, ctx.data.x_test, ctx.signature))
         except EdgekitError as e:  # one format failing is a line in the report, not the end of the run

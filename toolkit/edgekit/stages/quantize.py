@@ -55,7 +55,7 @@ def _float_file(ctx: RunContext, model: Any, fmt: str) -> Path:
         return original
     kwargs = exporters.export_kwargs(module, ctx.target, None, ctx.signature)
     # big weights: in a child process, which takes the converter's memory with it (edgekit.child)
-    isolated = child.for_size(child.model_bytes(model))
+    isolated = child.for_model(model)
     return isolated(f"{fmt} export", module.export, model, ctx.example_input, path, **kwargs)
 
 
