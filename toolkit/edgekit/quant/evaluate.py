@@ -41,9 +41,11 @@ def apply_policy(backend: Backend, policy: Policy, out_path: Path) -> Path:
     if not getattr(backend, "APPLY_IN_CHILD", False):
         return backend.apply(policy, out_path)
     model, float_path = getattr(backend, "model", None), getattr(backend, "float_path", None)
-    nbytes = child.model_bytes(model) if hasattr(model, "parameters") else \
-        Path(float_path).stat().st_size if float_path is not None else 0
-    return child.for_size(nbytes)(f"quantising {Path(out_path).name}", backend.apply, policy, out_path)
+    if hasattr(model, "parameters"):  # the torch backends
+        isolated = child.for_model(model)
+    else:  # the file backends (NNCF holds an onnx proto as its model)
+        isolated = child.for_size(Path(float_path).stat().st_size if float_path is not None else 0)
+    return isolated(f"quantising {Path(out_path).name}", backend.apply, policy, out_path)
 
 
 @dataclass
